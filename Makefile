@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine with Python 3.11+: `make demo` and `make test`.
+# Each creates its own virtual environment in $(VENV) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test smoke lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[mpi,test]'
+	touch $@
+
+## demo: simulate the reference dataset and run the consensus fit on it
+demo: $(BIN)/.installed
+	$(BIN)/hetmpi simulate jobs/reference_truth.yaml --n-frames 30 -o demo/reference.h5
+	$(BIN)/hetmpi run jobs/laptop.yaml --overwrite
+
+## test: the test suite (real HDF5, NumPyro, mpiexec; Slurm tests need a running Slurm)
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -ra
+
+## smoke: a short end-to-end run (used by CI under another Python version)
+smoke: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -ra tests/test_pipeline.py -k smoke
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check hetmpi tests benchmarks
+	$(BIN)/ruff format --check hetmpi tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo/out

@@ -1,0 +1,3 @@
+from hetmpi.cli import main
+
+main()

@@ -1,0 +1,174 @@
+"""The ``hetmpi`` command line. Heavy imports (JAX) happen inside commands, after the
+process environment for JAX has been set."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hetmpi import __version__
+from hetmpi.errors import InputError, RunError
+
+log = logging.getLogger("hetmpi")
+
+
+class _Group(click.Group):
+    """Turns InputError into exit status 2 and RunError into 1: one message, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except RunError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("hetmpi: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hetmpi")
+def main() -> None:
+    """Consensus Monte Carlo for XPCS heterodyne two-time correlations.
+
+    Typical use: `hetmpi validate cfg.yaml`, then `hetmpi run cfg.yaml` (or
+    `mpiexec -n 64 hetmpi run cfg.yaml` on a cluster).
+    """
+    _setup_logging()
+
+
+def _load(config_path: str, output: str | None) -> Any:
+    from hetmpi.config import load_config
+
+    cfg = load_config(config_path)
+    if output is not None:
+        out = Path(output).expanduser().absolute()
+        cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, directory=out))
+    return cfg
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False),
+    help="Output folder (overrides output.directory).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["auto", "cpu"]),
+    default=None,
+    help="Where shards run (overrides executor.name).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the results in an existing output folder.")
+@click.option("--resume", is_flag=True, help="Reuse finished shard files in the output folder.")
+def run(
+    config: str, output: str | None, executor: str | None, overwrite: bool, resume: bool
+) -> None:
+    """Sample the consensus posterior described by CONFIG and write results."""
+    from hetmpi import pipeline, report
+
+    cfg = _load(config, output)
+    summary = pipeline.run(
+        cfg, executor_name=executor or cfg.executor.name, overwrite=overwrite, resume=resume
+    )
+    click.echo(report.format_table(summary))
+    click.echo(f"results in {cfg.output.directory}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def validate(config: str) -> None:
+    """Check CONFIG and its data file without sampling."""
+    from hetmpi import pipeline
+    from hetmpi.sharding import choose_num_shards, pool_points
+
+    cfg = _load(config, None)
+    dataset = pipeline.load_data(cfg)
+    points = pool_points(dataset)
+    dim = pipeline.sampled_dimension(cfg, len(dataset.phi))
+    shards = choose_num_shards(points.size, len(dataset.phi), dim, cfg.sharding)
+    click.echo(
+        f"config OK: {len(dataset.phi)} angles x {len(dataset.t)} frames, {points.size} points, "
+        f"{dim} sampled parameters, {shards} shards ({cfg.sharding.strategy})"
+    )
+
+
+@main.command()
+@click.argument("truth", type=click.Path(dir_okay=False))
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write."
+)
+@click.option("--n-frames", type=int, help="Frames N (default: truth file's n_frames).")
+@click.option("--dt", type=float, help="Frame step in seconds.")
+@click.option("--t-start", type=float, help="Time of the first frame in seconds (default 0).")
+@click.option("--q", type=float, help="Wavevector in 1/Angstrom.")
+@click.option("--phi", type=float, multiple=True, help="Angle in degrees (repeat for each).")
+@click.option("--contrast", type=float, multiple=True, help="Contrast per angle (or one for all).")
+@click.option("--offset", type=float, multiple=True, help="Offset per angle (or one for all).")
+@click.option("--sigma", type=float, help="Gaussian noise sd (0 writes the exact model).")
+@click.option("--seed", type=int, help="Noise seed.")
+def simulate(truth: str, output: str, **options: Any) -> None:
+    """Write a synthetic dataset in hetmpi's HDF5 schema from a TRUTH file (YAML/JSON)."""
+    from hetmpi.data import load_truth, simulate_dataset, write_dataset
+
+    spec = load_truth(truth)
+    settings = {key: spec.get(key) for key in ("n_frames", "dt", "q", "phi", "contrast",
+                                                "offset", "sigma", "seed", "t_start")}  # fmt: skip
+    for key, value in options.items():
+        if value not in (None, ()):
+            settings[key] = list(value) if isinstance(value, tuple) else value
+    settings["t_start"] = settings["t_start"] or 0.0
+    settings.setdefault("seed", 0)
+    missing = [key for key, value in settings.items() if value is None and key != "seed"]
+    if missing:
+        options_text = ", ".join("--" + key.replace("_", "-") for key in missing)
+        raise InputError(f"simulate: {options_text} not given and not in {truth}; give them")
+    n_phi = len(settings["phi"])
+    for key in ("contrast", "offset"):
+        values = list(settings[key])
+        if len(values) == 1:
+            values *= n_phi
+        if len(values) != n_phi:
+            raise InputError(f"simulate: --{key} needs 1 or {n_phi} values, got {len(values)}")
+        settings[key] = values
+    dataset = simulate_dataset(
+        spec["parameters"],
+        n_frames=settings["n_frames"],
+        dt=settings["dt"],
+        q=settings["q"],
+        phi=settings["phi"],
+        contrast=settings["contrast"],
+        offset=settings["offset"],
+        sigma=settings["sigma"],
+        seed=settings["seed"] or 0,
+        t_start=settings["t_start"],
+    )
+    write_dataset(output, dataset)
+    click.echo(
+        f"wrote {output}: {n_phi} angles x {settings['n_frames']} frames, sigma {settings['sigma']}"
+    )
+
+
+def _register_scheduler_commands() -> None:
+    from hetmpi.scheduler.commands import status, submit
+
+    main.add_command(submit)
+    main.add_command(status)
+
+
+_register_scheduler_commands()

@@ -1,0 +1,259 @@
+"""One run, stage by stage: prepare (data, warm start, shards) -> sample -> combine -> outputs.
+
+``prepare`` is what rank 0 (or the only process) does before any shard is sampled;
+executors only decide where ``sample_shard`` runs; ``finalize`` turns shard results into the
+consensus posterior and writes every output file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hetmpi.config import Config, config_to_dict
+from hetmpi.consensus import combine_draws, select_shards
+from hetmpi.data import Dataset, load_dataset
+from hetmpi.errors import InputError
+from hetmpi.results import (
+    SHARD_DIR,
+    save_shard_result,
+    write_json,
+    write_yaml,
+)
+from hetmpi.sampling import ShardResult, ShardTask
+from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
+from hetmpi.warmstart import fit_warm_start
+
+log = logging.getLogger("hetmpi")
+
+OUTPUT_FILES = ("config.yaml", "posterior.nc", "summary.json", "run.log")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything computed before sampling: the same on every rank once broadcast."""
+
+    cfg: Config
+    dataset: Dataset
+    points: PooledPoints
+    plan: ShardPlan
+    task: ShardTask
+    seconds: dict[str, float]
+
+
+def load_data(cfg: Config) -> Dataset:
+    d = cfg.data
+    return load_dataset(
+        d.path, format=d.format, q_index=d.q_index, phi_indices=d.phi_indices, frames=d.frames
+    )
+
+
+def sampled_dimension(cfg: Config, num_angles: int) -> int:
+    """Number of sampled coordinates (free physics, per-angle scaling, sigma)."""
+    scaling = {"individual": 2 * num_angles, "averaged": 2, "constant": 0}
+    return len(cfg.model.free_physics) + scaling[cfg.model.per_angle_mode] + cfg.model.noise.sample
+
+
+def prepare(cfg: Config, dataset: Dataset | None = None) -> Prepared:
+    """Load and pool the data, fit the warm start, and cut the shards."""
+    started = time.perf_counter()
+    dataset = load_data(cfg) if dataset is None else dataset
+    points = pool_points(dataset)
+    loaded = time.perf_counter()
+    num_shards = choose_num_shards(
+        points.size, len(dataset.phi), sampled_dimension(cfg, len(dataset.phi)), cfg.sharding
+    )
+    warm = fit_warm_start(cfg.model, dataset, points)
+    fitted = time.perf_counter()
+    plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
+    log.info(
+        "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
+        "warm start in %.1f s, noise sd %.3g, reduced chi2 %.3f",
+        len(dataset.phi), len(dataset.t), points.size, num_shards, plan.padded_length,
+        cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
+    )  # fmt: skip
+    return Prepared(
+        cfg=cfg,
+        dataset=dataset,
+        points=points,
+        plan=plan,
+        task=ShardTask(warm=warm, num_shards=num_shards, cfg=cfg.sampler),
+        seconds={"load": loaded - started, "warm_start": fitted - loaded},
+    )
+
+
+def check_output_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse an unusable output folder before any work is done; writes nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output.directory: {out_dir} exists and is not a folder; choose another")
+    if out_dir.exists() and any(out_dir.iterdir()) and not (overwrite or resume):
+        raise InputError(
+            f"output.directory: {out_dir} already exists and is not empty; pass --overwrite to "
+            "replace its results, --resume to continue the run, or choose another --output"
+        )
+    ancestor = out_dir
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(
+            f"output.directory: cannot create {out_dir} ({ancestor} is not a writable folder); "
+            "choose a folder you can write to with --output"
+        )
+
+
+def prepare_output_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    """Create out_dir. With overwrite only hetmpi's own files are removed, nothing else."""
+    check_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"output.directory: cannot create {out_dir} ({exc.strerror}); "
+            "choose a folder you can write to with --output"
+        ) from exc
+    if overwrite and not resume:
+        for name in OUTPUT_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        for pattern in (f"{SHARD_DIR}/shard_*.h5", "plots/*.png"):
+            for path in out_dir.glob(pattern):
+                path.unlink()
+
+
+def checkpoint(out_dir: Path):
+    """on_result callback: save each ShardResult as soon as it exists (the --resume checkpoint)."""
+
+    def save(result: ShardResult) -> None:
+        save_shard_result(out_dir, result)
+
+    return save
+
+
+def parameter_draws(prepared: Prepared, u_draws: np.ndarray) -> dict[str, np.ndarray]:
+    """name -> (chains, draws) in parameter units, from u-space draws (chains, draws, d)."""
+    problem = prepared.task.warm.problem
+    values = problem.model.to_values(u_draws, problem.consts)
+    return {name: values[..., k] for k, name in enumerate(problem.model.names)}
+
+
+def finalize(
+    prepared: Prepared,
+    results: Sequence[ShardResult],
+    out_dir: Path,
+    *,
+    executor: str,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Consensus, diagnostics, posterior.nc and plots; returns the summary (caller writes it)."""
+    from hetmpi import diagnostics, report
+
+    cfg = prepared.cfg
+    started = time.perf_counter()
+    results = sorted(results, key=lambda r: r.index)
+    kept, verdicts = select_shards(results, cfg.consensus)
+    u = combine_draws([r.draws for r in kept], cfg.consensus.method, seed=cfg.sampler.seed)
+    draws = parameter_draws(prepared, u)
+    combined = time.perf_counter()
+    summary = report.build_summary(
+        prepared, results, verdicts, draws, executor=executor, timings=timings
+    )
+    summary["run"]["timings"]["consensus"] = combined - started
+    diagnostics.write_inference_data(
+        out_dir / "posterior.nc",
+        draws,
+        report.consensus_sample_stats(kept),
+        {"hetmpi_consensus_method": cfg.consensus.method, "num_shards": len(results)},
+    )
+    if cfg.output.plots:
+        report.write_plots(prepared, draws, out_dir / "plots")
+    return summary
+
+
+def write_resolved_config(cfg: Config, out_dir: Path) -> None:
+    write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
+
+
+def run_fingerprint(cfg: Config, dataset: Dataset) -> str:
+    """Identifies what determines shard results: config (less output/executor) and data."""
+    settings = config_to_dict(cfg)
+    for key in ("output", "executor", "scheduler"):
+        settings.pop(key, None)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for array in (dataset.c2, dataset.t, dataset.phi, dataset.sigma, dataset.mask):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(repr(dataset.q).encode())
+    return digest.hexdigest()[:16]
+
+
+def attach_log_file(out_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(out_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def run(
+    cfg: Config, *, executor_name: str, overwrite: bool = False, resume: bool = False
+) -> dict[str, Any]:
+    """A whole run in one process group: returns the summary written to summary.json."""
+    from hetmpi.executors import select_executor
+    from hetmpi.progress import ShardProgress
+    from hetmpi.results import load_valid_shards
+    from hetmpi.sampling import compile_monitor
+
+    started = time.perf_counter()
+    out_dir = cfg.output.directory
+    executor, reason = select_executor(executor_name)
+    check_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    prepared = prepare(cfg)  # bad input fails here, before anything is written
+    dataset = prepared.dataset
+    prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    handler = attach_log_file(out_dir)
+    try:
+        log.info("executor %s (%s); output in %s", executor.name, reason, out_dir)
+        write_resolved_config(cfg, out_dir)
+        task = dataclasses.replace(prepared.task, run_id=run_fingerprint(cfg, dataset))
+        prepared = dataclasses.replace(prepared, task=task)
+        done: dict[int, ShardResult] = {}
+        if resume:
+            done = load_valid_shards(
+                out_dir, lambda r: r.status == "ok" and r.extra.get("run_id") == task.run_id
+            )
+            log.info("resume: %d of %d shards already done", len(done), task.num_shards)
+        todo = [s for s in prepared.plan.shards if s.index not in done]
+        progress = ShardProgress(task.num_shards, already_done=len(done))
+        save = checkpoint(out_dir)
+
+        def on_result(result: ShardResult) -> None:
+            save(result)
+            progress.advance(result)
+
+        sampling_started = time.perf_counter()
+        with compile_monitor() as compiles:
+            results = executor.run(todo, task, cfg.sampler.seed, on_result)
+        progress.close()
+        timings = {
+            **prepared.seconds,
+            "sampling": time.perf_counter() - sampling_started,
+            "compile": compiles["seconds"],
+            "compiles": compiles["compiles"],
+        }
+        summary = finalize(
+            prepared, [*done.values(), *results], out_dir, executor=executor.name, timings=timings
+        )
+        summary["run"]["timings"]["total"] = time.perf_counter() - started
+        write_json(out_dir / "summary.json", summary)
+        return summary
+    finally:
+        log.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,132 @@
+"""Turn a model config and a dataset into the posterior that shards sample."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+from hetmpi.config import ModelConfig, ParameterConfig
+from hetmpi.data import Dataset
+from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.model.posterior import (
+    BoundedPrior,
+    ModelConstants,
+    PosteriorModel,
+    ShardArrays,
+    bounded_prior,
+)
+from hetmpi.sharding import PooledPoints, Shard
+
+SIGMA_PRIOR_WIDTH = 1.5  # HalfNormal scale, in units of the estimated noise sd
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A posterior model with the constants it is evaluated with."""
+
+    model: PosteriorModel
+    consts: ModelConstants
+
+
+def _prior(p: ParameterConfig) -> BoundedPrior:
+    return bounded_prior(p.bounds, p.prior_mean, p.prior_sd, p.log_space)
+
+
+def build_problem(
+    cfg: ModelConfig,
+    dataset: Dataset,
+    *,
+    per_angle_mode: str,
+    sample_sigma: bool,
+    sigma: float,
+    contrast: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> Problem:
+    """Coordinates: free physics parameters, per-angle scaling (by mode), then log sigma.
+
+    ``sigma`` is the fixed noise sd, or the estimate the sigma prior is centred on when
+    ``sample_sigma``. ``contrast``/``offset`` (n_phi,) are the values used in constant mode
+    (default: the configured values).
+    """
+    n_phi = len(dataset.phi)
+    free = [k for k, name in enumerate(PHYSICS_NAMES) if not cfg.parameter(name).fixed]
+    names = [PHYSICS_NAMES[k] for k in free]
+    priors = [_prior(cfg.parameter(PHYSICS_NAMES[k])) for k in free]
+    scaling = [cfg.parameter("contrast"), cfg.parameter("offset")]
+    if per_angle_mode == "individual":
+        for spec in scaling:
+            names += [f"{spec.name}[{a}]" for a in range(n_phi)]
+            priors += [_prior(spec)] * n_phi
+    elif per_angle_mode == "averaged":
+        names += [spec.name for spec in scaling]
+        priors += [_prior(spec) for spec in scaling]
+    if sample_sigma:
+        names.append("sigma")
+    fixed_contrast = np.full(n_phi, scaling[0].value) if contrast is None else contrast
+    fixed_offset = np.full(n_phi, scaling[1].value) if offset is None else offset
+    model = PosteriorModel(
+        names=tuple(names),
+        free_physics=tuple(free),
+        log_space=tuple(p.log_space for p in priors),
+        n_phi=n_phi,
+        per_angle_mode=per_angle_mode,
+        sample_sigma=sample_sigma,
+    )
+
+    def arr(values: object) -> jnp.ndarray:
+        return jnp.asarray(np.asarray(values, dtype=np.float64))
+
+    consts = ModelConstants(
+        t=arr(dataset.t),
+        q=arr(dataset.q),
+        dt=arr(dataset.dt),
+        phi=arr(dataset.phi),
+        physics=arr([cfg.parameter(name).value for name in PHYSICS_NAMES]),
+        contrast=arr(fixed_contrast),
+        offset=arr(fixed_offset),
+        lower=arr([p.lower for p in priors]),
+        upper=arr([p.upper for p in priors]),
+        prior_mean=arr([p.mean for p in priors]),
+        prior_sd=arr([p.sd for p in priors]),
+        sigma=arr(SIGMA_PRIOR_WIDTH * sigma if sample_sigma else sigma),
+    )
+    return Problem(model, consts)
+
+
+def initial_values(cfg: ModelConfig, model: PosteriorModel, sigma: float) -> np.ndarray:
+    """Configured start values for every coordinate of ``model`` (parameter units)."""
+    values = []
+    for name in model.names:
+        if name == "sigma":
+            values.append(sigma)
+        else:
+            values.append(cfg.parameter(name.split("[")[0]).value)
+    return np.asarray(values, dtype=np.float64)
+
+
+def shard_arrays(shard: Shard) -> ShardArrays:
+    """Device arrays of one padded shard."""
+    sigma = np.ones_like(shard.c2) if shard.sigma is None else shard.sigma
+    return ShardArrays(
+        c2=jnp.asarray(shard.c2),
+        i1=jnp.asarray(shard.i1),
+        i2=jnp.asarray(shard.i2),
+        angle=jnp.asarray(shard.angle),
+        weight=jnp.asarray(shard.weight),
+        sigma=jnp.asarray(sigma),
+    )
+
+
+def pooled_arrays(points: PooledPoints) -> ShardArrays:
+    """Device arrays of all pooled points, unpadded (warm start, diagnostics)."""
+    sigma = np.ones_like(points.c2) if points.sigma is None else points.sigma
+    return ShardArrays(
+        c2=jnp.asarray(points.c2),
+        i1=jnp.asarray(points.i1),
+        i2=jnp.asarray(points.i2),
+        angle=jnp.asarray(points.angle),
+        weight=jnp.ones_like(jnp.asarray(points.c2)),
+        sigma=jnp.asarray(sigma),
+    )

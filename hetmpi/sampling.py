@@ -1,0 +1,311 @@
+"""NUTS on one shard: ``sample_shard`` is the one function every executor calls.
+
+The sampler works in a whitened space z with u = center + chol @ z, where center is the
+full-data least-squares mode and chol the Cholesky factor of its Laplace covariance widened
+by K (a shard sees 1/K of the data and 1/K of the prior). The shard posterior is then close
+to a standard normal, which is what NUTS with a unit metric handles best; the adapted mass
+matrix corrects what the Laplace approximation misses.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache, partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer.hmc import HMCState, hmc
+
+from hetmpi.config import SamplerConfig
+from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
+from hetmpi.problem import shard_arrays
+from hetmpi.sharding import Shard
+from hetmpi.warmstart import WarmStart
+
+REFERENCE_SHARD_SIZE = 10_000  # points at which the configured draw counts apply in full
+INIT_SPREAD = 0.5  # sd of chain starting points around the mode, in whitened units
+
+_STAT_FIELDS = ("diverging", "energy", "accept_prob", "num_steps")
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Warmup and draw counts actually used for a shard."""
+
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    adapted: bool
+
+    @classmethod
+    def for_shard(cls, cfg: SamplerConfig, shard_size: int, num_params: int) -> SamplingPlan:
+        """Scale counts down for shards smaller than REFERENCE_SHARD_SIZE (never below the
+        configured minimums, never above the configured counts)."""
+        if not cfg.adaptive:
+            return cls(cfg.num_warmup, cfg.num_samples, cfg.num_chains, False)
+        scale = min(1.0, shard_size / REFERENCE_SHARD_SIZE)
+        warmup = min(cfg.num_warmup, max(cfg.min_warmup, round(cfg.num_warmup * scale)))
+        samples = min(cfg.num_samples, max(cfg.min_samples, round(cfg.num_samples * scale)))
+        samples = max(samples, num_params)
+        adapted = (warmup, samples) != (cfg.num_warmup, cfg.num_samples)
+        return cls(warmup, samples, cfg.num_chains, adapted)
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """Everything a shard returns; plain numpy, saved without pickle.
+
+    draws: (chains, draws, d) in the unconstrained u-space of the run's PosteriorModel.
+    stats: name -> (chains, draws) for diverging, energy, accept_prob, num_steps.
+    """
+
+    index: int
+    status: str  # "ok" or "failed"
+    names: tuple[str, ...]
+    num_points: int
+    draws: np.ndarray
+    stats: dict[str, np.ndarray]
+    step_size: np.ndarray  # (chains,)
+    num_warmup: int
+    num_samples: int
+    target_accept: float
+    attempts: int
+    warmup_seconds: float
+    sample_seconds: float
+    error: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def divergences(self) -> int:
+        return int(self.stats["diverging"].sum()) if self.status == "ok" else 0
+
+    @property
+    def divergence_rate(self) -> float:
+        n = self.stats["diverging"].size if self.status == "ok" else 0
+        return self.divergences / n if n else 0.0
+
+    @property
+    def mean_steps(self) -> float:
+        return float(self.stats["num_steps"].mean()) if self.status == "ok" else float("nan")
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """What every shard of a run shares: the posterior, its full-data fit, K and settings."""
+
+    warm: WarmStart
+    num_shards: int
+    cfg: SamplerConfig
+    run_id: str = ""  # fingerprint of config and data; a checkpoint is reused only if it matches
+
+    @cached_property
+    def laplace_scale(self) -> np.ndarray:
+        """Cholesky factor of a shard posterior's Laplace covariance (K x the full one)."""
+        return np.linalg.cholesky(self.num_shards * self.warm.covariance)
+
+    @cached_property
+    def whitening(self) -> tuple[np.ndarray, np.ndarray]:
+        """(center, chol) of u = center + chol @ z; the identity map when whitening is off."""
+        if self.cfg.whiten:
+            return self.warm.center, self.laplace_scale
+        d = self.warm.center.size
+        return np.zeros(d), np.eye(d)
+
+    def initial_z(self, rng: np.random.Generator) -> np.ndarray:
+        """Chain starting points (chains, d) in z, spread around the full-data mode."""
+        jitter = INIT_SPREAD * rng.standard_normal((self.cfg.num_chains, self.warm.center.size))
+        if self.cfg.whiten:
+            return jitter
+        return self.warm.center + jitter @ self.laplace_scale.T
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """Static settings of one compiled sampler (hashable: the compile cache key)."""
+
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    target_accept: float
+    max_tree_depth: int
+    dense_mass: bool
+    chain_method: str
+
+
+def _potential_fn_gen(
+    data: ShardArrays,
+    consts: ModelConstants,
+    center: jax.Array,
+    chol: jax.Array,
+    prior_weight: jax.Array,
+    *,
+    model: PosteriorModel,
+):
+    def potential(z: jax.Array) -> jax.Array:
+        return -model.log_density(center + chol @ z, data, consts, prior_weight)
+
+    return potential
+
+
+@lru_cache(maxsize=16)
+def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
+    """(warmup, draw) jitted functions for one model and settings, built on NumPyro's
+    functional NUTS kernel. Shard data travels as arguments, so every shard of a run (same
+    padded length) reuses one compilation per process."""
+    init_kernel, sample_kernel = hmc(
+        potential_fn_gen=partial(_potential_fn_gen, model=model), algo="NUTS"
+    )
+
+    def over_chains(fn, *batched):
+        if settings.chain_method == "vectorized":
+            return jax.vmap(fn)(*batched)
+        return jax.lax.map(lambda xs: fn(*xs), batched)
+
+    def warm_one(key: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
+        state = init_kernel(
+            z0,
+            settings.num_warmup,
+            dense_mass=settings.dense_mass,
+            target_accept_prob=settings.target_accept,
+            max_tree_depth=settings.max_tree_depth,
+            model_args=args,
+            rng_key=key,
+        )
+        step = lambda st, _: (sample_kernel(st, model_args=args), None)  # noqa: E731
+        state, _ = jax.lax.scan(step, state, None, length=settings.num_warmup)
+        return state
+
+    def draw_one(state: HMCState, args: tuple):
+        def step(st, _):
+            st = sample_kernel(st, model_args=args)
+            return st, (st.z, st.diverging, st.energy, st.accept_prob, st.num_steps)
+
+        state, collected = jax.lax.scan(step, state, None, length=settings.num_samples)
+        return collected, state.adapt_state.step_size
+
+    def warmup(keys: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
+        return over_chains(lambda k, z: warm_one(k, z, args), keys, z0)
+
+    def draw(states: HMCState, args: tuple):
+        return over_chains(lambda st: draw_one(st, args), states)
+
+    return jax.jit(warmup), jax.jit(draw)
+
+
+def sample_shard(shard: Shard, task: ShardTask, seed: int) -> ShardResult:
+    """NUTS on one shard under the tempered prior; never raises: a failure becomes a failed
+    ShardResult carrying the error text. Deterministic for (seed, shard.index)."""
+    plan = SamplingPlan.for_shard(task.cfg, shard.num_points, task.warm.problem.model.dim)
+    try:
+        return _sample(shard, task, plan, seed)
+    except Exception as exc:
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return failed_result(shard, task, plan, text)
+
+
+def _sample(shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int) -> ShardResult:
+    center, chol = task.whitening
+    problem = task.warm.problem
+    args = (
+        shard_arrays(shard),
+        problem.consts,
+        jnp.asarray(center),
+        jnp.asarray(chol),
+        jnp.asarray(1.0 / task.num_shards),
+    )
+    rng = np.random.default_rng([seed, shard.index])
+    target_accept = task.cfg.target_accept
+    attempts = 0
+    while True:
+        attempts += 1
+        settings = ChainSettings(
+            num_warmup=plan.num_warmup,
+            num_samples=plan.num_samples,
+            num_chains=plan.num_chains,
+            target_accept=target_accept,
+            max_tree_depth=task.cfg.max_tree_depth,
+            dense_mass=task.cfg.dense_mass,
+            chain_method=task.cfg.chain_method,
+        )
+        warmup, draw = _compiled_sampler(problem.model, settings)
+        keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), plan.num_chains)
+        z0 = jnp.asarray(task.initial_z(rng))
+        started = time.perf_counter()
+        states = jax.block_until_ready(warmup(keys, z0, args))
+        warmed = time.perf_counter()
+        (z, diverging, energy, accept_prob, num_steps), step_size = jax.block_until_ready(
+            draw(states, args)
+        )
+        finished = time.perf_counter()
+        stats = {
+            "diverging": np.asarray(diverging),
+            "energy": np.asarray(energy),
+            "accept_prob": np.asarray(accept_prob),
+            "num_steps": np.asarray(num_steps),
+        }
+        result = ShardResult(
+            index=shard.index,
+            status="ok",
+            names=problem.model.names,
+            num_points=shard.num_points,
+            draws=center + np.asarray(z) @ chol.T,
+            stats=stats,
+            step_size=np.asarray(step_size),
+            num_warmup=plan.num_warmup,
+            num_samples=plan.num_samples,
+            target_accept=target_accept,
+            attempts=attempts,
+            warmup_seconds=warmed - started,
+            sample_seconds=finished - warmed,
+            extra={"run_id": task.run_id},
+        )
+        if result.divergence_rate <= task.cfg.retry_divergence_rate:
+            return result
+        if attempts > task.cfg.max_retries:
+            return result
+        target_accept = max(target_accept, task.cfg.retry_target_accept)
+
+
+def failed_result(shard: Shard, task: ShardTask, plan: SamplingPlan, error: str) -> ShardResult:
+    """The ShardResult of a shard whose sampling raised (or whose worker died)."""
+    names = task.warm.problem.model.names
+    d = len(names)
+    return ShardResult(
+        index=shard.index,
+        status="failed",
+        names=names,
+        num_points=shard.num_points,
+        draws=np.zeros((0, 0, d)),
+        stats={name: np.zeros((0, 0)) for name in _STAT_FIELDS},
+        step_size=np.zeros(0),
+        num_warmup=plan.num_warmup,
+        num_samples=plan.num_samples,
+        target_accept=float("nan"),
+        attempts=1,
+        warmup_seconds=0.0,
+        sample_seconds=0.0,
+        error=error,
+        extra={"run_id": task.run_id},
+    )
+
+
+@contextmanager
+def compile_monitor() -> Iterator[dict[str, float]]:
+    """Count XLA backend compiles and their seconds while the block runs."""
+    totals = {"compiles": 0.0, "seconds": 0.0}
+
+    def listener(event: str, duration: float, **_: object) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            totals["compiles"] += 1
+            totals["seconds"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield totals
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small simulated datasets written as real HDF5 files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hetmpi.data import load_truth, simulate_dataset, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_TRUTH = REPO / "jobs" / "reference_truth.yaml"
+
+
+@pytest.fixture(scope="session")
+def truth() -> dict:
+    return load_truth(REFERENCE_TRUTH)
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory: pytest.TempPathFactory, truth: dict) -> Path:
+    """Reference-job physics on 3 angles x 12 frames (198 points)."""
+    dataset = simulate_dataset(
+        truth["parameters"], n_frames=12, dt=0.1, q=0.005, phi=[0.0, 45.0, 90.0],
+        contrast=[0.3, 0.35, 0.4], offset=[1.0, 1.01, 0.99], sigma=0.01, seed=7, t_start=0.1,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    write_dataset(path, dataset)
+    return path
+
+
+def write_config(folder: Path, data: Path, **sections: dict) -> Path:
+    """A small run config in ``folder``: 2 shards, 2 chains, few draws, f2 fixed."""
+    cfg = {
+        "data": {"path": str(data)},
+        "model": {"parameters": {"f2": {"fixed": True}}},
+        "sharding": {"num_shards": 2},
+        "sampler": {"num_chains": 2, "num_warmup": 30, "num_samples": 30, "adaptive": False},
+        "output": {"directory": str(folder / "out"), "plots": False},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    path = folder / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

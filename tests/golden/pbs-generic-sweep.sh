@@ -1,0 +1,36 @@
+#!/bin/bash -l
+#PBS -N hetmpi
+#PBS -q workq
+#PBS -l walltime=01:00:00
+#PBS -l select=1:ncpus=4:mpiprocs=4:ompthreads=1:mem=8gb
+#PBS -J 0-1
+#PBS -j oe
+# Rendered by `hetmpi submit` (sweep job); change the scheduler: section and re-render.
+set -eo pipefail
+set -u
+
+# Threads per rank: cpus_per_rank = 1.
+export OMP_NUM_THREADS=1
+export MKL_NUM_THREADS=1
+export OPENBLAS_NUM_THREADS=1
+export XLA_FLAGS="${XLA_FLAGS:+${XLA_FLAGS} }--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+# PBS Pro sets PBS_ARRAY_INDEX, Torque PBS_ARRAYID, Slurm (and its qsub) SLURM_ARRAY_TASK_ID.
+TASK_ID="${PBS_ARRAY_INDEX:-${PBS_ARRAYID:-${SLURM_ARRAY_TASK_ID:-}}}"
+case "${TASK_ID}" in
+    '' | *[!0-9]*)
+        echo "hetmpi: not an array task: none of PBS_ARRAY_INDEX, PBS_ARRAYID, SLURM_ARRAY_TASK_ID holds an index (got '${TASK_ID}')" >&2
+        exit 2
+        ;;
+esac
+INDEX="${TASK_ID}"
+# Sweep entries: q0, q1
+CONFIGS=(
+    /scratch/user/run/out/jobs/sweep/q0.yaml
+    /scratch/user/run/out/jobs/sweep/q1.yaml
+)
+OUTPUTS=(
+    /scratch/user/run/out/sweep/q0
+    /scratch/user/run/out/sweep/q1
+)
+mpiexec -n 4 --ppn 4 hetmpi run "${CONFIGS[INDEX]}" --output "${OUTPUTS[INDEX]}"

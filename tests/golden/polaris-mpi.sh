@@ -1,0 +1,31 @@
+#!/bin/bash -l
+#PBS -N hetmpi
+#PBS -A MyProject
+#PBS -q debug
+#PBS -l walltime=00:30:00
+#PBS -l select=1:ncpus=32:mpiprocs=4:ompthreads=8:ngpus=4:system=polaris
+#PBS -l filesystems=home:eagle
+#PBS -j oe
+#PBS -l place=scatter
+# Rendered by `hetmpi submit` (mpi job); change the scheduler: section and re-render.
+set -eo pipefail
+module use /soft/modulefiles
+module load conda
+set -u
+
+# Threads per rank: cpus_per_rank = 8.
+export OMP_NUM_THREADS=8
+export MKL_NUM_THREADS=8
+export OPENBLAS_NUM_THREADS=8
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+# One GPU per rank: the rank's local index on its node picks the device.
+HETMPI_GPU_BIND='local_rank="${SLURM_LOCALID:-${PMI_LOCAL_RANK:-${PALS_LOCAL_RANKID:-${OMPI_COMM_WORLD_LOCAL_RANK:-}}}}"
+if [ -z "${local_rank}" ]; then
+    echo "hetmpi: cannot tell the local rank (SLURM_LOCALID, PMI_LOCAL_RANK unset)" >&2
+    exit 2
+fi
+export CUDA_VISIBLE_DEVICES=$((local_rank % 4))
+exec "$@"'
+
+mpiexec -n 4 --ppn 4 --depth=8 --cpu-bind depth bash -c "${HETMPI_GPU_BIND}" hetmpi-gpu-bind hetmpi run /scratch/user/run/cfg.yaml --output /scratch/user/run/out
