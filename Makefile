@@ -12,10 +12,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[mpi,test]'
 	touch $@
 
-## demo: simulate the reference dataset and run the consensus fit on it
+## demo: simulate the reference dataset and run the consensus fit on it with 2 MPI ranks
 demo: $(BIN)/.installed
 	$(BIN)/hetmpi simulate jobs/reference_truth.yaml --n-frames 30 -o demo/reference.h5
-	$(BIN)/hetmpi run jobs/laptop.yaml --overwrite
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mpiexec -n 2 $(BIN)/hetmpi run jobs/laptop.yaml --overwrite
 
 ## test: the test suite (real HDF5, NumPyro, mpiexec; Slurm tests need a running Slurm)
 test: $(BIN)/.installed

@@ -291,13 +291,19 @@ class Choice(Field):
         return INVALID
 
 
+@dataclass(frozen=True)
 class PathValue(Field):
     """A file system path (a leading ~ is expanded); resolving relative paths is the caller's."""
 
+    nullable: bool = False  # null means None
+
     def parse(self, value: Any, path: str, problems: Problems) -> Any:
+        if value is None and self.nullable:
+            return None
         if isinstance(value, str | os.PathLike) and str(value).strip():
             return Path(value).expanduser()
-        problems.add(path, f"must be a non-empty path string, got {show(value)}")
+        alternative = " or null" if self.nullable else ""
+        problems.add(path, f"must be a non-empty path string{alternative}, got {show(value)}")
         return INVALID
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,22 +14,24 @@ import click
 
 from hetmpi import __version__
 from hetmpi.errors import InputError, RunError
+from hetmpi.runtime import launcher_rank, launcher_world_size
 
 log = logging.getLogger("hetmpi")
 
 
 class _Group(click.Group):
-    """Turns InputError into exit status 2 and RunError into 1: one message, no traceback."""
+    """Turns InputError into exit status 2 and RunError into 1: one message, no traceback.
+
+    Under an MPI launch every rank exits with that status, and only rank 0 prints.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except InputError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(2)
-        except RunError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(1)
+        except (InputError, RunError) as exc:
+            if launcher_rank(os.environ) == 0:
+                click.echo(f"error: {exc}", err=True)
+            ctx.exit(2 if isinstance(exc, InputError) else 1)
 
 
 def _setup_logging() -> None:
@@ -70,7 +73,7 @@ def _load(config_path: str, output: str | None) -> Any:
 )
 @click.option(
     "--executor",
-    type=click.Choice(["auto", "cpu"]),
+    type=click.Choice(["auto", "cpu", "multiprocessing", "mpi"]),
     default=None,
     help="Where shards run (overrides executor.name).",
 )
@@ -79,15 +82,91 @@ def _load(config_path: str, output: str | None) -> Any:
 def run(
     config: str, output: str | None, executor: str | None, overwrite: bool, resume: bool
 ) -> None:
-    """Sample the consensus posterior described by CONFIG and write results."""
+    """Sample the consensus posterior described by CONFIG and write results.
+
+    Under mpiexec/mpirun/srun with more than one rank the shards are spread over the ranks.
+    """
+    cfg = _load(config, output)
+    name = executor or cfg.executor.name
+    if name == "mpi" or launcher_world_size(os.environ) > 1:
+        from hetmpi.executors.mpi import launch
+
+        summary = launch(cfg, executor_name=name, overwrite=overwrite, resume=resume)
+    else:
+        summary = _run_here(cfg, name, overwrite=overwrite, resume=resume)
+    if summary is not None:
+        from hetmpi import report
+
+        click.echo(report.format_table(summary))
+        click.echo(f"results in {cfg.output.directory}")
+
+
+def _run_here(cfg: Any, name: str, *, overwrite: bool, resume: bool) -> dict[str, Any]:
+    """A run without MPI: this process (and its workers, if any) does everything."""
+    from functools import partial
+
+    _configure_whole_process(cfg)
+    from hetmpi import pipeline
+    from hetmpi.executors import select_local_executor
+
+    select = partial(select_local_executor, name, cfg.executor)
+    return pipeline.run(cfg, select=select, overwrite=overwrite, resume=resume)
+
+
+def _configure_whole_process(cfg: Any) -> None:
+    """This process samples alone: it owns every core it may run on."""
+    from hetmpi.executors import process_layout
+    from hetmpi.runtime import available_cores, configure_process
+
+    configure_process(process_layout(0, 1, available_cores(), cfg.executor))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the results in an existing folder.")
+def plan(config: str, output: str | None, overwrite: bool) -> None:
+    """Prepare CONFIG for shard jobs: write OUT/config.yaml and OUT/plan.h5.
+
+    Then `hetmpi run-shard OUT --index K` for every shard, and `hetmpi combine OUT`.
+    """
+    cfg = _load(config, output)
+    _configure_whole_process(cfg)
+    from hetmpi import pipeline
+
+    num_shards = pipeline.plan_run(cfg, cfg.output.directory, overwrite=overwrite)
+    click.echo(f"planned {num_shards} shards in {cfg.output.directory}")
+
+
+@main.command("run-shard")
+@click.argument("out", type=click.Path(file_okay=False, exists=True))
+@click.option("--index", required=True, type=int, help="Shard index (0-based).")
+def run_shard(out: str, index: int) -> None:
+    """Sample one shard of the run planned in OUT and write OUT/shards/shard_NNNN.h5."""
+    from hetmpi.config import load_config
+
+    out_dir = Path(out).absolute()
+    _configure_whole_process(load_config(out_dir / "config.yaml"))
+    from hetmpi import pipeline
+
+    result = pipeline.run_shard(out_dir, index)
+    click.echo(
+        f"shard {index}: {result.divergences} divergences, "
+        f"{result.mean_steps:.1f} leapfrog steps/draw, "
+        f"{result.warmup_seconds + result.sample_seconds:.1f} s"
+    )
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, exists=True))
+def combine(out: str) -> None:
+    """Combine the shard results of the run planned in OUT and write every output."""
     from hetmpi import pipeline, report
 
-    cfg = _load(config, output)
-    summary = pipeline.run(
-        cfg, executor_name=executor or cfg.executor.name, overwrite=overwrite, resume=resume
-    )
+    out_dir = Path(out).absolute()
+    summary = pipeline.combine(out_dir)
     click.echo(report.format_table(summary))
-    click.echo(f"results in {cfg.output.directory}")
+    click.echo(f"results in {out_dir}")
 
 
 @main.command()

@@ -157,10 +157,21 @@ class ConsensusConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """Where shards run; ``shard_timeout`` in seconds, None = no limit."""
+    """Where shards run and how each process is laid out.
+
+    ``shard_timeout`` in seconds (None = no limit); ``workers`` multiprocessing workers
+    (None = one per core, at most one per shard); ``threads_per_process`` compute threads of
+    each sampling process (None = the cores it owns); ``devices_per_process`` JAX CPU devices
+    per process, over which ``chain_method: parallel`` spreads a shard's chains;
+    ``compile_cache`` a folder for JAX's persistent compilation cache (None = no cache).
+    """
 
     name: str = "auto"
     shard_timeout: float | None = None
+    workers: int | None = None
+    threads_per_process: int | None = None
+    devices_per_process: int = 1
+    compile_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +326,10 @@ _KEYS: dict[str, dict[str, v.Field]] = {
     "executor": {
         "name": v.Choice(EXECUTORS),
         "shard_timeout": v.Float(low=0, low_open=True, nullable=True),
+        "workers": v.Int(low=1, nullable=True),
+        "threads_per_process": v.Int(low=1, nullable=True),
+        "devices_per_process": v.Int(low=1),
+        "compile_cache": v.PathValue(nullable=True),
     },
     "output": {
         "directory": v.PathValue(),
@@ -359,8 +374,9 @@ _CONFIG = v.Section(
 def config_from_dict(raw: Mapping[str, Any], base_dir: Path) -> Config:
     """Check ``raw`` (as yaml.safe_load gives it) and build the Config.
 
-    Relative data.path and output.directory are taken relative to ``base_dir`` and come back
-    absolute. Raises ConfigError listing every problem, in document order.
+    Relative data.path, output.directory and executor.compile_cache are taken relative to
+    ``base_dir`` and come back absolute. Raises ConfigError listing every problem, in
+    document order.
     """
     problems = v.Problems()
     cfg = _CONFIG.parse(raw, "", problems)
@@ -371,6 +387,12 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path) -> Config:
         cfg,
         data=replace(cfg.data, path=base / cfg.data.path),
         output=replace(cfg.output, directory=base / cfg.output.directory),
+        executor=replace(
+            cfg.executor,
+            compile_cache=None
+            if cfg.executor.compile_cache is None
+            else base / cfg.executor.compile_cache,
+        ),
     )
 
 

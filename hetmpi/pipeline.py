@@ -13,26 +13,24 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hetmpi.config import Config, config_to_dict
 from hetmpi.consensus import combine_draws, select_shards
 from hetmpi.data import Dataset, load_dataset
-from hetmpi.errors import InputError
-from hetmpi.results import (
-    SHARD_DIR,
-    save_shard_result,
-    write_json,
-    write_yaml,
-)
+from hetmpi.errors import InputError, RunError
+from hetmpi.results import SHARD_DIR, write_json, write_yaml
 from hetmpi.sampling import ShardResult, ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.warmstart import fit_warm_start
+
+if TYPE_CHECKING:
+    from hetmpi.executors import Executor
 
 log = logging.getLogger("hetmpi")
 
@@ -129,15 +127,6 @@ def prepare_output_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
                 path.unlink()
 
 
-def checkpoint(out_dir: Path):
-    """on_result callback: save each ShardResult as soon as it exists (the --resume checkpoint)."""
-
-    def save(result: ShardResult) -> None:
-        save_shard_result(out_dir, result)
-
-    return save
-
-
 def parameter_draws(prepared: Prepared, u_draws: np.ndarray) -> dict[str, np.ndarray]:
     """name -> (chains, draws) in parameter units, from u-space draws (chains, draws, d)."""
     problem = prepared.task.warm.problem
@@ -202,20 +191,25 @@ def attach_log_file(out_dir: Path) -> logging.Handler:
     return handler
 
 
+SelectExecutor = Callable[[int], tuple["Executor", str]]
+
+
 def run(
-    cfg: Config, *, executor_name: str, overwrite: bool = False, resume: bool = False
+    cfg: Config, *, select: SelectExecutor, overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any]:
-    """A whole run in one process group: returns the summary written to summary.json."""
-    from hetmpi.executors import select_executor
+    """A whole run: returns the summary written to summary.json.
+
+    ``select(num_shards)`` gives the executor and the reason it was chosen (logged).
+    """
     from hetmpi.progress import ShardProgress
     from hetmpi.results import load_valid_shards
     from hetmpi.sampling import compile_monitor
 
     started = time.perf_counter()
     out_dir = cfg.output.directory
-    executor, reason = select_executor(executor_name)
     check_output_dir(out_dir, overwrite=overwrite, resume=resume)
     prepared = prepare(cfg)  # bad input fails here, before anything is written
+    executor, reason = select(prepared.task.num_shards)
     dataset = prepared.dataset
     prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
     handler = attach_log_file(out_dir)
@@ -231,26 +225,99 @@ def run(
             )
             log.info("resume: %d of %d shards already done", len(done), task.num_shards)
         todo = [s for s in prepared.plan.shards if s.index not in done]
-        progress = ShardProgress(task.num_shards, already_done=len(done))
-        save = checkpoint(out_dir)
-
-        def on_result(result: ShardResult) -> None:
-            save(result)
-            progress.advance(result)
-
+        progress = ShardProgress(
+            task.num_shards, already_done=len(done), enabled=cfg.sampler.progress_bar
+        )
         sampling_started = time.perf_counter()
         with compile_monitor() as compiles:
-            results = executor.run(todo, task, cfg.sampler.seed, on_result)
+            results = executor.run(todo, task, cfg.sampler.seed, out_dir, progress.advance)
         progress.close()
         timings = {
             **prepared.seconds,
             "sampling": time.perf_counter() - sampling_started,
             "compile": compiles["seconds"],
             "compiles": compiles["compiles"],
+            **executor.timings,
         }
         summary = finalize(
             prepared, [*done.values(), *results], out_dir, executor=executor.name, timings=timings
         )
+        summary["run"]["timings"]["total"] = time.perf_counter() - started
+        write_json(out_dir / "summary.json", summary)
+        return summary
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def plan_run(cfg: Config, out_dir: Path, *, overwrite: bool = False) -> int:
+    """Prepare a run for independent shard jobs: OUT/config.yaml and OUT/plan.h5 (array
+    mode). Returns the number of shards."""
+    from hetmpi.planfile import write_plan
+
+    check_output_dir(out_dir, overwrite=overwrite, resume=False)
+    prepared = prepare(cfg)
+    prepare_output_dir(out_dir, overwrite=overwrite, resume=False)
+    cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, directory=out_dir))
+    write_resolved_config(cfg, out_dir)
+    task = dataclasses.replace(prepared.task, run_id=run_fingerprint(cfg, prepared.dataset))
+    write_plan(out_dir, task, prepared.plan)
+    log.info("planned %d shards in %s", task.num_shards, out_dir)
+    return task.num_shards
+
+
+def run_shard(out_dir: Path, index: int) -> ShardResult:
+    """Sample shard ``index`` of a planned run and save its result file; RunError when the
+    shard failed (so a job array marks the task failed and --retry-failed picks it up)."""
+    from hetmpi.config import load_config
+    from hetmpi.executors.cpu import sample_and_save
+    from hetmpi.planfile import read_shard, read_task
+
+    cfg = load_config(out_dir / "config.yaml")
+    shard = read_shard(out_dir, index)
+    task = read_task(out_dir, cfg.sampler)
+    result = sample_and_save(shard, task, cfg.sampler.seed, out_dir)
+    if result.status != "ok":
+        raise RunError(f"shard {index} failed: {result.error}")
+    return result
+
+
+def combine(out_dir: Path) -> dict[str, Any]:
+    """Consensus and outputs of a planned run from its shard files; returns the summary."""
+    from hetmpi.config import load_config
+    from hetmpi.planfile import read_shard_plan, read_task
+    from hetmpi.results import load_valid_shards
+
+    started = time.perf_counter()
+    cfg = load_config(out_dir / "config.yaml")
+    task = read_task(out_dir, cfg.sampler)
+    dataset = load_data(cfg)
+    if run_fingerprint(cfg, dataset) != task.run_id:
+        raise InputError(
+            f"{out_dir}: the config or data changed since `hetmpi plan`; plan again into a new "
+            "output folder"
+        )
+    handler = attach_log_file(out_dir)
+    try:
+        results = load_valid_shards(out_dir, lambda r: r.extra.get("run_id") == task.run_id)
+        missing = sorted(set(range(task.num_shards)) - set(results))
+        if missing:
+            raise RunError(
+                f"{out_dir}: no result for shards {', '.join(map(str, missing))}; run them "
+                f"(`hetmpi submit --retry-failed {out_dir}`) and combine again"
+            )
+        prepared = Prepared(
+            cfg=cfg,
+            dataset=dataset,
+            points=pool_points(dataset),
+            plan=read_shard_plan(out_dir),
+            task=task,
+            seconds={"load": time.perf_counter() - started},
+        )
+        sampled = [r.warmup_seconds + r.sample_seconds for r in results.values()]
+        timings = {**prepared.seconds, "sampling": float(sum(sampled))}
+        summary = finalize(prepared, list(results.values()), out_dir, executor="array",
+                           timings=timings)  # fmt: skip
         summary["run"]["timings"]["total"] = time.perf_counter() - started
         write_json(out_dir / "summary.json", summary)
         return summary

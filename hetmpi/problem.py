@@ -9,7 +9,8 @@ import numpy as np
 
 from hetmpi.config import ModelConfig, ParameterConfig
 from hetmpi.data import Dataset
-from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.errors import InputError
+from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
 from hetmpi.model.posterior import (
     BoundedPrior,
     ModelConstants,
@@ -34,6 +35,26 @@ def _prior(p: ParameterConfig) -> BoundedPrior:
     return bounded_prior(p.bounds, p.prior_mean, p.prior_sd, p.log_space)
 
 
+def scaling_mode(cfg: ModelConfig, per_angle_mode: str) -> str:
+    """The mode the model samples contrast and offset in.
+
+    ``constant`` when both are configured ``fixed`` (held at their configured values); an
+    InputError when only one of them is, which the model cannot represent.
+    """
+    if per_angle_mode == "constant":
+        return per_angle_mode
+    fixed = [name for name in SCALING_NAMES if cfg.parameter(name).fixed]
+    if len(fixed) == len(SCALING_NAMES):
+        return "constant"
+    if fixed:
+        raise InputError(
+            f"model.parameters.{fixed[0]}.fixed: holding only one of contrast and offset fixed "
+            f"is not supported in per_angle_mode {per_angle_mode}; fix both, free both, "
+            "or use per_angle_mode: constant"
+        )
+    return per_angle_mode
+
+
 def build_problem(
     cfg: ModelConfig,
     dataset: Dataset,
@@ -47,9 +68,10 @@ def build_problem(
     """Coordinates: free physics parameters, per-angle scaling (by mode), then log sigma.
 
     ``sigma`` is the fixed noise sd, or the estimate the sigma prior is centred on when
-    ``sample_sigma``. ``contrast``/``offset`` (n_phi,) are the values used in constant mode
-    (default: the configured values).
+    ``sample_sigma``. ``contrast``/``offset`` (n_phi,) are the values used when they are not
+    sampled (default: the configured values); see ``scaling_mode`` for fixed contrast/offset.
     """
+    per_angle_mode = scaling_mode(cfg, per_angle_mode)
     n_phi = len(dataset.phi)
     free = [k for k, name in enumerate(PHYSICS_NAMES) if not cfg.parameter(name).fixed]
     names = [PHYSICS_NAMES[k] for k in free]
@@ -95,14 +117,30 @@ def build_problem(
     return Problem(model, consts)
 
 
-def initial_values(cfg: ModelConfig, model: PosteriorModel, sigma: float) -> np.ndarray:
-    """Configured start values for every coordinate of ``model`` (parameter units)."""
+def initial_values(
+    cfg: ModelConfig,
+    model: PosteriorModel,
+    sigma: float,
+    *,
+    contrast: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
+    """Start values for every coordinate of ``model`` (parameter units).
+
+    The configured values, except that ``contrast``/``offset`` (n_phi,), when given, start the
+    per-angle coordinates (their mean starts a coordinate shared by all angles).
+    """
+    given = {"contrast": contrast, "offset": offset}
     values = []
     for name in model.names:
+        base, _, index = name.partition("[")
+        per_angle = given.get(base)
         if name == "sigma":
             values.append(sigma)
+        elif per_angle is None:
+            values.append(cfg.parameter(base).value)
         else:
-            values.append(cfg.parameter(name.split("[")[0]).value)
+            values.append(per_angle[int(index[:-1])] if index else np.mean(per_angle))
     return np.asarray(values, dtype=np.float64)
 
 

@@ -19,6 +19,7 @@ from functools import cached_property, lru_cache, partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 from numpyro.infer.hmc import HMCState, hmc
 
 from hetmpi.config import SamplerConfig
@@ -30,7 +31,7 @@ from hetmpi.warmstart import WarmStart
 REFERENCE_SHARD_SIZE = 10_000  # points at which the configured draw counts apply in full
 INIT_SPREAD = 0.5  # sd of chain starting points around the mode, in whitened units
 
-_STAT_FIELDS = ("diverging", "energy", "accept_prob", "num_steps")
+STAT_FIELDS = ("diverging", "energy", "accept_prob", "num_steps")
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,34 @@ def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
     def draw(states: HMCState, args: tuple):
         return over_chains(lambda st: draw_one(st, args), states)
 
+    if settings.chain_method == "parallel":
+        return _across_devices(warmup, settings.num_chains), _across_devices(
+            draw, settings.num_chains
+        )
     return jax.jit(warmup), jax.jit(draw)
+
+
+def chain_devices(num_chains: int) -> int:
+    """How many local devices ``parallel`` chains use: the largest count that divides the
+    chains evenly, at most the local device count."""
+    available = min(num_chains, jax.local_device_count())
+    return max(n for n in range(1, available + 1) if num_chains % n == 0)
+
+
+def _across_devices(fn, num_chains: int):
+    """``fn(chain_batch, ..., args)`` with the chain axis split over local devices (each runs
+    its block of chains one after another) and the trailing ``args`` replicated."""
+    mesh = Mesh(jax.local_devices()[: chain_devices(num_chains)], ("chains",))
+
+    def split(*operands):
+        *batched, args = operands
+        specs = (*(PartitionSpec("chains") for _ in batched), PartitionSpec())
+        mapped = jax.shard_map(
+            fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("chains"), check_vma=False
+        )
+        return mapped(*batched, args)
+
+    return jax.jit(split)
 
 
 def sample_shard(shard: Shard, task: ShardTask, seed: int) -> ShardResult:
@@ -262,7 +290,7 @@ def _sample(shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int) -> Sha
             attempts=attempts,
             warmup_seconds=warmed - started,
             sample_seconds=finished - warmed,
-            extra={"run_id": task.run_id},
+            extra={"run_id": task.run_id, "devices": len(z.sharding.device_set)},
         )
         if result.divergence_rate <= task.cfg.retry_divergence_rate:
             return result
@@ -281,7 +309,7 @@ def failed_result(shard: Shard, task: ShardTask, plan: SamplingPlan, error: str)
         names=names,
         num_points=shard.num_points,
         draws=np.zeros((0, 0, d)),
-        stats={name: np.zeros((0, 0)) for name in _STAT_FIELDS},
+        stats={name: np.zeros((0, 0)) for name in STAT_FIELDS},
         step_size=np.zeros(0),
         num_warmup=plan.num_warmup,
         num_samples=plan.num_samples,

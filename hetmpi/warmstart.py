@@ -2,25 +2,41 @@
 
 It gives every shard (a) its starting point, (b) a robust noise estimate and (c) the Laplace
 covariance of the full-data posterior, from which the sampler builds a whitened space.
+
+The fit starts contrast and offset from the data, and then also tries the label-swapped
+solution (reference and sample roles exchanged), a separate basin of the posterior that no
+local optimiser or chain crosses to on its own; the lower negative log posterior wins.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
 from hetmpi.config import ModelConfig
 from hetmpi.data import Dataset
 from hetmpi.errors import InputError
-from hetmpi.model.posterior import ShardArrays
+from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
+from hetmpi.model.physics import c2_pooled
+from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.problem import Problem, build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import PooledPoints
 
+log = logging.getLogger("hetmpi")
+
 _MAD_TO_SD = 1.4826
+_START_LIMIT = 7.0  # |u| of a start: within ~1e-3 of the bounds' width from either bound
+_TRANSPORT_PAIRS = (
+    ("D0_ref", "D0_sample"),
+    ("alpha_ref", "alpha_sample"),
+    ("D_offset_ref", "D_offset_sample"),
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,24 @@ class WarmStart:
     noise_sigma: float
     reduced_chi2: float
     seconds: float
+
+    @property
+    def values(self) -> np.ndarray:
+        """The mode in parameter units, (d,), in the order of ``problem.model.names``."""
+        return self.problem.model.to_values(self.center, self.problem.consts)
+
+    @property
+    def parameter_sd(self) -> np.ndarray:
+        """Laplace sd of each parameter in its own units (delta method), (d,)."""
+        return np.abs(value_jacobian(self.problem, self.center)) * np.sqrt(np.diag(self.covariance))
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """A local minimum of the negative log posterior (prior untempered), sigma fixed."""
+
+    u: np.ndarray  # (d,)
+    nlp: float  # inf when the optimiser diverged
 
 
 def robust_sd(x: np.ndarray) -> float:
@@ -49,39 +83,48 @@ def initial_noise_estimate(points: PooledPoints) -> float:
     return robust_sd(np.diff(c2)[neighbour]) / np.sqrt(2.0)
 
 
-def _negative_log_posterior(problem: Problem, data: ShardArrays):
+def value_jacobian(problem: Problem, u: np.ndarray) -> np.ndarray:
+    """d(parameter value)/du per coordinate at u, (d,): the transform is elementwise."""
     model, consts = problem.model, problem.consts
-    one = np.float64(1.0)
+    values = model.to_values(u, consts)
+    bounded = slice(0, model.num_bounded)
+    s = 1.0 / (1.0 + np.exp(-u[bounded]))
+    dy = (np.asarray(consts.upper) - np.asarray(consts.lower)) * s * (1.0 - s)
+    jac = values.copy()  # sigma = exp(u): its derivative is sigma itself
+    jac[bounded] = np.where(model.log_space, values[bounded] * dy, dy)
+    return jac
 
-    def f(u: jax.Array) -> jax.Array:
-        return -model.log_density(u, data, consts, one)
 
-    return jax.jit(jax.value_and_grad(f)), jax.jit(jax.hessian(f))
+def _objective(
+    model: PosteriorModel, u: jax.Array, data: ShardArrays, c: ModelConstants
+) -> jax.Array:
+    return -model.log_density(u, data, c, jnp.float64(1.0))
 
 
-def _minimize(problem: Problem, data: ShardArrays, u0: np.ndarray) -> np.ndarray:
-    value_and_grad, hessian = _negative_log_posterior(problem, data)
+# model is static (hashable); data and constants are arguments, so a new sigma needs no compile
+_value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnums=0)
+_hessian = jax.jit(jax.hessian(_objective, argnums=1), static_argnums=0)
+
+
+def local_optimum(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
+    """Trust-region Newton from u0 on the full-data negative log posterior."""
+    model, consts = problem.model, problem.consts
 
     def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = value_and_grad(u)
+        value, grad = _value_and_grad(model, u, data, consts)
         return float(value), np.asarray(grad)
 
     result = scipy.optimize.minimize(
-        fun, u0, jac=True, hess=lambda u: np.asarray(hessian(u)), method="trust-exact",
-        options={"maxiter": 200, "gtol": 1e-6},
+        fun, u0, jac=True, hess=lambda u: np.asarray(_hessian(model, u, data, consts)),
+        method="trust-exact", options={"maxiter": 200, "gtol": 1e-6},
     )  # fmt: skip
-    if not np.all(np.isfinite(result.x)):
-        raise InputError(
-            "model.parameters: the least-squares warm start diverged; "
-            "give start values closer to the data (model.parameters.<name>.value)"
-        )
-    return result.x
+    finite = np.all(np.isfinite(result.x)) and np.isfinite(result.fun)
+    return Optimum(result.x, float(result.fun) if finite else np.inf)
 
 
 def laplace_covariance(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
     """Inverse Hessian of the negative log posterior at u, eigenvalues floored to stay PD."""
-    _, hessian = _negative_log_posterior(problem, data)
-    h = np.asarray(hessian(u))
+    h = np.asarray(_hessian(problem.model, u, data, problem.consts))
     h = 0.5 * (h + h.T)
     eigval, eigvec = np.linalg.eigh(h)
     floor = max(eigval.max(), 1.0) * 1e-10
@@ -89,24 +132,162 @@ def laplace_covariance(problem: Problem, data: ShardArrays, u: np.ndarray) -> np
     return (eigvec / eigval) @ eigvec.T
 
 
+def _line_fit(g: np.ndarray, c2: np.ndarray, weight: np.ndarray) -> tuple[float, float] | None:
+    """Weighted least squares c2 ~ intercept + slope * g: (slope, intercept); None if g is flat."""
+    g_mean, c2_mean = np.average(g, weights=weight), np.average(c2, weights=weight)
+    spread = np.average((g - g_mean) ** 2, weights=weight)
+    if spread <= 1e-12:
+        return None
+    slope = np.average((g - g_mean) * (c2 - c2_mean), weights=weight) / spread
+    return float(slope), float(c2_mean - slope * g_mean)
+
+
+def scaling_from_data(
+    cfg: ModelConfig, dataset: Dataset, points: PooledPoints
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-angle (contrast, offset), each (n_phi,), from the data at the configured physics.
+
+    For each angle, c2 ~ offset + contrast * g with g the model's correlation term (contrast 1,
+    offset 0) at the configured physics values, by linear least squares over that angle's
+    points (weighted by the per-point sigma, if any), clipped inside the configured bounds.
+    An angle whose g is flat keeps the configured values.
+    """
+    n_phi = len(dataset.phi)
+    physics = {name: jnp.float64(cfg.parameter(name).value) for name in PHYSICS_NAMES}
+    g = np.asarray(
+        c2_pooled(
+            physics, jnp.asarray(dataset.t), dataset.q, dataset.dt, jnp.asarray(dataset.phi),
+            jnp.ones(n_phi), jnp.zeros(n_phi), points.i1, points.i2, points.angle,
+        )
+    )  # fmt: skip
+    weight = np.ones_like(points.c2) if points.sigma is None else points.sigma**-2.0
+    contrast_cfg, offset_cfg = (cfg.parameter(name) for name in SCALING_NAMES)
+    contrast = np.full(n_phi, contrast_cfg.value)
+    offset = np.full(n_phi, offset_cfg.value)
+    for a in range(n_phi):
+        mine = points.angle == a
+        fit = _line_fit(g[mine], points.c2[mine], weight[mine]) if mine.any() else None
+        if fit is not None:
+            contrast[a], offset[a] = fit
+    return _inside(contrast, contrast_cfg.bounds), _inside(offset, offset_cfg.bounds)
+
+
+def _inside(x: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    lo, hi = bounds
+    margin = 1e-3 * (hi - lo)
+    return np.clip(x, lo + margin, hi - margin)
+
+
+def swap_labels(physics: dict[str, float], t_mid: float) -> dict[str, float]:
+    """The 14 physics values with the reference and sample roles exchanged.
+
+    The transport triples are swapped; the sample fraction x(t) = f0 e^{f1 (t - f2)} + f3
+    becomes the curve of the same form that equals 1 - x(t) in value and slope at ``t_mid``
+    (seconds): f1 -> -f1, f0 -> f0 G^2, f3 -> 1 - f3 - 2 f0 G with G = e^{f1 (t_mid - f2)}.
+    Values may leave the bounds; the caller clips.
+    """
+    swapped = dict(physics)
+    for ref, sample in _TRANSPORT_PAIRS:
+        swapped[ref], swapped[sample] = physics[sample], physics[ref]
+    f0, f1, f2, f3 = (physics[name] for name in ("f0", "f1", "f2", "f3"))
+    growth = float(np.exp(np.clip(f1 * (t_mid - f2), -50.0, 50.0)))
+    swapped.update(f0=f0 * growth**2, f1=-f1, f3=1.0 - f3 - 2.0 * f0 * growth)
+    return swapped
+
+
+def label_swapped_start(problem: Problem, u: np.ndarray) -> np.ndarray | None:
+    """u with reference and sample exchanged (``swap_labels`` at the middle of the time grid).
+
+    None when the swap cannot matter: it would change a fixed physics parameter, or it
+    leaves the start where it is (e.g. both components alike).
+    """
+    model, consts = problem.model, problem.consts
+    values = model.to_values(u, consts)
+    free = list(model.free_physics)
+    physics = np.array(consts.physics, dtype=np.float64)
+    physics[free] = values[: len(free)]
+    t = np.asarray(consts.t)
+    swapped = swap_labels(dict(zip(PHYSICS_NAMES, physics, strict=True)), 0.5 * (t[0] + t[-1]))
+    new = np.array([swapped[name] for name in PHYSICS_NAMES])
+    fixed = np.setdiff1d(np.arange(len(PHYSICS_NAMES)), free)
+    if not np.allclose(new[fixed], physics[fixed], rtol=1e-12, atol=0.0):
+        return None
+    values = values.copy()
+    values[: len(free)] = new[free]
+    start = _clip_start(model.to_unconstrained(values, consts), model)
+    return None if np.allclose(start, u, rtol=0.0, atol=1e-6) else start
+
+
+def _clip_start(u: np.ndarray, model: PosteriorModel) -> np.ndarray:
+    """Keep bounded coordinates off their bounds, where the transform has no gradient."""
+    u = u.copy()
+    u[: model.num_bounded] = np.clip(u[: model.num_bounded], -_START_LIMIT, _START_LIMIT)
+    return u
+
+
+def best_labelling(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
+    """The optimum from u0, or from its label-swapped version when that one is lower."""
+    found = local_optimum(problem, data, u0)
+    start = label_swapped_start(problem, found.u) if np.isfinite(found.nlp) else None
+    if start is None:
+        return found
+    swapped = local_optimum(problem, data, start)
+    winner = "label-swapped" if swapped.nlp < found.nlp else "configured"
+    log.info(
+        "warm start: %s labelling kept (negative log posterior %.3f configured, "
+        "%.3f label-swapped)",
+        winner, found.nlp, swapped.nlp,
+    )  # fmt: skip
+    return swapped if swapped.nlp < found.nlp else found
+
+
+def _fit_config(cfg: ModelConfig) -> ModelConfig:
+    """The config the fit uses: constant mode estimates contrast and offset, never fixed."""
+    if cfg.per_angle_mode != "constant":
+        return cfg
+    parameters = tuple(
+        replace(p, fixed=False) if p.name in SCALING_NAMES else p for p in cfg.parameters
+    )
+    return replace(cfg, per_angle_mode="individual", parameters=parameters)
+
+
+def _fit_problem(cfg: ModelConfig, dataset: Dataset, sigma: float) -> Problem:
+    return build_problem(
+        cfg, dataset, per_angle_mode=cfg.per_angle_mode, sample_sigma=False, sigma=sigma
+    )
+
+
+def _converged(optimum: Optimum) -> Optimum:
+    if not np.isfinite(optimum.nlp):
+        raise InputError(
+            "model.parameters: the least-squares warm start diverged; "
+            "give start values closer to the data (model.parameters.<name>.value)"
+        )
+    return optimum
+
+
+def _residual(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
+    return np.asarray(problem.model.predict(u, data, problem.consts) - data.c2)
+
+
 def fit_warm_start(cfg: ModelConfig, dataset: Dataset, points: PooledPoints) -> WarmStart:
     """Fit the full data, estimate the noise, and return the sampling problem around the fit."""
     started = time.perf_counter()
     data = pooled_arrays(points)
-    sigma = cfg.noise.sigma if cfg.noise.sigma is not None else initial_noise_estimate(points)
-    fit_mode = "averaged" if cfg.per_angle_mode == "averaged" else "individual"
-    fit = build_problem(cfg, dataset, per_angle_mode=fit_mode, sample_sigma=False, sigma=sigma)
-    u = fit.model.to_unconstrained(initial_values(cfg, fit.model, sigma), fit.consts)
-    for _ in range(2 if cfg.noise.sigma is None else 1):
-        u = _minimize(fit, data, u)
-        residual = np.asarray(fit.model.predict(u, data, fit.consts)) - points.c2
-        if cfg.noise.sigma is None:
-            sigma = robust_sd(residual)
-            fit = build_problem(
-                cfg, dataset, per_angle_mode=fit_mode, sample_sigma=False, sigma=sigma
-            )
-    values = fit.model.to_values(u, fit.consts)
-    reduced_chi2 = float(np.mean((residual / sigma) ** 2))
+    estimate = cfg.noise.sigma is None
+    sigma = initial_noise_estimate(points) if estimate else cfg.noise.sigma
+    fit_cfg = _fit_config(cfg)
+    fit = _fit_problem(fit_cfg, dataset, sigma)
+    contrast, offset = scaling_from_data(fit_cfg, dataset, points)
+    start = initial_values(fit_cfg, fit.model, sigma, contrast=contrast, offset=offset)
+    u = _clip_start(fit.model.to_unconstrained(start, fit.consts), fit.model)
+    if estimate:
+        u = _converged(local_optimum(fit, data, u)).u
+        sigma = robust_sd(_residual(fit, data, u))
+        fit = _fit_problem(fit_cfg, dataset, sigma)
+    optimum = _converged(best_labelling(fit, data, u))
+    values = fit.model.to_values(optimum.u, fit.consts)
+    reduced_chi2 = float(np.mean((_residual(fit, data, optimum.u) / sigma) ** 2))
 
     contrast = offset = None
     if cfg.per_angle_mode == "constant":

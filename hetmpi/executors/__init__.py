@@ -1,31 +1,102 @@
 """Where shards run. Every executor calls ``sample_shard`` and nothing else; they differ only
-in where that happens. ``run`` returns results for the given shards, calling ``on_result``
-for each as soon as it exists (the caller saves it: that file is the checkpoint)."""
+in where that happens.
+
+``Executor.run`` samples the given shards and returns their results (any order). Each
+result is saved to ``out_dir`` by the process that produced it, as soon as it exists (that
+file is the --resume checkpoint), and ``report`` gets its ShardNote in this process (progress).
+``timings`` holds what the executor measured (seconds, compiles per process).
+
+This module imports no JAX: executor modules are loaded by processes (spawned workers, MPI
+ranks) that must set their JAX environment first.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from hetmpi.sampling import ShardResult, ShardTask
-from hetmpi.sharding import Shard
+from hetmpi.config import ExecutorConfig
+from hetmpi.errors import InputError
+from hetmpi.runtime import ProcessLayout, available_cores, layout_for
 
-OnResult = Callable[[ShardResult], None]
+if TYPE_CHECKING:
+    from hetmpi.progress import ShardNote
+    from hetmpi.sampling import ShardResult, ShardTask
+    from hetmpi.sharding import Shard
+
+log = logging.getLogger("hetmpi")
+
+Report = Callable[["ShardNote"], None]
 
 
 class Executor(Protocol):
     name: str
+    timings: dict[str, Any]
 
     def run(
-        self, shards: Sequence[Shard], task: ShardTask, seed: int, on_result: OnResult
+        self,
+        shards: Sequence[Shard],
+        task: ShardTask,
+        seed: int,
+        out_dir: Path,
+        report: Report,
     ) -> list[ShardResult]: ...
 
 
-def select_executor(name: str) -> tuple[Executor, str]:
-    """The executor for a configured name, and why it was chosen (for the log)."""
-    from hetmpi.executors.cpu import CpuExecutor
+def longest_first(costs: Sequence[float], bins: int) -> list[list[int]]:
+    """Longest-processing-time-first assignment of items (by cost) to ``bins`` workers.
 
-    if name in ("auto", "cpu"):
-        reason = "configured" if name == "cpu" else "auto: one process (no other executor yet)"
-        return CpuExecutor(), reason
-    raise ValueError(f"executor {name!r} is not available in this build")
+    Returns, for every bin, the item indices it runs, most expensive first. Ties go to the
+    lower item index and the lower bin, so the assignment is deterministic.
+    """
+    loads = [0.0] * bins
+    assigned: list[list[int]] = [[] for _ in range(bins)]
+    for item in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
+        target = min(range(bins), key=lambda b: (loads[b], b))
+        assigned[target].append(item)
+        loads[target] += costs[item]
+    return assigned
+
+
+def process_layout(
+    slot: int, slots: int, cores: Sequence[int], settings: ExecutorConfig
+) -> ProcessLayout:
+    """The layout of sampling process ``slot`` of ``slots`` sharing ``cores``, per config."""
+    cache = settings.compile_cache
+    return layout_for(
+        slot,
+        slots,
+        cores,
+        threads=settings.threads_per_process,
+        devices=settings.devices_per_process,
+        compile_cache=None if cache is None else str(cache),
+    )
+
+
+def select_local_executor(
+    name: str, settings: ExecutorConfig, num_shards: int
+) -> tuple[Executor, str]:
+    """The executor for ``name`` in a run without MPI, and why it was chosen (for the log).
+
+    ``auto``: multiprocessing when at least 2 cores and 2 shards, else cpu.
+    """
+    from hetmpi.executors.cpu import CpuExecutor
+    from hetmpi.executors.pool import PoolExecutor
+
+    cores = len(available_cores())
+    workers = settings.workers or min(cores, num_shards)
+    if name == "cpu":
+        return CpuExecutor(), "configured"
+    if name == "multiprocessing":
+        return PoolExecutor(workers, settings), f"configured, {workers} workers"
+    if name == "auto":
+        if cores >= 2 and num_shards >= 2:
+            reason = f"auto: {cores} cores and {num_shards} shards, {workers} workers"
+            return PoolExecutor(workers, settings), reason
+        return CpuExecutor(), f"auto: {cores} core(s) and {num_shards} shard(s)"
+    raise InputError(
+        f"executor.name: {name!r} needs an MPI launch; start hetmpi with mpiexec/srun, or use "
+        "auto, cpu or multiprocessing"
+    )

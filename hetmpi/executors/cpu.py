@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from hetmpi.executors import OnResult
+from hetmpi.executors import Report
+from hetmpi.progress import ShardNote
+from hetmpi.results import save_shard_result
 from hetmpi.sampling import ShardResult, ShardTask, sample_shard
 from hetmpi.sharding import Shard
+
+
+def sample_and_save(shard: Shard, task: ShardTask, seed: int, out_dir: Path) -> ShardResult:
+    """Sample one shard and write its result file (the checkpoint) at once."""
+    result = sample_shard(shard, task, seed)
+    save_shard_result(out_dir, result)
+    return result
 
 
 class CpuExecutor:
     name = "cpu"
 
+    def __init__(self) -> None:
+        self.timings: dict[str, Any] = {}
+
     def run(
-        self, shards: Sequence[Shard], task: ShardTask, seed: int, on_result: OnResult
+        self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
     ) -> list[ShardResult]:
         results = []
         for shard in shards:
-            result = sample_shard(shard, task, seed)
-            on_result(result)
+            result = sample_and_save(shard, task, seed, out_dir)
+            report(ShardNote.of(result))
             results.append(result)
         return results

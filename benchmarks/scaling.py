@@ -1,0 +1,123 @@
+"""Executor scaling on the reference job at N = 100 frames, K = 8 shards (reference_job.md).
+
+    python benchmarks/scaling.py [--frames 100] [--shards 8] [--warmup 150] [--samples 150]
+                                 [--only cpu,multiprocessing,mpi1,mpi2] [--workdir DIR]
+
+Runs the same config with the cpu executor (1 process), multiprocessing (2 workers) and
+MPI with 1 and 2 ranks (mpiexec from the mpich wheel next to this Python), and prints per
+run: wall time, sampling time, the seconds in scatter, gather and consensus and their share
+of wall time, and the XLA compiles per process. Then the speed-up of MPI 2 ranks over 1 rank
+and whether every run produced identical draws (same config and seed, so they must).
+Fewer draws than the reference job's 300 + 300 keep the four runs within the hour; a
+smaller sampling time makes the communication share look larger, not smaller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+TRUTH_FILE = HERE.parent / "jobs" / "reference_truth.yaml"
+BIN = Path(sys.executable).parent
+RUNS = ("cpu", "multiprocessing", "mpi1", "mpi2")
+
+
+def command(run: str) -> list[str]:
+    hetmpi = [sys.executable, "-m", "hetmpi", "run", "cfg.yaml", "--overwrite"]
+    if run in ("cpu", "multiprocessing"):
+        return [*hetmpi, "--executor", run, "-o", f"out_{run}"]
+    mpiexec = shutil.which("mpiexec", path=str(BIN))
+    if mpiexec is None:
+        sys.exit(f"no mpiexec next to {sys.executable}: pip install 'hetmpi[mpi]'")
+    return [mpiexec, "-n", run[3:], *hetmpi, "--executor", "mpi", "-o", f"out_{run}"]
+
+
+def shard_draws(out: Path) -> list[np.ndarray]:
+    paths = sorted((out / "shards").glob("shard_*.h5"))
+    draws = []
+    for path in paths:
+        with h5py.File(path) as f:
+            draws.append(f["draws"][()])
+    return draws
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=150)
+    parser.add_argument("--samples", type=int, default=150)
+    parser.add_argument("--only", default=",".join(RUNS))
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-scaling-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    truth = yaml.safe_load(TRUTH_FILE.read_text())
+    subprocess.run(
+        [sys.executable, "-m", "hetmpi", "simulate", str(TRUTH_FILE), "-o",
+         str(work / "data.h5"), "--n-frames", str(args.frames)],
+        check=True, env=env,
+    )  # fmt: skip
+    parameters = {name: {"value": float(v)} for name, v in truth["parameters"].items()}
+    parameters["f2"] = {"value": 0.0, "fixed": True}
+    config = {
+        "data": {"path": "data.h5"},
+        "model": {"per_angle_mode": "individual", "parameters": parameters},
+        "sharding": {"strategy": "angle_balanced", "num_shards": args.shards},
+        "sampler": {
+            "num_chains": 2,
+            "num_warmup": args.warmup,
+            "num_samples": args.samples,
+            "adaptive": False,
+            "progress_bar": False,
+        },
+        "executor": {"workers": 2},
+        "output": {"directory": "out", "plots": False},
+    }
+    (work / "cfg.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"reference job N={args.frames} K={args.shards}, {args.warmup}+{args.samples} "
+          f"draws x 2 chains per shard, in {work}")  # fmt: skip
+    walls: dict[str, float] = {}
+    draws: dict[str, list[np.ndarray]] = {}
+    header = f"{'run':<16}{'wall s':>9}{'sampling s':>12}{'scatter s':>11}{'gather s':>10}"
+    print(header + f"{'consensus s':>13}{'comm share':>12}  compiles/process")
+    for run in args.only.split(","):
+        started = time.perf_counter()
+        subprocess.run(command(run), cwd=work, env=env, check=True, capture_output=True)
+        wall = walls[run] = time.perf_counter() - started
+        timings = json.loads((work / f"out_{run}" / "summary.json").read_text())["run"]["timings"]
+        draws[run] = shard_draws(work / f"out_{run}")
+        overhead = timings.get("scatter", 0.0) + timings.get("gather", 0.0) + timings["consensus"]
+        compiles = timings.get("compiles_per_process", [timings["compiles"]])
+        print(
+            f"{run:<16}{wall:>9.1f}{timings['sampling']:>12.1f}"
+            f"{timings.get('scatter', 0.0):>11.4f}{timings.get('gather', 0.0):>10.4f}"
+            f"{timings['consensus']:>13.3f}{overhead / wall:>11.3%}  {compiles}",
+            flush=True,
+        )
+    if "mpi1" in walls and "mpi2" in walls:
+        print(f"MPI speed-up 2 ranks over 1 rank: {walls['mpi1'] / walls['mpi2']:.2f}x "
+              "(target >= 1.8x)")  # fmt: skip
+    first = next(iter(draws))
+    reference = draws[first]
+    same = all(
+        len(d) == len(reference) and all(map(np.array_equal, d, reference)) for d in draws.values()
+    )
+    print(f"identical draws across {', '.join(draws)}: {same}")
+
+
+if __name__ == "__main__":
+    main()

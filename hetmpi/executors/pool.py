@@ -1,0 +1,210 @@
+"""Multiprocessing executor: persistent spawned workers, shard arrays in shared memory.
+
+The parent hands out shards longest first to whichever worker is idle and watches each
+worker: a worker that dies, or whose heartbeat stops for HUNG_AFTER_SECONDS, is replaced and
+its shard retried once (then recorded as failed); a shard running past
+``executor.shard_timeout`` is recorded as failed and its worker replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hetmpi.config import ExecutorConfig
+from hetmpi.executors import Report, process_layout
+from hetmpi.executors.buffers import stack_shards
+from hetmpi.executors.worker import BlockSpec, serve
+from hetmpi.progress import ShardNote
+from hetmpi.results import save_shard_result
+from hetmpi.runtime import available_cores
+from hetmpi.sampling import SamplingPlan, ShardResult, ShardTask, failed_result
+from hetmpi.sharding import Shard
+
+log = logging.getLogger("hetmpi")
+
+HUNG_AFTER_SECONDS = 60.0
+MAX_ATTEMPTS = 2  # a shard whose worker died is retried once
+
+
+@dataclass
+class _Worker:
+    slot: int
+    process: Any  # multiprocessing.context.SpawnProcess
+    conn: Connection
+    row: int | None = None  # the shard row it runs
+    started: float = 0.0
+    last_beat: float = field(default_factory=time.monotonic)
+    compiles: int = 0
+
+
+@contextmanager
+def shared_shards(shards: Sequence[Shard]) -> Iterator[BlockSpec]:
+    """The shards' arrays in shared memory blocks, unlinked on exit."""
+    has_sigma = shards[0].sigma is not None
+    block = stack_shards(shards, shards[0].c2.size, has_sigma)
+    handles = []
+    spec: BlockSpec = {}
+    try:
+        for name, values in block.items():
+            handle = shared_memory.SharedMemory(create=True, size=max(values.nbytes, 1))
+            handles.append(handle)
+            view = np.ndarray(values.shape, dtype=values.dtype, buffer=handle.buf)
+            view[...] = values
+            del view
+            spec[name] = (handle.name, values.shape, values.dtype.str)
+        yield spec
+    finally:
+        for handle in handles:
+            handle.close()
+            handle.unlink()
+
+
+class PoolExecutor:
+    """Shards over ``workers`` spawned processes, each pinned to its share of the cores."""
+
+    name = "multiprocessing"
+
+    def __init__(self, workers: int, settings: ExecutorConfig) -> None:
+        self.workers = workers
+        self.settings = settings
+        self.timings: dict[str, Any] = {}
+
+    def run(
+        self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
+    ) -> list[ShardResult]:
+        if not shards:
+            return []
+        with shared_shards(shards) as blocks:
+            dispatch = _Dispatch(self, shards, task, seed, out_dir, report, blocks)
+            try:
+                dispatch.run()
+            finally:
+                dispatch.stop()
+        self.timings = {"compiles_per_process": dispatch.compile_counts()}
+        return dispatch.results
+
+
+class _Dispatch:
+    """One PoolExecutor.run: the workers, the queue of shard rows and the results."""
+
+    def __init__(
+        self,
+        executor: PoolExecutor,
+        shards: Sequence[Shard],
+        task: ShardTask,
+        seed: int,
+        out_dir: Path,
+        report: Report,
+        blocks: BlockSpec,
+    ) -> None:
+        self.settings = executor.settings
+        self.shards, self.task, self.seed, self.out_dir = shards, task, seed, out_dir
+        self.report, self.blocks = report, blocks
+        self.count = min(executor.workers, len(shards))
+        self.pending = sorted(range(len(shards)), key=lambda k: (-shards[k].num_points, k))
+        self.attempts = dict.fromkeys(range(len(shards)), 0)
+        self.results: list[ShardResult] = []
+        self.compiles: dict[int, int] = {}
+        self.context = multiprocessing.get_context("spawn")
+        self.cores = available_cores()
+        self.pool = {slot: self.start(slot) for slot in range(self.count)}
+
+    def start(self, slot: int) -> _Worker:
+        parent, child = self.context.Pipe()
+        layout = process_layout(slot, self.count, self.cores, self.settings)
+        process = self.context.Process(
+            target=serve, args=(layout, child, self.blocks), name=f"hetmpi-worker-{slot}"
+        )
+        process.start()
+        child.close()
+        parent.send(("run", self.task, self.seed, self.out_dir))
+        return _Worker(slot, process, parent)
+
+    def run(self) -> None:
+        while len(self.results) < len(self.shards):
+            for worker in self.pool.values():
+                if worker.row is None and self.pending:
+                    worker.row = self.pending.pop(0)
+                    self.attempts[worker.row] += 1
+                    worker.started = worker.last_beat = time.monotonic()
+                    worker.conn.send(("shard", worker.row))
+            self.receive()
+            self.check()
+
+    def receive(self) -> None:
+        """Take the messages that arrive within a second."""
+        by_conn = {worker.conn: worker for worker in self.pool.values()}
+        for conn in wait(list(by_conn), timeout=1.0):
+            worker = by_conn[conn]
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                continue  # the worker died; check() replaces it
+            worker.last_beat = time.monotonic()
+            if message[0] == "done":
+                _, result, compiled = message
+                self.compiles[worker.slot] = compiled
+                worker.row = None
+                self.finish(result)
+
+    def check(self) -> None:
+        """Replace dead, hung and timed-out workers."""
+        now = time.monotonic()
+        timeout = self.settings.shard_timeout
+        for slot, worker in list(self.pool.items()):
+            why, retry = None, True
+            if not worker.process.is_alive():
+                why = f"worker {slot} died (exit code {worker.process.exitcode})"
+            elif worker.row is not None and now - worker.last_beat > HUNG_AFTER_SECONDS:
+                why = f"worker {slot} stopped responding for {HUNG_AFTER_SECONDS:.0f} s"
+            elif worker.row is not None and timeout and now - worker.started > timeout:
+                why, retry = f"timed out after {timeout:g} s (executor.shard_timeout)", False
+            if why is not None:
+                self.give_up(worker, why, retry=retry)
+                self.pool[slot] = self.start(slot)
+
+    def give_up(self, worker: _Worker, why: str, *, retry: bool) -> None:
+        worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        if worker.row is None:
+            return
+        shard = self.shards[worker.row]
+        if retry and self.attempts[worker.row] < MAX_ATTEMPTS:
+            log.warning("shard %d: %s; retrying it on a new worker", shard.index, why)
+            self.pending.insert(0, worker.row)
+            return
+        log.warning("shard %d: %s; recorded as failed", shard.index, why)
+        plan = SamplingPlan.for_shard(self.task.cfg, shard.num_points, len(self.task.warm.center))
+        result = failed_result(shard, self.task, plan, why)
+        save_shard_result(self.out_dir, result)
+        self.finish(result)
+
+    def finish(self, result: ShardResult) -> None:
+        self.results.append(result)
+        self.report(ShardNote.of(result))
+
+    def stop(self) -> None:
+        for worker in self.pool.values():
+            if worker.process.is_alive():
+                with suppress(OSError):
+                    worker.conn.send(("stop",))
+        for worker in self.pool.values():
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+
+    def compile_counts(self) -> list[int]:
+        return [self.compiles[slot] for slot in sorted(self.compiles)]

@@ -1,0 +1,75 @@
+"""The body of a multiprocessing worker (spawned, so it starts without JAX).
+
+It sets its JAX environment, then takes messages from its pipe: ("run", task, seed,
+out_dir) once, then ("shard", row) per shard and ("stop",) at the end. It answers
+("done", result, compiles) per shard and ("beat",) every HEARTBEAT_SECONDS from a thread,
+so the parent can tell a busy worker from a hung one. Shard arrays are read from shared
+memory blocks named in ``blocks`` (field -> (name, shape, dtype)).
+"""
+
+from __future__ import annotations
+
+import threading
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from hetmpi.runtime import ProcessLayout, configure_process
+
+HEARTBEAT_SECONDS = 2.0
+
+BlockSpec = dict[str, tuple[str, tuple[int, ...], str]]
+
+
+def attach(blocks: BlockSpec) -> tuple[list[shared_memory.SharedMemory], dict[str, np.ndarray]]:
+    """Views of the parent's shared shard arrays (keep the handles alive while in use)."""
+    handles, arrays = [], {}
+    for field, (name, shape, dtype) in blocks.items():
+        handle = shared_memory.SharedMemory(name=name)
+        handles.append(handle)
+        arrays[field] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=handle.buf)
+    return handles, arrays
+
+
+def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
+    """Worker main loop; returns on ("stop",) or when the parent goes away."""
+    configure_process(layout)
+    from hetmpi.executors.buffers import shard_from_block
+    from hetmpi.executors.cpu import sample_and_save
+    from hetmpi.sampling import compile_monitor
+
+    lock = threading.Lock()
+    stopped = threading.Event()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    def beat() -> None:
+        while not stopped.wait(HEARTBEAT_SECONDS):
+            try:
+                send(("beat",))
+            except OSError:
+                return
+
+    handles, arrays = attach(blocks)
+    threading.Thread(target=beat, name="hetmpi-heartbeat", daemon=True).start()
+    try:
+        _, task, seed, out_dir = conn.recv()
+        with compile_monitor() as compiles:
+            while True:
+                message = conn.recv()
+                if message[0] == "stop":
+                    return
+                shard = shard_from_block(arrays, message[1])
+                result = sample_and_save(shard, task, seed, out_dir)
+                send(("done", result, int(compiles["compiles"])))
+    except EOFError:
+        return
+    finally:
+        stopped.set()
+        del arrays
+        for handle in handles:
+            handle.close()

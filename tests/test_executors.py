@@ -1,0 +1,111 @@
+"""Executor building blocks: core layout, launcher detection, LPT assignment, buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hetmpi.executors import longest_first
+from hetmpi.executors.buffers import pack_result, shard_from_block, stack_shards, unpack_result
+from hetmpi.runtime import jax_environment, launcher_rank, launcher_world_size, layout_for
+from hetmpi.sampling import STAT_FIELDS, ShardResult
+from hetmpi.sharding import PooledPoints, make_shards
+
+
+def test_longest_first_balances_and_covers_every_item() -> None:
+    costs = [2.0, 5.0, 3.0, 3.0, 2.0, 2.0, 1.0]
+    assigned = longest_first(costs, 3)
+    assert assigned == [[1, 5], [2, 0, 6], [3, 4]]  # 5+2, 3+2+1, 3+2
+    loads = [sum(costs[k] for k in items) for items in assigned]
+    assert max(loads) <= 4 / 3 * sum(costs) / 3  # Graham's bound: within 4/3 of optimal
+    assert longest_first([1.0], 3) == [[0], [], []]
+    equal = longest_first([1.0] * 8, 3)
+    assert [len(items) for items in equal] == [3, 3, 2]
+
+
+def test_layout_splits_cores_into_blocks() -> None:
+    cores = (0, 1, 2, 3)
+    assert [layout_for(s, 2, cores).cores for s in range(2)] == [(0, 1), (2, 3)]
+    assert [layout_for(s, 4, cores).threads for s in range(4)] == [1, 1, 1, 1]
+    # more processes than cores: they share, one core each
+    assert [layout_for(s, 3, (0, 1)).cores for s in range(3)] == [(0,), (0,), (1,)]
+    assert layout_for(0, 1, cores, threads=2, devices=4).threads == 2
+
+
+def test_jax_environment_keeps_other_xla_flags() -> None:
+    base = {"XLA_FLAGS": "--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8"}
+    env = jax_environment(layout_for(0, 2, (0, 1), devices=2), base)
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_dump_to=/tmp/x",
+        "--xla_force_host_platform_device_count=2",
+        "--xla_cpu_multi_thread_eigen=false",
+    ]
+    assert env["OMP_NUM_THREADS"] == "1" and env["OPENBLAS_NUM_THREADS"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("env", "size", "rank"),
+    [
+        ({}, 1, 0),
+        ({"PMI_SIZE": "4", "PMI_RANK": "3"}, 4, 3),
+        ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}, 2, 1),
+        ({"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5"}, 8, 5),
+        ({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}, 1, 0),  # a batch script, not a launch
+        ({"PMI_SIZE": "x"}, 1, 0),
+    ],
+)
+def test_launcher_detection(env: dict[str, str], size: int, rank: int) -> None:
+    assert launcher_world_size(env) == size
+    assert launcher_rank(env) == rank
+
+
+def _points(n: int, sigma: bool) -> PooledPoints:
+    rng = np.random.default_rng(0)
+    return PooledPoints(
+        c2=rng.normal(size=n),
+        i1=np.arange(n, dtype=np.int32) % 5,
+        i2=np.arange(n, dtype=np.int32) % 5 + 1,
+        angle=np.arange(n, dtype=np.int32) % 3,
+        sigma=rng.uniform(0.5, 1.0, size=n) if sigma else None,
+    )
+
+
+@pytest.mark.parametrize("sigma", [False, True])
+def test_shard_block_round_trip(sigma: bool) -> None:
+    plan = make_shards(_points(23, sigma), 4, strategy="random", seed=3)
+    block = stack_shards(plan.shards[::-1], plan.padded_length, sigma)
+    for row, shard in enumerate(plan.shards[::-1]):
+        back = shard_from_block(block, row)
+        assert back.index == shard.index and back.num_points == shard.num_points
+        for name in ("c2", "i1", "i2", "angle", "weight", "point_ids"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(shard, name))
+            assert getattr(back, name).dtype == getattr(shard, name).dtype
+        if sigma:
+            np.testing.assert_array_equal(back.sigma, shard.sigma)
+        else:
+            assert back.sigma is None
+
+
+def test_result_pack_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    stats = {
+        "diverging": rng.uniform(size=(2, 5)) < 0.3,
+        "energy": rng.normal(size=(2, 5)),
+        "accept_prob": rng.uniform(size=(2, 5)),
+        "num_steps": rng.integers(1, 64, size=(2, 5)),
+    }
+    result = ShardResult(
+        index=3, status="ok", names=("a", "b", "c"), num_points=17,
+        draws=rng.normal(size=(2, 5, 3)), stats=stats, step_size=np.array([0.1, 0.2]),
+        num_warmup=4, num_samples=5, target_accept=0.8, attempts=2, warmup_seconds=1.5,
+        sample_seconds=2.5, error="", extra={"run_id": "abc"},
+    )  # fmt: skip
+    meta, payload = pack_result(result)
+    assert payload.dtype == np.float64
+    back = unpack_result(meta, payload)
+    np.testing.assert_array_equal(back.draws, result.draws)
+    for name in STAT_FIELDS:
+        np.testing.assert_array_equal(back.stats[name], result.stats[name])
+        assert back.stats[name].dtype == result.stats[name].dtype
+    assert (back.index, back.names, back.extra, back.attempts) == (3, ("a", "b", "c"),
+                                                                  {"run_id": "abc"}, 2)  # fmt: skip

@@ -1,0 +1,298 @@
+"""Executors end to end with real processes: cpu, multiprocessing, mpiexec (mpich wheel).
+
+The same config and seed must give identical draws whichever executor and rank count runs
+it; failures (a shard that raises, a killed worker or rank, a timeout) must end cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import write_config
+
+from hetmpi.diagnostics import read_posterior
+
+BIN = Path(sys.executable).parent
+MPIEXEC = shutil.which("mpiexec", path=str(BIN))
+TESTS = Path(__file__).resolve().parent
+needs_mpi = pytest.mark.skipif(
+    MPIEXEC is None, reason=f"no mpiexec next to {sys.executable}: pip install hetmpi[mpi]"
+)
+NUM_SHARDS = 4
+
+
+def env() -> dict[str, str]:
+    """The test environment with this venv's bin first (Slurm's torque package also ships
+    an mpiexec, in /usr/bin)."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def hetmpi_command(*args: str, ranks: int | None = None, program: list[str] | None = None):
+    program = program or [sys.executable, "-m", "hetmpi"]
+    launcher = [] if ranks is None else [MPIEXEC, "-n", str(ranks)]
+    return [*launcher, *program, *args]
+
+
+def run(*args: str, cwd: Path, ranks: int | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        hetmpi_command(*args, ranks=ranks, **kw), cwd=cwd, env=env(), capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
+    folder = tmp_path_factory.mktemp("parallel")
+    write_config(folder, tiny_h5, sharding={"num_shards": NUM_SHARDS})
+    return folder
+
+
+def draws(out: Path) -> dict[int, np.ndarray]:
+    found = {}
+    for path in sorted((out / "shards").glob("shard_*.h5")):
+        with h5py.File(path) as f:
+            found[int(f.attrs["index"])] = f["draws"][()]
+    return found
+
+
+def finished(folder: Path, name: str, *args: str, ranks: int | None = None) -> Path:
+    out = folder / name
+    if not (out / "summary.json").exists():
+        proc = run("run", "cfg.yaml", "-o", str(out), *args, cwd=folder, ranks=ranks)
+        assert proc.returncode == 0, proc.stderr
+        (out / "stderr.txt").write_text(proc.stderr)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cpu_run(folder: Path) -> Path:
+    return finished(folder, "cpu", "--executor", "cpu")
+
+
+def assert_same_draws(out: Path, reference: Path) -> None:
+    expected = draws(reference)
+    got = draws(out)
+    assert sorted(got) == list(range(NUM_SHARDS))
+    for index, values in expected.items():
+        np.testing.assert_array_equal(got[index], values, err_msg=f"shard {index}")
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
+    out = finished(folder, "mp", "--executor", "multiprocessing")
+    assert_same_draws(out, cpu_run)
+    assert summary(out)["run"]["executor"] == "multiprocessing"
+    # every worker compiled the sampler once: a warmup and a draw function, and small helpers
+    counts = summary(out)["run"]["timings"]["compiles_per_process"]
+    assert len(counts) == 2 and counts[0] == counts[1] > 0
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_mpi_matches_cpu(folder: Path, cpu_run: Path, ranks: int) -> None:
+    out = finished(folder, f"mpi{ranks}", ranks=ranks)
+    assert_same_draws(out, cpu_run)
+    run_info = summary(out)["run"]
+    assert run_info["executor"] == "mpi"
+    assert len(run_info["timings"]["compiles_per_process"]) == ranks
+    log = (out / "stderr.txt").read_text()
+    assert f"executor mpi ({ranks} MPI ranks)" in log
+    # only rank 0 reports: one line per shard
+    assert sum("done," in line for line in log.splitlines()) == NUM_SHARDS
+    np.testing.assert_array_equal(
+        read_posterior(out / "posterior.nc")["D0_ref"],
+        read_posterior(cpu_run / "posterior.nc")["D0_ref"],
+    )
+
+
+def test_chains_run_on_two_devices(folder: Path, cpu_run: Path, tiny_h5: Path) -> None:
+    sub = folder / "devices"
+    sub.mkdir(exist_ok=True)
+    write_config(
+        sub, tiny_h5, sharding={"num_shards": NUM_SHARDS},
+        sampler={"chain_method": "parallel"},
+        executor={"name": "cpu", "devices_per_process": 2},
+    )  # fmt: skip
+    proc = run("run", "cfg.yaml", cwd=sub)
+    assert proc.returncode == 0, proc.stderr
+    for path in sorted((sub / "out" / "shards").glob("*.h5")):
+        with h5py.File(path) as f:
+            assert json.loads(f.attrs["extra"])["devices"] == 2
+    assert_same_draws(sub / "out", cpu_run)
+
+
+def test_bad_config_under_mpi_exits_2_with_one_message(folder: Path) -> None:
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec")
+    (folder / "bad.yaml").write_text((folder / "cfg.yaml").read_text() + "samplr: {}\n")
+    started = time.monotonic()
+    proc = run("run", "bad.yaml", cwd=folder, ranks=2)
+    assert proc.returncode == 2, proc.stderr
+    assert time.monotonic() - started < 60
+    assert proc.stderr.count("error: samplr: unknown key") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@needs_mpi
+def test_bad_data_on_rank_0_stops_every_rank_with_status_2(folder: Path) -> None:
+    (folder / "broken.h5").write_text("not an HDF5 file\n")
+    cfg = (folder / "cfg.yaml").read_text().replace(str(_data_path(folder)), "broken.h5")
+    (folder / "broken.yaml").write_text(cfg)
+    proc = run("run", "broken.yaml", "-o", str(folder / "broken_out"), cwd=folder, ranks=2)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("error: data.path:") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (folder / "broken_out").exists()
+
+
+def _data_path(folder: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((folder / "cfg.yaml").read_text())["data"]["path"]
+
+
+@needs_mpi
+def test_a_shard_that_raises_is_recorded_and_the_run_goes_on(folder: Path, tiny_h5: Path) -> None:
+    sub = folder / "fault"
+    sub.mkdir(exist_ok=True)
+    write_config(
+        sub, tiny_h5, sharding={"num_shards": NUM_SHARDS}, consensus={"min_success_rate": 0.5}
+    )
+    program = [sys.executable, str(TESTS / "inject_shard_fault.py")]
+    proc = run("run", "cfg.yaml", cwd=sub, ranks=2, program=program)
+    assert proc.returncode == 0, proc.stderr
+    shards = {row["index"]: row for row in summary(sub / "out")["shards"]}
+    assert shards[1]["status"] == "failed"
+    assert "injected fault in shard 1" in shards[1]["error"]
+    assert [shards[k]["status"] for k in (0, 2, 3)] == ["ok"] * 3
+
+
+def _processes(match: Callable[[str, dict[str, str], int], bool]) -> list[int]:
+    """pids of live processes for which match(cmdline, environ, ppid) holds (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = dict(
+                item.split("=", 1)
+                for item in (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+                if "=" in item
+            )
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if match(cmdline, environ, ppid):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_for(condition: Callable[[], object], seconds: float) -> object:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not met in time")
+
+
+@needs_mpi
+def test_killed_rank_ends_the_job_and_resume_completes_it(folder: Path, cpu_run: Path) -> None:
+    out = folder / "killed"
+    proc = subprocess.Popen(
+        hetmpi_command("run", "cfg.yaml", "-o", str(out), ranks=2), cwd=folder, env=env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: list((out / "shards").glob("shard_*.h5")), 600)
+        rank1 = _processes(lambda cmd, e, _: str(out) in cmd and e.get("PMI_RANK") == "1")
+        assert rank1, "rank 1 not found"
+        os.kill(rank1[0], signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(timeout=60)
+        assert time.monotonic() - killed < 60
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0
+    assert not (out / "posterior.nc").exists()
+    done_before = len(list((out / "shards").glob("shard_*.h5")))
+    assert done_before < NUM_SHARDS
+    resumed = run("run", "cfg.yaml", "-o", str(out), "--resume", cwd=folder, ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resume: {done_before} of {NUM_SHARDS} shards already done" in resumed.stderr
+    assert_same_draws(out, cpu_run)
+    after, before = read_posterior(out / "posterior.nc"), read_posterior(cpu_run / "posterior.nc")
+    for name, values in before.items():
+        np.testing.assert_array_equal(after[name], values, err_msg=name)
+
+
+def test_killed_worker_is_replaced_and_its_shard_retried(folder: Path, cpu_run: Path) -> None:
+    out = folder / "worker_killed"
+    proc = subprocess.Popen(
+        hetmpi_command("run", "cfg.yaml", "-o", str(out), "--executor", "multiprocessing"),
+        cwd=folder, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        workers = _wait_for(
+            lambda: _processes(lambda cmd, _, ppid: ppid == proc.pid and "spawn_main" in cmd), 120
+        )
+        time.sleep(2.0)  # inside its first shard (the JIT compile alone takes longer)
+        os.kill(workers[0], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=900)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "died (exit code -9); retrying it on a new worker" in stderr
+    assert_same_draws(out, cpu_run)
+
+
+def test_shard_timeout_marks_shards_failed(folder: Path, tiny_h5: Path) -> None:
+    sub = folder / "timeout"
+    sub.mkdir(exist_ok=True)
+    write_config(
+        sub, tiny_h5, sharding={"num_shards": 2},
+        executor={"name": "multiprocessing", "shard_timeout": 0.5},
+    )  # fmt: skip
+    proc = run("run", "cfg.yaml", cwd=sub)
+    assert proc.returncode == 1, proc.stderr
+    assert "timed out after 0.5 s (executor.shard_timeout); recorded as failed" in proc.stderr
+    for path in (sub / "out" / "shards").glob("*.h5"):
+        with h5py.File(path) as f:
+            assert f.attrs["status"] == "failed"
+
+
+def test_plan_run_shard_combine_matches_cpu(folder: Path, cpu_run: Path) -> None:
+    out = folder / "array"
+    planned = run("plan", "cfg.yaml", "-o", str(out), cwd=folder)
+    assert planned.returncode == 0, planned.stderr
+    assert f"planned {NUM_SHARDS} shards" in planned.stdout
+    early = run("combine", str(out), cwd=folder)
+    assert early.returncode == 1 and "no result for shards 0, 1, 2, 3" in early.stderr
+    for index in range(NUM_SHARDS):
+        proc = run("run-shard", str(out), "--index", str(index), cwd=folder)
+        assert proc.returncode == 0, proc.stderr
+    combined = run("combine", str(out), cwd=folder)
+    assert combined.returncode == 0, combined.stderr
+    assert_same_draws(out, cpu_run)
+    after, before = read_posterior(out / "posterior.nc"), read_posterior(cpu_run / "posterior.nc")
+    for name, values in before.items():
+        np.testing.assert_array_equal(after[name], values, err_msg=name)
+    bad = run("run-shard", str(out), "--index", str(NUM_SHARDS), cwd=folder)
+    assert bad.returncode == 2 and f"--index: must be in 0..{NUM_SHARDS - 1}" in bad.stderr

@@ -1,0 +1,154 @@
+"""The least-squares warm start: data-based scaling start, label swap, fixed scaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hetmpi.config import ModelConfig, config_from_dict
+from hetmpi.data import Dataset, simulate_dataset
+from hetmpi.errors import InputError
+from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.model.physics import c2
+from hetmpi.problem import build_problem, initial_values, pooled_arrays
+from hetmpi.sharding import pool_points
+from hetmpi.warmstart import (
+    WarmStart,
+    best_labelling,
+    fit_warm_start,
+    label_swapped_start,
+    local_optimum,
+    scaling_from_data,
+    swap_labels,
+)
+
+SIGMA = 0.002
+# The two components' transport and fraction: the parameters a label swap exchanges.
+LABELLED = ("D0_ref", "alpha_ref", "D_offset_ref", "D0_sample", "alpha_sample",
+            "D_offset_sample", "f0", "f1", "f3")  # fmt: skip
+
+
+def _model_config(parameters: dict) -> ModelConfig:
+    raw = {
+        "data": {"path": "unused.h5"},
+        "model": {"parameters": parameters, "noise": {"sigma": SIGMA, "sample": False}},
+    }
+    return config_from_dict(raw, Path(".")).model
+
+
+@pytest.fixture(scope="module")
+def dataset(truth: dict) -> Dataset:
+    """Reference physics on 2 angles x 30 frames at dt = 0.2 s: the labelled basins differ
+    by ~17 nats, and from the default start a plain local fit lands in the swapped one."""
+    return simulate_dataset(
+        truth["parameters"], n_frames=30, dt=0.2, q=0.005, phi=[0.0, 45.0],
+        contrast=truth["contrast"][:2], offset=truth["offset"][:2], sigma=SIGMA, seed=1,
+        t_start=0.2,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def warm(dataset: Dataset) -> WarmStart:
+    """Fitted from the default start (f2 fixed), noise sd given."""
+    cfg = _model_config({"f2": {"fixed": True}})
+    return fit_warm_start(cfg, dataset, pool_points(dataset))
+
+
+def test_fit_lands_in_the_true_basin(warm: WarmStart, truth: dict) -> None:
+    """Every labelled parameter within 5 Laplace sd of the truth (u-space, where the Laplace
+    approximation is Gaussian); the swapped basin is ~38 sd away in f1."""
+    model, consts = warm.problem.model, warm.problem.consts
+    true_values = [truth["parameters"].get(name, value) for name, value in
+                   zip(model.names, warm.values, strict=True)]  # fmt: skip
+    u_true = model.to_unconstrained(np.asarray(true_values), consts)
+    z = (warm.center - u_true) / np.sqrt(np.diag(warm.covariance))
+    for name in LABELLED:
+        k = model.names.index(name)
+        assert abs(z[k]) < 5.0, f"{name}: fit {warm.values[k]:.4g}, z = {z[k]:.1f}"
+
+
+def test_swapped_alternative_is_worse(
+    warm: WarmStart, dataset: Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The swapped basin is a distinct, worse optimum, and started there the fit leaves it."""
+    data = pooled_arrays(pool_points(dataset))
+    kept = local_optimum(warm.problem, data, warm.center)
+    start = label_swapped_start(warm.problem, warm.center)
+    assert start is not None
+    swapped = local_optimum(warm.problem, data, start)
+    f1 = warm.problem.model.names.index("f1")
+    values = warm.problem.model.to_values(swapped.u, warm.problem.consts)
+    assert values[f1] < 0 < warm.values[f1]  # it is the other basin, not the same optimum
+    assert swapped.nlp > kept.nlp + 5.0
+    with caplog.at_level("INFO", logger="hetmpi"):
+        best = best_labelling(warm.problem, data, swapped.u)
+    assert best.nlp == pytest.approx(kept.nlp, abs=1e-6)
+    assert "label-swapped labelling kept" in caplog.text
+
+
+def test_scaling_start_from_data(dataset: Dataset, truth: dict) -> None:
+    """At the true physics the closed-form fit recovers the true contrast and offset."""
+    cfg = _model_config({name: {"value": v} for name, v in truth["parameters"].items()})
+    contrast, offset = scaling_from_data(cfg, dataset, pool_points(dataset))
+    np.testing.assert_allclose(contrast, truth["contrast"][:2], atol=2e-3)
+    np.testing.assert_allclose(offset, truth["offset"][:2], atol=1e-3)
+
+
+def test_averaged_start_is_the_mean_over_angles(dataset: Dataset) -> None:
+    cfg = _model_config({})
+    problem = build_problem(cfg, dataset, per_angle_mode="averaged", sample_sigma=False,
+                            sigma=SIGMA)  # fmt: skip
+    start = initial_values(cfg, problem.model, SIGMA, contrast=np.array([0.2, 0.4]),
+                           offset=np.array([1.0, 1.1]))  # fmt: skip
+    names = problem.model.names
+    assert start[names.index("contrast")] == pytest.approx(0.3)
+    assert start[names.index("offset")] == pytest.approx(1.05)
+
+
+def _fraction(p: dict[str, float], t: np.ndarray) -> np.ndarray:
+    return p["f0"] * np.exp(p["f1"] * (t - p["f2"])) + p["f3"]
+
+
+def test_swap_complements_the_fraction_and_is_an_involution(truth: dict) -> None:
+    p = {**truth["parameters"], "f1": 0.3, "f2": 1.0}
+    t_mid, h = 2.5, 1e-5
+    q = swap_labels(p, t_mid)
+    assert (q["D0_ref"], q["alpha_sample"]) == (p["D0_sample"], p["alpha_ref"])
+    around = np.array([t_mid - h, t_mid, t_mid + h])
+    complement, swapped = 1.0 - _fraction(p, around), _fraction(q, around)
+    assert swapped[1] == pytest.approx(complement[1], abs=1e-12)
+    assert np.diff(swapped[::2]) == pytest.approx(np.diff(complement[::2]), abs=1e-9)
+    back = swap_labels(q, t_mid)
+    np.testing.assert_allclose([back[n] for n in PHYSICS_NAMES],
+                               [p[n] for n in PHYSICS_NAMES], rtol=1e-12, atol=1e-12)  # fmt: skip
+
+
+def test_swap_leaves_c2_unchanged_for_a_constant_fraction(truth: dict) -> None:
+    """With f1 = 0 the swap is exact, and c2 is symmetric in the two components."""
+    p = {**truth["parameters"], "f1": 0.0}
+    args = (np.arange(1, 21) * 0.1, 0.005, 0.1, np.array([0.0, 60.0]), np.array([0.3, 0.4]),
+            np.array([1.0, 1.0]))  # fmt: skip
+    np.testing.assert_allclose(c2(swap_labels(p, 1.0), *args), c2(p, *args), atol=1e-9)
+
+
+def test_fixed_contrast_and_offset_are_held(dataset: Dataset) -> None:
+    cfg = _model_config({"contrast": {"value": 0.3, "fixed": True},
+                         "offset": {"value": 1.02, "fixed": True}})  # fmt: skip
+    for mode in ("individual", "averaged"):
+        problem = build_problem(cfg, dataset, per_angle_mode=mode, sample_sigma=False,
+                                sigma=SIGMA)  # fmt: skip
+        assert not any(n.startswith(("contrast", "offset")) for n in problem.model.names)
+        np.testing.assert_array_equal(problem.consts.contrast, [0.3, 0.3])
+        np.testing.assert_array_equal(problem.consts.offset, [1.02, 1.02])
+
+
+def test_only_one_of_contrast_and_offset_fixed_is_refused(dataset: Dataset) -> None:
+    cfg = _model_config({"contrast": {"fixed": True}})
+    with pytest.raises(InputError, match=r"model\.parameters\.contrast\.fixed"):
+        build_problem(cfg, dataset, per_angle_mode="individual", sample_sigma=False,
+                      sigma=SIGMA)  # fmt: skip
+    constant = build_problem(cfg, dataset, per_angle_mode="constant", sample_sigma=False,
+                             sigma=SIGMA)  # fmt: skip
+    assert constant.model.per_angle_mode == "constant"
