@@ -276,7 +276,7 @@ def run_shard(out_dir: Path, index: int) -> ShardResult:
     cfg = load_config(out_dir / "config.yaml")
     shard = read_shard(out_dir, index)
     task = read_task(out_dir, cfg.sampler)
-    result = sample_and_save(shard, task, cfg.sampler.seed, out_dir)
+    result = sample_and_save(shard, task, cfg.sampler.seed, out_dir, cfg.executor.shard_timeout)
     if result.status != "ok":
         raise RunError(f"shard {index} failed: {result.error}")
     return result

@@ -9,6 +9,7 @@ matrix corrects what the Laplace approximation misses.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from hetmpi.warmstart import WarmStart
 
 REFERENCE_SHARD_SIZE = 10_000  # points at which the configured draw counts apply in full
 INIT_SPREAD = 0.5  # sd of chain starting points around the mode, in whitened units
+CHUNK_LIMIT = 50  # most NUTS iterations per compiled call (time limits are checked between)
 
 STAT_FIELDS = ("diverging", "energy", "accept_prob", "num_steps")
 
@@ -136,6 +138,7 @@ class ChainSettings:
     max_tree_depth: int
     dense_mass: bool
     chain_method: str
+    chunk: int  # iterations per compiled call; divides num_warmup and num_samples
 
 
 def _potential_fn_gen(
@@ -153,11 +156,21 @@ def _potential_fn_gen(
     return potential
 
 
+def chunk_length(num_warmup: int, num_samples: int, limit: int = CHUNK_LIMIT) -> int:
+    """Iterations per compiled call: the largest divisor of both counts up to ``limit``, so
+    warmup and draws split into whole chunks and one compiled function serves each."""
+    common = math.gcd(num_warmup, num_samples)
+    return max(n for n in range(1, min(common, limit) + 1) if common % n == 0)
+
+
 @lru_cache(maxsize=16)
 def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
-    """(warmup, draw) jitted functions for one model and settings, built on NumPyro's
-    functional NUTS kernel. Shard data travels as arguments, so every shard of a run (same
-    padded length) reuses one compilation per process."""
+    """(start, warm, draw) jitted functions for one model and settings, on NumPyro's
+    functional NUTS kernel: ``start`` initialises every chain, ``warm`` runs ``settings.chunk``
+    warmup iterations, ``draw`` runs ``settings.chunk`` kept iterations; both return the new
+    states and what the iterations collected (draws and statistics for ``draw``). Shard data
+    travels as arguments, so every shard of a run (same padded length) reuses one compilation
+    per process."""
     init_kernel, sample_kernel = hmc(
         potential_fn_gen=partial(_potential_fn_gen, model=model), algo="NUTS"
     )
@@ -167,8 +180,8 @@ def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
             return jax.vmap(fn)(*batched)
         return jax.lax.map(lambda xs: fn(*xs), batched)
 
-    def warm_one(key: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
-        state = init_kernel(
+    def start_one(key: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
+        return init_kernel(
             z0,
             settings.num_warmup,
             dense_mass=settings.dense_mass,
@@ -177,29 +190,30 @@ def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
             model_args=args,
             rng_key=key,
         )
+
+    def warm_one(state: HMCState, args: tuple) -> HMCState:
         step = lambda st, _: (sample_kernel(st, model_args=args), None)  # noqa: E731
-        state, _ = jax.lax.scan(step, state, None, length=settings.num_warmup)
-        return state
+        return jax.lax.scan(step, state, None, length=settings.chunk)[0]
 
     def draw_one(state: HMCState, args: tuple):
         def step(st, _):
             st = sample_kernel(st, model_args=args)
             return st, (st.z, st.diverging, st.energy, st.accept_prob, st.num_steps)
 
-        state, collected = jax.lax.scan(step, state, None, length=settings.num_samples)
-        return collected, state.adapt_state.step_size
+        return jax.lax.scan(step, state, None, length=settings.chunk)
 
-    def warmup(keys: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
-        return over_chains(lambda k, z: warm_one(k, z, args), keys, z0)
+    def start(keys: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
+        return over_chains(lambda k, z: start_one(k, z, args), keys, z0)
+
+    def warm(states: HMCState, args: tuple) -> tuple[HMCState, None]:
+        return over_chains(lambda st: warm_one(st, args), states), None
 
     def draw(states: HMCState, args: tuple):
         return over_chains(lambda st: draw_one(st, args), states)
 
     if settings.chain_method == "parallel":
-        return _across_devices(warmup, settings.num_chains), _across_devices(
-            draw, settings.num_chains
-        )
-    return jax.jit(warmup), jax.jit(draw)
+        return tuple(_across_devices(fn, settings.num_chains) for fn in (start, warm, draw))
+    return jax.jit(start), jax.jit(warm), jax.jit(draw)
 
 
 def chain_devices(num_chains: int) -> int:
@@ -225,18 +239,43 @@ def _across_devices(fn, num_chains: int):
     return jax.jit(split)
 
 
-def sample_shard(shard: Shard, task: ShardTask, seed: int) -> ShardResult:
-    """NUTS on one shard under the tempered prior; never raises: a failure becomes a failed
+class ShardTimeout(Exception):
+    """The shard ran past its time limit."""
+
+
+def sample_shard(
+    shard: Shard, task: ShardTask, seed: int, timeout: float | None = None
+) -> ShardResult:
+    """NUTS on one shard under the tempered prior; never raises: a failure (also running
+    past ``timeout`` seconds, checked between chunks of iterations) becomes a failed
     ShardResult carrying the error text. Deterministic for (seed, shard.index)."""
     plan = SamplingPlan.for_shard(task.cfg, shard.num_points, task.warm.problem.model.dim)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        return _sample(shard, task, plan, seed)
+        return _sample(shard, task, plan, seed, deadline)
+    except ShardTimeout:
+        return failed_result(
+            shard, task, plan, f"timed out after {timeout:g} s (executor.shard_timeout)"
+        )
     except Exception as exc:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return failed_result(shard, task, plan, text)
 
 
-def _sample(shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int) -> ShardResult:
+def _chunks(fn, states, args: tuple, count: int, deadline: float | None):
+    """Call ``fn(states, args)`` ``count`` times; returns the last states and every output."""
+    outputs = []
+    for _ in range(count):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ShardTimeout
+        states, output = fn(states, args)
+        outputs.append(output)
+    return jax.block_until_ready(states), outputs
+
+
+def _sample(
+    shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int, deadline: float | None
+) -> ShardResult:
     center, chol = task.whitening
     problem = task.warm.problem
     args = (
@@ -259,29 +298,34 @@ def _sample(shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int) -> Sha
             max_tree_depth=task.cfg.max_tree_depth,
             dense_mass=task.cfg.dense_mass,
             chain_method=task.cfg.chain_method,
+            chunk=chunk_length(plan.num_warmup, plan.num_samples),
         )
-        warmup, draw = _compiled_sampler(problem.model, settings)
+        start, warm, draw = _compiled_sampler(problem.model, settings)
         keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), plan.num_chains)
         z0 = jnp.asarray(task.initial_z(rng))
         started = time.perf_counter()
-        states = jax.block_until_ready(warmup(keys, z0, args))
+        states = start(keys, z0, args)
+        states, _ = _chunks(warm, states, args, plan.num_warmup // settings.chunk, deadline)
         warmed = time.perf_counter()
-        (z, diverging, energy, accept_prob, num_steps), step_size = jax.block_until_ready(
-            draw(states, args)
-        )
+        states, chunks = _chunks(draw, states, args, plan.num_samples // settings.chunk, deadline)
         finished = time.perf_counter()
+        # chunks: per call, (z, diverging, energy, accept_prob, num_steps) of (chains, chunk, ..)
+        z, diverging, energy, accept_prob, num_steps = (
+            np.concatenate([np.asarray(chunk[k]) for chunk in chunks], axis=1) for k in range(5)
+        )
+        step_size = states.adapt_state.step_size
         stats = {
-            "diverging": np.asarray(diverging),
-            "energy": np.asarray(energy),
-            "accept_prob": np.asarray(accept_prob),
-            "num_steps": np.asarray(num_steps),
+            "diverging": diverging,
+            "energy": energy,
+            "accept_prob": accept_prob,
+            "num_steps": num_steps,
         }
         result = ShardResult(
             index=shard.index,
             status="ok",
             names=problem.model.names,
             num_points=shard.num_points,
-            draws=center + np.asarray(z) @ chol.T,
+            draws=center + z @ chol.T,
             stats=stats,
             step_size=np.asarray(step_size),
             num_warmup=plan.num_warmup,
@@ -290,7 +334,7 @@ def _sample(shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int) -> Sha
             attempts=attempts,
             warmup_seconds=warmed - started,
             sample_seconds=finished - warmed,
-            extra={"run_id": task.run_id, "devices": len(z.sharding.device_set)},
+            extra={"run_id": task.run_id, "devices": len(states.z.sharding.device_set)},
         )
         if result.divergence_rate <= task.cfg.retry_divergence_rate:
             return result

@@ -88,14 +88,14 @@ def select_local_executor(
     cores = len(available_cores())
     workers = settings.workers or min(cores, num_shards)
     if name == "cpu":
-        return CpuExecutor(), "configured"
+        return CpuExecutor(settings.shard_timeout), "configured"
     if name == "multiprocessing":
         return PoolExecutor(workers, settings), f"configured, {workers} workers"
     if name == "auto":
         if cores >= 2 and num_shards >= 2:
             reason = f"auto: {cores} cores and {num_shards} shards, {workers} workers"
             return PoolExecutor(workers, settings), reason
-        return CpuExecutor(), f"auto: {cores} core(s) and {num_shards} shard(s)"
+        return CpuExecutor(settings.shard_timeout), f"auto: {cores} core(s), {num_shards} shard(s)"
     raise InputError(
         f"executor.name: {name!r} needs an MPI launch; start hetmpi with mpiexec/srun, or use "
         "auto, cpu or multiprocessing"

@@ -13,9 +13,11 @@ from hetmpi.sampling import ShardResult, ShardTask, sample_shard
 from hetmpi.sharding import Shard
 
 
-def sample_and_save(shard: Shard, task: ShardTask, seed: int, out_dir: Path) -> ShardResult:
+def sample_and_save(
+    shard: Shard, task: ShardTask, seed: int, out_dir: Path, timeout: float | None = None
+) -> ShardResult:
     """Sample one shard and write its result file (the checkpoint) at once."""
-    result = sample_shard(shard, task, seed)
+    result = sample_shard(shard, task, seed, timeout)
     save_shard_result(out_dir, result)
     return result
 
@@ -23,7 +25,8 @@ def sample_and_save(shard: Shard, task: ShardTask, seed: int, out_dir: Path) -> 
 class CpuExecutor:
     name = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
         self.timings: dict[str, Any] = {}
 
     def run(
@@ -31,7 +34,7 @@ class CpuExecutor:
     ) -> list[ShardResult]:
         results = []
         for shard in shards:
-            result = sample_and_save(shard, task, seed, out_dir)
+            result = sample_and_save(shard, task, seed, out_dir, self.timeout)
             report(ShardNote.of(result))
             results.append(result)
         return results

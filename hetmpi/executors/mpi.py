@@ -52,6 +52,7 @@ class RunHeader:
     task: ShardTask
     seed: int
     out_dir: Path
+    timeout: float | None  # executor.shard_timeout
     counts: list[int]  # shards per rank
     length: int  # padded shard length
     has_sigma: bool
@@ -113,7 +114,7 @@ def _lead(
 ) -> dict[str, Any]:
     from hetmpi import pipeline
 
-    executor = MpiExecutor(comm, notes)
+    executor = MpiExecutor(comm, notes, cfg.executor.shard_timeout)
     reason = f"{comm.Get_size()} MPI ranks"
     try:
         return pipeline.run(
@@ -137,7 +138,9 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
     results = []
     with compile_monitor() as compiles:
         for shard in shards:
-            result = sample_and_save(shard, header.task, header.seed, header.out_dir)
+            result = sample_and_save(
+                shard, header.task, header.seed, header.out_dir, header.timeout
+            )
             notes.send(ShardNote.of(result), dest=0, tag=TAG_NOTE)
             results.append(result)
     _gather(comm, results, compiles)
@@ -148,8 +151,9 @@ class MpiExecutor:
 
     name = "mpi"
 
-    def __init__(self, comm: MPI.Comm, notes: MPI.Comm) -> None:
+    def __init__(self, comm: MPI.Comm, notes: MPI.Comm, timeout: float | None) -> None:
         self.comm = comm
+        self.timeout = timeout
         self.notes = notes
         self.dispatched = False
         self.timings: dict[str, Any] = {}
@@ -174,6 +178,7 @@ class MpiExecutor:
             task=task,
             seed=seed,
             out_dir=out_dir,
+            timeout=self.timeout,
             counts=[len(items) for items in assigned],
             length=shards[0].c2.size if shards else 0,
             has_sigma=bool(shards) and shards[0].sigma is not None,
@@ -183,20 +188,28 @@ class MpiExecutor:
         started = time.perf_counter()
         mine = _scatter(self.comm, ordered, header)
         scattered = time.perf_counter()
-        listener = self._listen(sum(header.counts[1:]), report)
+        # notes from other ranks feed the progress bar while this rank samples, given
+        # MPI thread support; otherwise they are read once this rank's shards are done
+        threaded = MPI.Query_thread() == MPI.THREAD_MULTIPLE
+        expected = sum(header.counts[1:])
+        listener = threading.Thread(
+            target=self._receive_notes, args=(expected, report), name="hetmpi-notes", daemon=True
+        )
+        if threaded:
+            listener.start()
         results = []
         with compile_monitor() as compiles:
             for shard in mine:
-                result = sample_and_save(shard, task, seed, out_dir)
+                result = sample_and_save(shard, task, seed, out_dir, self.timeout)
                 report(ShardNote.of(result))
                 results.append(result)
-        if not listener.is_alive() and MPI.Query_thread() != MPI.THREAD_MULTIPLE:
-            listener.run()
+        if threaded:
+            listener.join()
+        else:
+            self._receive_notes(expected, report)
         gather_started = time.perf_counter()
         everything, compile_counts = _gather(self.comm, results, compiles)
         gathered = time.perf_counter()
-        if listener.is_alive():
-            listener.join()
         self.timings = {
             "scatter": scattered - started,
             "gather": gathered - gather_started,
@@ -204,18 +217,10 @@ class MpiExecutor:
         }
         return everything
 
-    def _listen(self, expected: int, report: Report) -> threading.Thread:
-        """A thread feeding ``report`` with the notes of shards finished on other ranks
-        (started after this rank's own shards when MPI lacks thread support)."""
-
-        def receive() -> None:
-            for _ in range(expected):
-                report(self.notes.recv(source=MPI.ANY_SOURCE, tag=TAG_NOTE))
-
-        thread = threading.Thread(target=receive, name="hetmpi-notes", daemon=True)
-        if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
-            thread.start()
-        return thread
+    def _receive_notes(self, expected: int, report: Report) -> None:
+        """Feed ``report`` with the notes of the shards other ranks finish."""
+        for _ in range(expected):
+            report(self.notes.recv(source=MPI.ANY_SOURCE, tag=TAG_NOTE))
 
 
 def _scatter(comm: MPI.Comm, ordered: Sequence[Shard] | None, header: RunHeader) -> list[Shard]:

@@ -1,0 +1,49 @@
+"""sample_shard in process: chunked iterations, time limit, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_config
+
+from hetmpi import sampling
+from hetmpi.config import load_config
+from hetmpi.pipeline import Prepared, prepare
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Prepared:
+    folder = tmp_path_factory.mktemp("sampling")
+    cfg_path = write_config(
+        folder, tiny_h5, sampler={"num_warmup": 20, "num_samples": 20, "num_chains": 2}
+    )
+    return prepare(load_config(cfg_path))
+
+
+def test_chunk_length_divides_both_counts() -> None:
+    assert sampling.chunk_length(300, 300) == 50
+    assert sampling.chunk_length(30, 20) == 10
+    assert sampling.chunk_length(0, 200) == 50
+    assert sampling.chunk_length(137, 200) == 1
+
+
+def test_chunking_does_not_change_draws(
+    prepared: Prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shard = prepared.plan.shards[0]
+    whole = sampling.sample_shard(shard, prepared.task, seed=3)
+    assert whole.status == "ok", whole.error
+    monkeypatch.setattr(sampling, "chunk_length", lambda warmup, samples: 5)
+    chunked = sampling.sample_shard(shard, prepared.task, seed=3)
+    assert chunked.draws.shape == whole.draws.shape == (2, 20, prepared.task.warm.center.size)
+    np.testing.assert_array_equal(chunked.draws, whole.draws)
+    for name, values in whole.stats.items():
+        np.testing.assert_array_equal(chunked.stats[name], values, err_msg=name)
+
+
+def test_time_limit_fails_the_shard(prepared: Prepared) -> None:
+    result = sampling.sample_shard(prepared.plan.shards[1], prepared.task, seed=3, timeout=1e-6)
+    assert result.status == "failed"
+    assert result.error == "timed out after 1e-06 s (executor.shard_timeout)"
