@@ -1,14 +1,19 @@
 """ns per data point for one value-and-gradient of hetmpi's pooled log likelihood.
 
-    python benchmarks/kernel.py [--sizes 200 500] [--repeats 7]
+    python benchmarks/kernel.py [--sizes 50 200 500] [--rounds 3] [--repeats 7]
 
 The data are the reference job's (3 angles, q = 0.005, dt = 0.1, t = dt*(1..N), truth and
 per-angle scaling of shared/spec/reference_job.md, noise sd 0.01, seed 12345) at N frames,
-pooled over all pairs t1 < t2 (59,700 points at N = 200, 374,250 at N = 500). The gradient is
-with respect to all 19 sampled coordinates (13 physics with f2 fixed, 3 contrasts, 3 offsets)
-in hetmpi's unconstrained space, noise sd fixed. When the peer's venv exists
-($HETMPI_PEER_VENV, default /work/venv-peer, made by benchmarks/setup_peer.sh), the peer's
-pooled kernel (benchmarks/peer_kernel.py) is measured in the same run and the ratio printed.
+pooled over all pairs t1 < t2: 3,675 points at N = 50 (the reference job's own size; a shard
+of its K = 4 holds a quarter), 59,700 at N = 200, 374,250 at N = 500. The gradient is with
+respect to all 19 sampled coordinates (13 physics with f2 fixed, 3 contrasts, 3 offsets) in
+hetmpi's unconstrained space, noise sd fixed.
+
+When the peer's venv exists ($HETMPI_PEER_VENV, default /work/venv-peer, made by
+benchmarks/setup_peer.sh), the peer's pooled kernel (benchmarks/peer_kernel.py) is measured in
+the same run. The machine is shared, so the two are timed in alternation: each round times
+hetmpi at every size, then the peer at every size; a ratio is formed per round and the
+median over rounds is printed, with the median ns per point of each.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -34,7 +40,8 @@ HERE = Path(__file__).resolve().parent
 TRUTH = load_truth(HERE.parent / "jobs" / "reference_truth.yaml")
 
 
-def bench(n_frames: int, repeats: int) -> dict:
+def compiled(n_frames: int) -> tuple[Callable[[], object], int, float]:
+    """(one value-and-gradient evaluation, number of points, compile seconds) at N frames."""
     dataset = simulate_dataset(
         TRUTH["parameters"], n_frames=n_frames, dt=0.1, q=0.005, phi=[0.0, 45.0, 90.0],
         contrast=TRUTH["contrast"], offset=TRUTH["offset"], sigma=0.01, seed=12345,
@@ -59,31 +66,27 @@ def bench(n_frames: int, repeats: int) -> dict:
     )
     started = time.perf_counter()
     jax.block_until_ready(fn(u))
-    compile_s = time.perf_counter() - started
-    started = time.perf_counter()
-    loops = 0
+    return lambda: fn(u), points.size, time.perf_counter() - started
+
+
+def seconds_per_eval(evaluate: Callable[[], object], repeats: int) -> float:
+    """Median over ``repeats`` timings, each of enough evaluations to last about 1/7 s."""
+    started, loops = time.perf_counter(), 0
     while time.perf_counter() - started < 0.3:
-        jax.block_until_ready(fn(u))
+        jax.block_until_ready(evaluate())
         loops += 1
     loops = max(1, int(loops * 1.0 / 0.3 / repeats) + 1)
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
         for _ in range(loops):
-            jax.block_until_ready(fn(u))
+            jax.block_until_ready(evaluate())
         timings.append((time.perf_counter() - started) / loops)
-    seconds = statistics.median(timings)
-    return {
-        "impl": "hetmpi",
-        "N": n_frames,
-        "points": points.size,
-        "ns_per_point": seconds / points.size * 1e9,
-        "seconds_per_eval": seconds,
-        "compile_s": compile_s,
-    }
+    return statistics.median(timings)
 
 
 def peer(sizes: list[int], repeats: int) -> dict[int, dict]:
+    """The peer's rows by N, or {} when its venv is missing."""
     venv = Path(os.environ.get("HETMPI_PEER_VENV", "/work/venv-peer"))
     python = venv / "bin" / "python"
     if not python.exists():
@@ -99,21 +102,35 @@ def peer(sizes: list[int], repeats: int) -> dict[int, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 500])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 500])
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of hetmpi and peer")
+    parser.add_argument("--repeats", type=int, default=7, help="timings per size and round")
     args = parser.parse_args()
-    ours = {n: bench(n, args.repeats) for n in args.sizes}
-    theirs = peer(args.sizes, args.repeats)
-    for n in args.sizes:
-        print(json.dumps(ours[n]))
-        if n in theirs:
-            print(json.dumps(theirs[n]))
-            ratio = theirs[n]["ns_per_point"] / ours[n]["ns_per_point"]
-            print(f"N={n}: hetmpi {ours[n]['ns_per_point']:.1f} ns/point, heterodyne 2.0.1 "
-                  f"{theirs[n]['ns_per_point']:.1f} ns/point, ratio {ratio:.2f}x")  # fmt: skip
-        else:
-            print(f"N={n}: hetmpi {ours[n]['ns_per_point']:.1f} ns/point (peer not installed: "
+    kernels = {n: compiled(n) for n in args.sizes}
+    ours: dict[int, list[float]] = {n: [] for n in args.sizes}
+    theirs: dict[int, list[dict]] = {n: [] for n in args.sizes}
+    for _ in range(args.rounds):
+        for n, (evaluate, size, _) in kernels.items():
+            ours[n].append(seconds_per_eval(evaluate, args.repeats) / size * 1e9)
+        for n, row in peer(args.sizes, args.repeats).items():
+            theirs[n].append(row)
+    for n, (_, size, compile_s) in kernels.items():
+        ns = statistics.median(ours[n])
+        print(json.dumps({"impl": "hetmpi", "N": n, "points": size, "ns_per_point": round(ns, 2),
+                          "rounds": [round(x, 2) for x in ours[n]],
+                          "compile_s": round(compile_s, 3)}))  # fmt: skip
+        if not theirs[n]:
+            print(f"N={n}: hetmpi {ns:.1f} ns/point (peer not installed: "
                   "bash benchmarks/setup_peer.sh)", file=sys.stderr)  # fmt: skip
+            continue
+        peer_ns = [row["ns_per_point"] for row in theirs[n]]
+        print(json.dumps({"impl": theirs[n][0]["impl"], "N": n, "points": theirs[n][0]["points"],
+                          "ns_per_point": statistics.median(peer_ns), "rounds": peer_ns,
+                          "compile_s": theirs[n][0]["compile_s"]}))  # fmt: skip
+        ratios = [p / o for p, o in zip(peer_ns, ours[n], strict=True)]
+        print(f"N={n}: hetmpi {ns:.1f} ns/point, heterodyne 2.0.1 "
+              f"{statistics.median(peer_ns):.1f} ns/point, ratio {statistics.median(ratios):.2f}x "
+              f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")  # fmt: skip
 
 
 if __name__ == "__main__":

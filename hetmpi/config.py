@@ -163,7 +163,8 @@ class ExecutorConfig:
     (None = one per core, at most one per shard); ``threads_per_process`` compute threads of
     each sampling process (None = the cores it owns); ``devices_per_process`` JAX CPU devices
     per process, over which ``chain_method: parallel`` spreads a shard's chains;
-    ``compile_cache`` a folder for JAX's persistent compilation cache (None = no cache).
+    ``compile_cache`` a folder for JAX's persistent compilation cache (None = no cache);
+    ``pin_cores`` restricts each sampling process to its block of cores.
     """
 
     name: str = "auto"
@@ -172,6 +173,7 @@ class ExecutorConfig:
     threads_per_process: int | None = None
     devices_per_process: int = 1
     compile_cache: Path | None = None
+    pin_cores: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,6 +332,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
         "threads_per_process": v.Int(low=1, nullable=True),
         "devices_per_process": v.Int(low=1),
         "compile_cache": v.PathValue(nullable=True),
+        "pin_cores": v.Bool(),
     },
     "output": {
         "directory": v.PathValue(),

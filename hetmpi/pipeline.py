@@ -24,6 +24,7 @@ from hetmpi.config import Config, config_to_dict
 from hetmpi.consensus import combine_draws, select_shards
 from hetmpi.data import Dataset, load_dataset
 from hetmpi.errors import InputError, RunError
+from hetmpi.problem import scaling_mode
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
 from hetmpi.sampling import ShardResult, ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hetmpi")
 
+JOBS_DIR = "jobs"
 OUTPUT_FILES = ("config.yaml", "posterior.nc", "summary.json", "run.log")
 
 
@@ -59,7 +61,8 @@ def load_data(cfg: Config) -> Dataset:
 def sampled_dimension(cfg: Config, num_angles: int) -> int:
     """Number of sampled coordinates (free physics, per-angle scaling, sigma)."""
     scaling = {"individual": 2 * num_angles, "averaged": 2, "constant": 0}
-    return len(cfg.model.free_physics) + scaling[cfg.model.per_angle_mode] + cfg.model.noise.sample
+    mode = scaling_mode(cfg.model, cfg.model.per_angle_mode)
+    return len(cfg.model.free_physics) + scaling[mode] + cfg.model.noise.sample
 
 
 def prepare(cfg: Config, dataset: Dataset | None = None) -> Prepared:
@@ -94,7 +97,12 @@ def check_output_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
     """Refuse an unusable output folder before any work is done; writes nothing."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"output.directory: {out_dir} exists and is not a folder; choose another")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (overwrite or resume):
+    # OUT/jobs/ holds job scripts `hetmpi submit` rendered for this very run
+    if (
+        out_dir.exists()
+        and any(p.name != JOBS_DIR for p in out_dir.iterdir())
+        and not (overwrite or resume)
+    ):
         raise InputError(
             f"output.directory: {out_dir} already exists and is not empty; pass --overwrite to "
             "replace its results, --resume to continue the run, or choose another --output"
@@ -276,7 +284,10 @@ def run_shard(out_dir: Path, index: int) -> ShardResult:
     cfg = load_config(out_dir / "config.yaml")
     shard = read_shard(out_dir, index)
     task = read_task(out_dir, cfg.sampler)
-    result = sample_and_save(shard, task, cfg.sampler.seed, out_dir, cfg.executor.shard_timeout)
+    try:
+        result = sample_and_save(shard, task, cfg.sampler.seed, out_dir, cfg.executor.shard_timeout)
+    except OSError as exc:
+        raise RunError(f"shard {index}: cannot write its result in {out_dir}: {exc}") from None
     if result.status != "ok":
         raise RunError(f"shard {index} failed: {result.error}")
     return result

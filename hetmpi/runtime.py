@@ -40,6 +40,7 @@ class ProcessLayout:
     threads: int
     devices: int
     compile_cache: str | None = None
+    pin: bool = False  # restrict the process to ``cores`` (else only thread counts follow them)
 
 
 def available_cores() -> tuple[int, ...]:
@@ -55,6 +56,7 @@ def layout_for(
     threads: int | None = None,
     devices: int = 1,
     compile_cache: str | None = None,
+    pin: bool = False,
 ) -> ProcessLayout:
     """The share of ``cores`` owned by process ``slot`` of ``slots`` sharing them.
 
@@ -67,7 +69,7 @@ def layout_for(
         owned = tuple(cores[start:stop])
     else:
         owned = (cores[slot * n // slots],)
-    return ProcessLayout(owned, threads or len(owned), devices, compile_cache)
+    return ProcessLayout(owned, threads or len(owned), devices, compile_cache, pin)
 
 
 def jax_environment(layout: ProcessLayout, base: Mapping[str, str]) -> dict[str, str]:
@@ -92,7 +94,8 @@ def jax_environment(layout: ProcessLayout, base: Mapping[str, str]) -> dict[str,
 
 
 def configure_process(layout: ProcessLayout) -> bool:
-    """Pin this process to its cores and set the JAX/BLAS environment for ``layout``.
+    """Set the JAX/BLAS environment for ``layout``, and pin the process to its cores when
+    ``layout.pin``.
 
     Effective only before JAX is imported; otherwise (hetmpi used from a script that imported
     JAX first) nothing is changed, a warning is logged, and False returned.
@@ -105,7 +108,7 @@ def configure_process(layout: ProcessLayout) -> bool:
         )  # fmt: skip
         return False
     os.environ.update(jax_environment(layout, os.environ))
-    if set(layout.cores) != set(available_cores()):
+    if layout.pin and set(layout.cores) != set(available_cores()):
         os.sched_setaffinity(0, layout.cores)
     log.debug(
         "process %d: cores %s, %d threads, %d JAX devices",

@@ -296,3 +296,19 @@ def test_plan_run_shard_combine_matches_cpu(folder: Path, cpu_run: Path) -> None
         np.testing.assert_array_equal(after[name], values, err_msg=name)
     bad = run("run-shard", str(out), "--index", str(NUM_SHARDS), cwd=folder)
     assert bad.returncode == 2 and f"--index: must be in 0..{NUM_SHARDS - 1}" in bad.stderr
+
+
+def test_compile_cache_is_written_and_reused(folder: Path, cpu_run: Path, tiny_h5: Path) -> None:
+    sub = folder / "cache"
+    sub.mkdir(exist_ok=True)
+    write_config(
+        sub, tiny_h5, sharding={"num_shards": NUM_SHARDS},
+        executor={"name": "cpu", "compile_cache": "xla-cache"},
+    )  # fmt: skip
+    first = run("run", "cfg.yaml", cwd=sub)
+    assert first.returncode == 0, first.stderr
+    entries = sorted(p.name for p in (sub / "xla-cache").glob("*-cache"))
+    assert entries, "no compiled program was cached"
+    again = run("run", "cfg.yaml", "-o", str(sub / "again"), cwd=sub)
+    assert again.returncode == 0, again.stderr
+    assert_same_draws(sub / "again", cpu_run)  # programs loaded from the cache sample alike

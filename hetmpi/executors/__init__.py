@@ -72,6 +72,7 @@ def process_layout(
         threads=settings.threads_per_process,
         devices=settings.devices_per_process,
         compile_cache=None if cache is None else str(cache),
+        pin=settings.pin_cores,
     )
 
 

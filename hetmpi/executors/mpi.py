@@ -19,6 +19,7 @@ the run within seconds instead of leaving the other ranks waiting.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -34,7 +35,12 @@ from mpi4py import MPI
 from hetmpi.config import Config, ExecutorConfig
 from hetmpi.errors import InputError, RunError
 from hetmpi.executors import Report, longest_first, process_layout
-from hetmpi.runtime import ProcessLayout, available_cores, configure_process
+from hetmpi.runtime import (
+    ProcessLayout,
+    available_cores,
+    configure_process,
+    launcher_world_size,
+)
 
 if TYPE_CHECKING:
     from hetmpi.sampling import ShardResult, ShardTask
@@ -85,6 +91,13 @@ def launch(
 ) -> dict[str, Any] | None:
     """``hetmpi run`` on every rank: the summary on rank 0, None on the others."""
     comm = MPI.COMM_WORLD
+    launched = launcher_world_size(os.environ)
+    if launched > comm.Get_size():
+        raise InputError(
+            f"executor: the launcher started {launched} processes but MPI sees "
+            f"{comm.Get_size()} rank(s) in each, so every process would run the whole job; "
+            "launch with `srun --mpi=pmi2` (or the MPI your mpi4py was built with) or mpiexec"
+        )
     if executor_name not in ("auto", "mpi"):
         raise InputError(
             f"executor.name: {executor_name!r} would run the whole job once per rank under "

@@ -24,7 +24,7 @@ import numpy as np
 from jax import Array
 
 from hetmpi.model.parameters import PHYSICS_NAMES
-from hetmpi.model.physics import c2_pooled
+from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
 
 
 class ShardArrays(NamedTuple):
@@ -151,12 +151,11 @@ class PosteriorModel:
     def log_likelihood(self, u: Array, data: ShardArrays, consts: ModelConstants) -> Array:
         """Gaussian log likelihood of the shard's real points (padding has weight 0)."""
         p, contrast, offset, sigma = self.unpack(u, consts)
-        model = c2_pooled(
+        squares = pooled_sum_of_squares(
             p, consts.t, consts.q, consts.dt, consts.phi, contrast, offset,
-            data.i1, data.i2, data.angle,
+            data.i1, data.i2, data.angle, data.c2, data.weight / (data.sigma * data.sigma),
         )  # fmt: skip
-        scaled = (data.c2 - model) / (sigma * data.sigma)
-        return -0.5 * jnp.sum(data.weight * scaled * scaled) - jnp.sum(data.weight) * jnp.log(sigma)
+        return -0.5 * squares / (sigma * sigma) - jnp.sum(data.weight) * jnp.log(sigma)
 
     def log_density(
         self, u: Array, data: ShardArrays, consts: ModelConstants, prior_weight: Array

@@ -158,10 +158,22 @@ def _sweep_files(
     return runs, files
 
 
+def only_dry_run_files(out_dir: Path) -> bool:
+    """True if ``out_dir`` holds only what an array-mode ``--dry-run`` writes (the plan, the
+    resolved config, the scripts) and nothing was submitted from it: planning again may
+    replace those files. Anything else (shard results, outputs, a submission record) is kept
+    and makes planning refuse the folder."""
+    from hetmpi.planfile import PLAN_NAME
+
+    if not out_dir.is_dir() or (out_dir / JOBS_DIR / RECORD_NAME).exists():
+        return False
+    return {p.name for p in out_dir.iterdir()} <= {"config.yaml", PLAN_NAME, JOBS_DIR}
+
+
 def _default_plan(cfg: Config, out_dir: Path) -> int:
     from hetmpi.pipeline import plan_run
 
-    return plan_run(cfg, out_dir)
+    return plan_run(cfg, out_dir, overwrite=only_dry_run_files(out_dir))
 
 
 def prepare_submission(

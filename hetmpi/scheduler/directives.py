@@ -18,6 +18,7 @@ from hetmpi.errors import InputError
 
 SCHEDULERS: Final = ("slurm", "pbs")
 MODES: Final = ("mpi", "array", "sweep")
+LAUNCHERS: Final = {"slurm": ("srun", "mpiexec"), "pbs": ("mpiexec",)}
 DEFAULT_MAX_ARRAY_SIZE: Final = {"slurm": 1001, "pbs": 10000}
 
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
@@ -50,7 +51,9 @@ class SweepEntry:
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Checked scheduler settings. Counts are per node (ranks, GPUs) or per rank (CPUs);
-    ``memory`` is per node (per task in array mode) like ``64G``; walltime is HH:MM:SS."""
+    ``memory`` is per node (per task in array mode) like ``64G``; walltime is HH:MM:SS.
+    ``launcher`` starts the ranks of mpi and sweep jobs (None: srun on Slurm, mpiexec on PBS).
+    """
 
     scheduler: str
     walltime: str
@@ -72,6 +75,7 @@ class SchedulerConfig:
     modules: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     extra_directives: tuple[str, ...] = ()
+    launcher: str | None = None
     launcher_args: tuple[str, ...] = ()
     select_extra: tuple[str, ...] = ()
     venv: str | None = None
@@ -83,6 +87,11 @@ class SchedulerConfig:
         if self.max_array_size is not None:
             return self.max_array_size
         return DEFAULT_MAX_ARRAY_SIZE[self.scheduler]
+
+    @property
+    def launch_command(self) -> str:
+        """The program that starts the ranks: ``launcher``, else the scheduler's own."""
+        return self.launcher or LAUNCHERS[self.scheduler][0]
 
     def to_mapping(self) -> dict[str, Any]:
         """The raw ``scheduler:`` mapping that from_mapping turns back into this config."""
@@ -254,6 +263,13 @@ def _sweep(value: Any, key: str, problems: _Problems) -> Any:
     return entries
 
 
+def _launcher(value: Any, key: str, problems: _Problems) -> Any:
+    if value in LAUNCHERS["slurm"]:
+        return value
+    problems.add(key, f"must be 'srun' or 'mpiexec', got {_show(value)}")
+    return None
+
+
 def _scheduler(value: Any, key: str, problems: _Problems) -> Any:
     if value in SCHEDULERS:
         return value
@@ -287,6 +303,7 @@ _PARSERS: Final[dict[str, Callable[[Any, str, _Problems], Any]]] = {
     "extra_directives": _string_list(
         _pattern(DIRECTIVE_RE, "must be one option like --mail-type=END or -l place=scatter")
     ),
+    "launcher": _launcher,
     "launcher_args": _string_list(
         _pattern(LAUNCHER_ARG_RE, "must be one argument of letters, digits and _.,:=/@%+-")
     ),
@@ -342,6 +359,9 @@ def _check_scheduler_fit(values: Mapping[str, Any], problems: _Problems) -> None
             alternative = {"queue": "partition", "partition": "queue"}.get(key)
             fix = f"use scheduler.{alternative}" if alternative else "remove it"
             problems.add(key, f"is not used by {own}; {fix}")
+    launcher = values.get("launcher")
+    if launcher is not None and launcher not in LAUNCHERS[kind]:
+        problems.add("launcher", f"{launcher} needs Slurm; PBS jobs start their ranks with mpiexec")
 
 
 def check_array(sc: SchedulerConfig, indices: Sequence[int], what: str) -> None:

@@ -17,6 +17,6 @@ set -u
 export OMP_NUM_THREADS=8
 export MKL_NUM_THREADS=8
 export OPENBLAS_NUM_THREADS=8
-export XLA_FLAGS="${XLA_FLAGS:+${XLA_FLAGS} }--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=8"
+export XLA_FLAGS="${XLA_FLAGS:+${XLA_FLAGS} }--xla_cpu_multi_thread_eigen=true"
 
 srun --ntasks=32 --ntasks-per-node=32 --cpus-per-task=8 --cpu-bind=cores hetmpi run /scratch/user/run/cfg.yaml --output /scratch/user/run/out

@@ -17,7 +17,7 @@ set -u
 export OMP_NUM_THREADS=32
 export MKL_NUM_THREADS=32
 export OPENBLAS_NUM_THREADS=32
-export XLA_FLAGS="${XLA_FLAGS:+${XLA_FLAGS} }--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=32"
+export XLA_FLAGS="${XLA_FLAGS:+${XLA_FLAGS} }--xla_cpu_multi_thread_eigen=true"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 hetmpi combine /scratch/user/run/out

@@ -20,10 +20,11 @@ export MKL_NUM_THREADS=32
 export OPENBLAS_NUM_THREADS=32
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
-# One GPU per rank: the rank's local index on its node picks the device.
-HETMPI_GPU_BIND='local_rank="${SLURM_LOCALID:-${PMI_LOCAL_RANK:-${PALS_LOCAL_RANKID:-${OMPI_COMM_WORLD_LOCAL_RANK:-}}}}"
+# One GPU per rank: the rank's local index on its node picks the device. The MPI launcher's
+# own variable comes first: under mpiexec in a Slurm job every rank inherits SLURM_LOCALID=0.
+HETMPI_GPU_BIND='local_rank="${PMI_LOCAL_RANK:-${PALS_LOCAL_RANKID:-${MPI_LOCALRANKID:-${OMPI_COMM_WORLD_LOCAL_RANK:-${SLURM_LOCALID:-}}}}}"
 if [ -z "${local_rank}" ]; then
-    echo "hetmpi: cannot tell the local rank (SLURM_LOCALID, PMI_LOCAL_RANK unset)" >&2
+    echo "hetmpi: cannot tell the local rank (PMI_LOCAL_RANK, PALS_LOCAL_RANKID, MPI_LOCALRANKID, OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID unset)" >&2
     exit 2
 fi
 export CUDA_VISIBLE_DEVICES=$((local_rank % 4))
