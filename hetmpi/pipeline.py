@@ -175,6 +175,21 @@ def finalize(
     return summary
 
 
+def conclude(
+    prepared: Prepared,
+    results: Sequence[ShardResult],
+    out_dir: Path,
+    executor: str,
+    timings: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """``finalize``, then summary.json with the total seconds since ``started``."""
+    summary = finalize(prepared, results, out_dir, executor=executor, timings=timings)
+    summary["run"]["timings"]["total"] = time.perf_counter() - started
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
 def write_resolved_config(cfg: Config, out_dir: Path) -> None:
     write_yaml(out_dir / "config.yaml", config_to_dict(cfg))
 
@@ -247,12 +262,9 @@ def run(
             "compiles": compiles["compiles"],
             **executor.timings,
         }
-        summary = finalize(
-            prepared, [*done.values(), *results], out_dir, executor=executor.name, timings=timings
+        return conclude(
+            prepared, [*done.values(), *results], out_dir, executor.name, timings, started
         )
-        summary["run"]["timings"]["total"] = time.perf_counter() - started
-        write_json(out_dir / "summary.json", summary)
-        return summary
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -327,11 +339,7 @@ def combine(out_dir: Path) -> dict[str, Any]:
         )
         sampled = [r.warmup_seconds + r.sample_seconds for r in results.values()]
         timings = {**prepared.seconds, "sampling": float(sum(sampled))}
-        summary = finalize(prepared, list(results.values()), out_dir, executor="array",
-                           timings=timings)  # fmt: skip
-        summary["run"]["timings"]["total"] = time.perf_counter() - started
-        write_json(out_dir / "summary.json", summary)
-        return summary
+        return conclude(prepared, list(results.values()), out_dir, "array", timings, started)
     finally:
         log.removeHandler(handler)
         handler.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import yaml
 
@@ -44,3 +46,12 @@ def write_config(folder: Path, data: Path, **sections: dict) -> Path:
     path = folder / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def shard_draws(out: Path) -> dict[int, np.ndarray]:
+    """index -> draws of every shard result file in the output folder ``out``."""
+    found = {}
+    for path in sorted((out / "shards").glob("shard_*.h5")):
+        with h5py.File(path) as f:
+            found[int(f.attrs["index"])] = f["draws"][()]
+    return found

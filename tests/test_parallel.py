@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import write_config
+from conftest import shard_draws, write_config
 
 from hetmpi.diagnostics import read_posterior
 
@@ -58,14 +58,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
     return folder
 
 
-def draws(out: Path) -> dict[int, np.ndarray]:
-    found = {}
-    for path in sorted((out / "shards").glob("shard_*.h5")):
-        with h5py.File(path) as f:
-            found[int(f.attrs["index"])] = f["draws"][()]
-    return found
-
-
 def finished(folder: Path, name: str, *args: str, ranks: int | None = None) -> Path:
     out = folder / name
     if not (out / "summary.json").exists():
@@ -81,8 +73,8 @@ def cpu_run(folder: Path) -> Path:
 
 
 def assert_same_draws(out: Path, reference: Path) -> None:
-    expected = draws(reference)
-    got = draws(out)
+    expected = shard_draws(reference)
+    got = shard_draws(out)
     assert sorted(got) == list(range(NUM_SHARDS))
     for index, values in expected.items():
         np.testing.assert_array_equal(got[index], values, err_msg=f"shard {index}")

@@ -25,10 +25,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import pytest
-from conftest import write_config
+from conftest import shard_draws, write_config
 
 from hetmpi.scheduler.commands import ACTIVE_STATES, Prepared, deliver
 from hetmpi.scheduler.directives import from_mapping
@@ -111,16 +110,8 @@ def squeue_reason(job_id: str) -> str:
     return done.stdout.strip()
 
 
-def draws(out: Path) -> dict[int, np.ndarray]:
-    found = {}
-    for path in sorted((out / "shards").glob("shard_*.h5")):
-        with h5py.File(path) as f:
-            found[int(f.attrs["index"])] = f["draws"][()]
-    return found
-
-
 def assert_same_draws(out: Path, reference: Reference) -> None:
-    got, expected = draws(out), draws(reference)
+    got, expected = shard_draws(out), shard_draws(reference)
     assert sorted(got) == sorted(expected) == list(range(NUM_SHARDS))
     for index, values in expected.items():
         assert np.array_equal(got[index], values), f"shard {index} differs from the cpu run"
