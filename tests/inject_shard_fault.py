@@ -20,10 +20,12 @@ def configure_then_inject(layout: runtime.ProcessLayout) -> bool:
 
     sample = sampling._sample
 
-    def faulty(shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int) -> ShardResult:
+    def faulty(
+        shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int, deadline: float | None
+    ) -> ShardResult:
         if shard.index == 1:
             raise FloatingPointError("injected fault in shard 1")
-        return sample(shard, task, plan, seed)
+        return sample(shard, task, plan, seed, deadline)
 
     sampling._sample = faulty
     return configured
