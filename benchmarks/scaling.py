@@ -2,6 +2,7 @@
 
     python benchmarks/scaling.py [--frames 100] [--shards 8] [--warmup 150] [--samples 150]
                                  [--only cpu,multiprocessing,mpi1,mpi2] [--workdir DIR]
+                                 [--threads-per-process T] [--pin-cores]
 
 Runs the same config with the cpu executor (1 process), multiprocessing (2 workers) and
 MPI with 1 and 2 ranks (mpiexec from the mpich wheel next to this Python), and prints per
@@ -60,6 +61,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=150)
     parser.add_argument("--samples", type=int, default=150)
     parser.add_argument("--only", default=",".join(RUNS))
+    parser.add_argument(
+        "--threads-per-process", type=int, default=None,
+        help="executor.threads_per_process (default: the cores a process owns)",
+    )  # fmt: skip
+    parser.add_argument("--pin-cores", action="store_true", help="executor.pin_cores: true")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-scaling-"))
@@ -84,12 +90,17 @@ def main() -> None:
             "adaptive": False,
             "progress_bar": False,
         },
-        "executor": {"workers": 2},
+        "executor": {
+            "workers": 2,
+            "threads_per_process": args.threads_per_process,
+            "pin_cores": args.pin_cores,
+        },
         "output": {"directory": "out", "plots": False},
     }
     (work / "cfg.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"reference job N={args.frames} K={args.shards}, {args.warmup}+{args.samples} "
-          f"draws x 2 chains per shard, in {work}")  # fmt: skip
+          f"draws x 2 chains per shard, threads per process {args.threads_per_process or 'auto'}"
+          f", pinned {args.pin_cores}, in {work}")  # fmt: skip
     walls: dict[str, float] = {}
     draws: dict[str, list[np.ndarray]] = {}
     header = f"{'run':<16}{'wall s':>9}{'sampling s':>12}{'scatter s':>11}{'gather s':>10}"

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hetmpi")
 
 TAG_NOTE = 11
+IDLE_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def _lead(
         )
     except Exception as exc:
         if not executor.dispatched:
+            idle_barrier(comm)
             comm.bcast(Abandon(str(exc), isinstance(exc, InputError)), root=0)
         raise
 
@@ -144,6 +146,7 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
     from hetmpi.progress import ShardNote
     from hetmpi.sampling import compile_monitor
 
+    idle_barrier(comm)  # while rank 0 prepares
     header = comm.bcast(None, root=0)
     if isinstance(header, Abandon):
         raise InputError(header.message) if header.bad_input else RunError(header.message)
@@ -156,6 +159,7 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
             )
             notes.send(ShardNote.of(result), dest=0, tag=TAG_NOTE)
             results.append(result)
+    idle_barrier(comm)  # until every rank has sampled
     _gather(comm, results, compiles)
 
 
@@ -196,6 +200,7 @@ class MpiExecutor:
             length=shards[0].c2.size if shards else 0,
             has_sigma=bool(shards) and shards[0].sigma is not None,
         )
+        idle_barrier(self.comm)
         self.comm.bcast(header, root=0)
         self.dispatched = True
         started = time.perf_counter()
@@ -220,6 +225,7 @@ class MpiExecutor:
             listener.join()
         else:
             self._receive_notes(expected, report)
+        idle_barrier(self.comm)
         gather_started = time.perf_counter()
         everything, compile_counts = _gather(self.comm, results, compiles)
         gathered = time.perf_counter()
@@ -231,9 +237,21 @@ class MpiExecutor:
         return everything
 
     def _receive_notes(self, expected: int, report: Report) -> None:
-        """Feed ``report`` with the notes of the shards other ranks finish."""
+        """Feed ``report`` with the notes of the shards other ranks finish (polling with
+        sleeps: a blocking receive would spin a core for the whole run)."""
         for _ in range(expected):
+            while not self.notes.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_NOTE):
+                time.sleep(IDLE_POLL_SECONDS)
             report(self.notes.recv(source=MPI.ANY_SOURCE, tag=TAG_NOTE))
+
+
+def idle_barrier(comm: MPI.Comm) -> None:
+    """A barrier that sleeps while it waits. MPI implementations busy-poll in blocking calls,
+    so a rank waiting in one (for rank 0's warm start, or for slower ranks at the end) would
+    take a core from the ranks still computing on the same node."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(IDLE_POLL_SECONDS)
 
 
 def _scatter(comm: MPI.Comm, ordered: Sequence[Shard] | None, header: RunHeader) -> list[Shard]:
