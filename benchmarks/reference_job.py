@@ -24,6 +24,45 @@ HERE = Path(__file__).resolve().parent
 TRUTH_FILE = HERE.parent / "jobs" / "reference_truth.yaml"
 
 
+def write_reference_job(
+    work: Path,
+    *,
+    frames: int,
+    shards: int,
+    warmup: int,
+    samples: int,
+    executor: dict | None = None,
+    env: dict[str, str] | None = None,
+) -> Path:
+    """Simulate the reference data set into WORK/data.h5 and write WORK/cfg.yaml for it
+    (f2 fixed, individual scaling, angle-balanced shards, 2 chains, plots off)."""
+    truth = yaml.safe_load(TRUTH_FILE.read_text())
+    subprocess.run(
+        [sys.executable, "-m", "hetmpi", "simulate", str(TRUTH_FILE), "-o",
+         str(work / "data.h5"), "--n-frames", str(frames)],
+        check=True, env=env,
+    )  # fmt: skip
+    parameters = {name: {"value": float(v)} for name, v in truth["parameters"].items()}
+    parameters["f2"] = {"value": 0.0, "fixed": True}
+    config = {
+        "data": {"path": "data.h5"},
+        "model": {"per_angle_mode": "individual", "parameters": parameters},
+        "sharding": {"strategy": "angle_balanced", "num_shards": shards},
+        "sampler": {
+            "num_chains": 2,
+            "num_warmup": warmup,
+            "num_samples": samples,
+            "adaptive": False,
+            "progress_bar": False,
+        },
+        "executor": executor or {},
+        "output": {"directory": "out", "plots": False},
+    }
+    path = work / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=50)
@@ -32,23 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-reference-"))
     work.mkdir(parents=True, exist_ok=True)
-    truth = yaml.safe_load(TRUTH_FILE.read_text())
+    write_reference_job(work, frames=args.frames, shards=args.shards, warmup=300, samples=300)
     hetmpi = [sys.executable, "-m", "hetmpi"]
-    subprocess.run(
-        [*hetmpi, "simulate", str(TRUTH_FILE), "-o", str(work / "data.h5"),
-         "--n-frames", str(args.frames)],
-        check=True,
-    )  # fmt: skip
-    parameters = {name: {"value": float(v)} for name, v in truth["parameters"].items()}
-    parameters["f2"] = {"value": 0.0, "fixed": True}
-    config = {
-        "data": {"path": "data.h5"},
-        "model": {"per_angle_mode": "individual", "parameters": parameters},
-        "sharding": {"strategy": "angle_balanced", "num_shards": args.shards},
-        "sampler": {"num_chains": 2, "num_warmup": 300, "num_samples": 300, "adaptive": False},
-        "output": {"directory": "out", "plots": False},
-    }
-    (work / "cfg.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     started = time.perf_counter()
     subprocess.run([*hetmpi, "run", "cfg.yaml", "--overwrite"], cwd=work, check=True)
     wall = time.perf_counter() - started

@@ -27,10 +27,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import yaml
+from reference_job import write_reference_job
 
-HERE = Path(__file__).resolve().parent
-TRUTH_FILE = HERE.parent / "jobs" / "reference_truth.yaml"
 BIN = Path(sys.executable).parent
 RUNS = ("cpu", "multiprocessing", "mpi1", "mpi2")
 
@@ -71,33 +69,15 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    truth = yaml.safe_load(TRUTH_FILE.read_text())
-    subprocess.run(
-        [sys.executable, "-m", "hetmpi", "simulate", str(TRUTH_FILE), "-o",
-         str(work / "data.h5"), "--n-frames", str(args.frames)],
-        check=True, env=env,
-    )  # fmt: skip
-    parameters = {name: {"value": float(v)} for name, v in truth["parameters"].items()}
-    parameters["f2"] = {"value": 0.0, "fixed": True}
-    config = {
-        "data": {"path": "data.h5"},
-        "model": {"per_angle_mode": "individual", "parameters": parameters},
-        "sharding": {"strategy": "angle_balanced", "num_shards": args.shards},
-        "sampler": {
-            "num_chains": 2,
-            "num_warmup": args.warmup,
-            "num_samples": args.samples,
-            "adaptive": False,
-            "progress_bar": False,
-        },
-        "executor": {
-            "workers": 2,
-            "threads_per_process": args.threads_per_process,
-            "pin_cores": args.pin_cores,
-        },
-        "output": {"directory": "out", "plots": False},
+    executor = {
+        "workers": 2,
+        "threads_per_process": args.threads_per_process,
+        "pin_cores": args.pin_cores,
     }
-    (work / "cfg.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_reference_job(
+        work, frames=args.frames, shards=args.shards, warmup=args.warmup,
+        samples=args.samples, executor=executor, env=env,
+    )  # fmt: skip
     print(f"reference job N={args.frames} K={args.shards}, {args.warmup}+{args.samples} "
           f"draws x 2 chains per shard, threads per process {args.threads_per_process or 'auto'}"
           f", pinned {args.pin_cores}, in {work}")  # fmt: skip
