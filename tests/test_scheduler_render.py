@@ -909,3 +909,22 @@ def test_installed_wheel_renders(installed_wheel: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "#PBS -l filesystems=home:eagle" in done.stdout
+
+
+def test_slurm_launcher_mpiexec_renders_mpiexec_with_ranks_per_node() -> None:
+    sc = from_mapping({**SLURM, "launcher": "mpiexec", "nodes": 2, "ranks_per_node": 4})
+    text = render_mpi(sc, CFG, OUT).text
+    assert re.search(r"^mpiexec -n 8 --ppn 4 .*hetmpi run ", text, re.MULTILINE), text
+    assert "srun" not in text
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({**PBS, "launcher": "srun"}, "scheduler.launcher: srun needs Slurm"),
+        ({**SLURM, "launcher": "aprun"}, "scheduler.launcher:"),
+    ],
+)
+def test_bad_launcher_is_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        from_mapping(settings)
