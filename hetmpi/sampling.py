@@ -239,6 +239,11 @@ def _across_devices(fn, num_chains: int):
     return jax.jit(split)
 
 
+def shard_plan(shard: Shard, task: ShardTask) -> SamplingPlan:
+    """The warmup and draw counts ``shard`` runs with under ``task``."""
+    return SamplingPlan.for_shard(task.cfg, shard.num_points, task.warm.problem.model.dim)
+
+
 class ShardTimeout(Exception):
     """The shard ran past its time limit."""
 
@@ -249,7 +254,7 @@ def sample_shard(
     """NUTS on one shard under the tempered prior; never raises: a failure (also running
     past ``timeout`` seconds, checked between chunks of iterations) becomes a failed
     ShardResult carrying the error text. Deterministic for (seed, shard.index)."""
-    plan = SamplingPlan.for_shard(task.cfg, shard.num_points, task.warm.problem.model.dim)
+    plan = shard_plan(shard, task)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         return _sample(shard, task, plan, seed, deadline)

@@ -28,7 +28,7 @@ from hetmpi.executors.worker import BlockSpec, serve
 from hetmpi.progress import ShardNote
 from hetmpi.results import save_shard_result
 from hetmpi.runtime import available_cores
-from hetmpi.sampling import SamplingPlan, ShardResult, ShardTask, failed_result
+from hetmpi.sampling import ShardResult, ShardTask, failed_result, shard_plan
 from hetmpi.sharding import Shard
 
 log = logging.getLogger("hetmpi")
@@ -186,8 +186,7 @@ class _Dispatch:
             self.pending.insert(0, worker.row)
             return
         log.warning("shard %d: %s; recorded as failed", shard.index, why)
-        plan = SamplingPlan.for_shard(self.task.cfg, shard.num_points, len(self.task.warm.center))
-        result = failed_result(shard, self.task, plan, why)
+        result = failed_result(shard, self.task, shard_plan(shard, self.task), why)
         save_shard_result(self.out_dir, result)
         self.finish(result)
 
