@@ -24,9 +24,9 @@ from hetmpi.config import Config, config_to_dict
 from hetmpi.consensus import combine_draws, select_shards
 from hetmpi.data import Dataset, load_dataset
 from hetmpi.errors import InputError, RunError
-from hetmpi.problem import scaling_mode
+from hetmpi.problem import build_problem, scaling_mode
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
-from hetmpi.sampling import ShardResult, ShardTask
+from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask, sampler_outline
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.warmstart import fit_warm_start
 
@@ -65,8 +65,27 @@ def sampled_dimension(cfg: Config, num_angles: int) -> int:
     return len(cfg.model.free_physics) + scaling[mode] + cfg.model.noise.sample
 
 
-def prepare(cfg: Config, dataset: Dataset | None = None) -> Prepared:
-    """Load and pool the data, fit the warm start, and cut the shards."""
+Announce = Callable[[SamplerOutline], None]
+
+
+def outline(cfg: Config, dataset: Dataset, plan: ShardPlan) -> SamplerOutline:
+    """The run's sampler outline, known before the warm start (its values change nothing
+    the compiler sees)."""
+    provisional = build_problem(
+        cfg.model,
+        dataset,
+        per_angle_mode=cfg.model.per_angle_mode,
+        sample_sigma=cfg.model.noise.sample,
+        sigma=1.0,
+    )
+    return sampler_outline(provisional.model, provisional.consts, plan.shards, cfg.sampler)
+
+
+def prepare(
+    cfg: Config, dataset: Dataset | None = None, *, announce: Announce | None = None
+) -> Prepared:
+    """Load and pool the data, cut the shards, and fit the warm start. ``announce`` gets the
+    sampler's outline before the fit (so other processes can compile meanwhile)."""
     started = time.perf_counter()
     dataset = load_data(cfg) if dataset is None else dataset
     points = pool_points(dataset)
@@ -74,9 +93,11 @@ def prepare(cfg: Config, dataset: Dataset | None = None) -> Prepared:
     num_shards = choose_num_shards(
         points.size, len(dataset.phi), sampled_dimension(cfg, len(dataset.phi)), cfg.sharding
     )
+    plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
+    if announce is not None:
+        announce(outline(cfg, dataset, plan))
     warm = fit_warm_start(cfg.model, dataset, points)
     fitted = time.perf_counter()
-    plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
     log.info(
         "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
         "warm start in %.1f s, noise sd %.3g, reduced chi2 %.3f",
@@ -218,11 +239,17 @@ SelectExecutor = Callable[[int], tuple["Executor", str]]
 
 
 def run(
-    cfg: Config, *, select: SelectExecutor, overwrite: bool = False, resume: bool = False
+    cfg: Config,
+    *,
+    select: SelectExecutor,
+    overwrite: bool = False,
+    resume: bool = False,
+    announce: Announce | None = None,
 ) -> dict[str, Any]:
     """A whole run: returns the summary written to summary.json.
 
-    ``select(num_shards)`` gives the executor and the reason it was chosen (logged).
+    ``select(num_shards)`` gives the executor and the reason it was chosen (logged);
+    ``announce`` is passed to ``prepare``.
     """
     from hetmpi.progress import ShardProgress
     from hetmpi.results import load_valid_shards
@@ -231,7 +258,7 @@ def run(
     started = time.perf_counter()
     out_dir = cfg.output.directory
     check_output_dir(out_dir, overwrite=overwrite, resume=resume)
-    prepared = prepare(cfg)  # bad input fails here, before anything is written
+    prepared = prepare(cfg, announce=announce)  # bad input fails here, before any write
     executor, reason = select(prepared.task.num_shards)
     dataset = prepared.dataset
     prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)

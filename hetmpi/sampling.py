@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache, partial
@@ -239,6 +239,79 @@ def _across_devices(fn, num_chains: int):
     return jax.jit(split)
 
 
+def chain_settings(plan: SamplingPlan, cfg: SamplerConfig, target_accept: float) -> ChainSettings:
+    """The compiled sampler's settings for a shard's plan at ``target_accept``."""
+    return ChainSettings(
+        num_warmup=plan.num_warmup,
+        num_samples=plan.num_samples,
+        num_chains=plan.num_chains,
+        target_accept=target_accept,
+        max_tree_depth=cfg.max_tree_depth,
+        dense_mass=cfg.dense_mass,
+        chain_method=cfg.chain_method,
+        chunk=chunk_length(plan.num_warmup, plan.num_samples),
+    )
+
+
+def _sampler_args(
+    shard: Shard, consts: ModelConstants, center: np.ndarray, chol: np.ndarray, num_shards: int
+) -> tuple:
+    """The data arguments of the compiled sampler (every shard of a run has their shapes)."""
+    return (
+        shard_arrays(shard),
+        consts,
+        jnp.asarray(center),
+        jnp.asarray(chol),
+        jnp.asarray(1.0 / num_shards, dtype=jnp.float64),
+    )
+
+
+def _chain_keys(seed: int, num_chains: int) -> jax.Array:
+    return jax.random.split(jax.random.PRNGKey(seed), num_chains)
+
+
+@dataclass(frozen=True)
+class SamplerOutline:
+    """A run's sampler before its warm start exists: the posterior model, the chain settings
+    its shards use and the shapes of the sampler's arguments. Enough to compile the sampler
+    (``precompile``) while rank 0 is still fitting the warm start."""
+
+    model: PosteriorModel
+    settings: tuple[ChainSettings, ...]
+    args: tuple  # the arguments' pytree with jax.ShapeDtypeStruct leaves
+
+
+def sampler_outline(
+    model: PosteriorModel, consts: ModelConstants, shards: Sequence[Shard], cfg: SamplerConfig
+) -> SamplerOutline:
+    """The outline of a run with these shards; ``consts`` only need the run's shapes. Its
+    settings are those of first attempts, then those of retries (if retries are on)."""
+    plans = {SamplingPlan.for_shard(cfg, shard.num_points, model.dim) for shard in shards}
+    targets = [cfg.target_accept]
+    if cfg.max_retries > 0 and cfg.retry_target_accept != cfg.target_accept:
+        targets.append(cfg.retry_target_accept)
+    settings = [
+        chain_settings(plan, cfg, target) for target in targets for plan in sorted(plans, key=repr)
+    ]
+    d = model.dim
+    args = _sampler_args(shards[0], consts, np.zeros(d), np.eye(d), len(shards))
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), args)
+    return SamplerOutline(model, tuple(settings), shapes)
+
+
+def precompile(outline: SamplerOutline) -> None:
+    """Compile the sampler programs of ``outline`` ahead of time; ``sample_shard`` calls with
+    the same model, settings and shapes then reuse them instead of compiling."""
+    for settings in outline.settings:
+        start, warm, draw = _compiled_sampler(outline.model, settings)
+        keys = jax.eval_shape(partial(_chain_keys, 0, settings.num_chains))
+        z0 = jax.ShapeDtypeStruct((settings.num_chains, outline.model.dim), jnp.float64)
+        states = jax.eval_shape(start, keys, z0, outline.args)
+        start.lower(keys, z0, outline.args).compile()
+        warm.lower(states, outline.args).compile()
+        draw.lower(states, outline.args).compile()
+
+
 def shard_plan(shard: Shard, task: ShardTask) -> SamplingPlan:
     """The warmup and draw counts ``shard`` runs with under ``task``."""
     return SamplingPlan.for_shard(task.cfg, shard.num_points, task.warm.problem.model.dim)
@@ -283,30 +356,15 @@ def _sample(
 ) -> ShardResult:
     center, chol = task.whitening
     problem = task.warm.problem
-    args = (
-        shard_arrays(shard),
-        problem.consts,
-        jnp.asarray(center),
-        jnp.asarray(chol),
-        jnp.asarray(1.0 / task.num_shards),
-    )
+    args = _sampler_args(shard, problem.consts, center, chol, task.num_shards)
     rng = np.random.default_rng([seed, shard.index])
     target_accept = task.cfg.target_accept
     attempts = 0
     while True:
         attempts += 1
-        settings = ChainSettings(
-            num_warmup=plan.num_warmup,
-            num_samples=plan.num_samples,
-            num_chains=plan.num_chains,
-            target_accept=target_accept,
-            max_tree_depth=task.cfg.max_tree_depth,
-            dense_mass=task.cfg.dense_mass,
-            chain_method=task.cfg.chain_method,
-            chunk=chunk_length(plan.num_warmup, plan.num_samples),
-        )
+        settings = chain_settings(plan, task.cfg, target_accept)
         start, warm, draw = _compiled_sampler(problem.model, settings)
-        keys = jax.random.split(jax.random.PRNGKey(int(rng.integers(2**31))), plan.num_chains)
+        keys = _chain_keys(int(rng.integers(2**31)), plan.num_chains)
         z0 = jnp.asarray(task.initial_z(rng))
         started = time.perf_counter()
         states = start(keys, z0, args)

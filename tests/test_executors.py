@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -12,15 +14,15 @@ from hetmpi.sampling import STAT_FIELDS, ShardResult
 from hetmpi.sharding import PooledPoints, make_shards
 
 
-def test_longest_first_balances_and_covers_every_item() -> None:
-    costs = [2.0, 5.0, 3.0, 3.0, 2.0, 2.0, 1.0]
-    assigned = longest_first(costs, 3)
-    assert assigned == [[1, 5], [2, 0, 6], [3, 4]]  # 5+2, 3+2+1, 3+2
-    loads = [sum(costs[k] for k in items) for items in assigned]
-    assert max(loads) <= 4 / 3 * sum(costs) / 3  # Graham's bound: within 4/3 of optimal
-    assert longest_first([1.0], 3) == [[0], [], []]
-    equal = longest_first([1.0] * 8, 3)
-    assert [len(items) for items in equal] == [3, 3, 2]
+def test_longest_first_orders_shards_by_points_then_position() -> None:
+    plan = make_shards(_points(23, False), 4, strategy="random", seed=3)
+    sizes = [6, 5, 6, 6]  # 23 points in 4 shards: three of 6, one of 5
+    shards = [
+        replace(shard, point_ids=np.arange(n)) for shard, n in zip(plan.shards, sizes, strict=True)
+    ]
+    assert longest_first(shards) == [0, 2, 3, 1]
+    assert longest_first(shards[::-1]) == [0, 1, 3, 2]
+    assert longest_first([]) == []
 
 
 def test_layout_splits_cores_into_blocks() -> None:

@@ -44,10 +44,12 @@ def hetmpi_command(*args: str, ranks: int | None = None, program: list[str] | No
     return [*launcher, *program, *args]
 
 
-def run(*args: str, cwd: Path, ranks: int | None = None, **kw) -> subprocess.CompletedProcess:
+def run(
+    *args: str, cwd: Path, ranks: int | None = None, extra_env: dict[str, str] | None = None, **kw
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        hetmpi_command(*args, ranks=ranks, **kw), cwd=cwd, env=env(), capture_output=True,
-        text=True, timeout=900,
+        hetmpi_command(*args, ranks=ranks, **kw), cwd=cwd, env={**env(), **(extra_env or {})},
+        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 
 
@@ -58,10 +60,18 @@ def folder(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
     return folder
 
 
-def finished(folder: Path, name: str, *args: str, ranks: int | None = None) -> Path:
+def finished(
+    folder: Path,
+    name: str,
+    *args: str,
+    ranks: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Path:
     out = folder / name
     if not (out / "summary.json").exists():
-        proc = run("run", "cfg.yaml", "-o", str(out), *args, cwd=folder, ranks=ranks)
+        proc = run(
+            "run", "cfg.yaml", "-o", str(out), *args, cwd=folder, ranks=ranks, extra_env=extra_env
+        )
         assert proc.returncode == 0, proc.stderr
         (out / "stderr.txt").write_text(proc.stderr)
     return out
@@ -109,6 +119,19 @@ def test_mpi_matches_cpu(folder: Path, cpu_run: Path, ranks: int) -> None:
         read_posterior(out / "posterior.nc")["D0_ref"],
         read_posterior(cpu_run / "posterior.nc")["D0_ref"],
     )
+    # rank 0 samples too (its compiles count only its sampling), besides dealing the shards
+    assert run_info["timings"]["compiles_per_process"][0] > 0
+
+
+@needs_mpi
+def test_mpi_without_thread_support_deals_from_rank_0_only(folder: Path, cpu_run: Path) -> None:
+    out = finished(
+        folder, "mpi_funneled", ranks=2, extra_env={"MPI4PY_RC_THREAD_LEVEL": "funneled"}
+    )
+    assert_same_draws(out, cpu_run)
+    assert "rank 0 only deals shards" in (out / "stderr.txt").read_text()
+    counts = summary(out)["run"]["timings"]["compiles_per_process"]
+    assert counts[0] == 0 and counts[1] > 0
 
 
 def test_chains_run_on_two_devices(folder: Path, cpu_run: Path, tiny_h5: Path) -> None:

@@ -45,19 +45,10 @@ class Executor(Protocol):
     ) -> list[ShardResult]: ...
 
 
-def longest_first(costs: Sequence[float], bins: int) -> list[list[int]]:
-    """Longest-processing-time-first assignment of items (by cost) to ``bins`` workers.
-
-    Returns, for every bin, the item indices it runs, most expensive first. Ties go to the
-    lower item index and the lower bin, so the assignment is deterministic.
-    """
-    loads = [0.0] * bins
-    assigned: list[list[int]] = [[] for _ in range(bins)]
-    for item in sorted(range(len(costs)), key=lambda k: (-costs[k], k)):
-        target = min(range(bins), key=lambda b: (loads[b], b))
-        assigned[target].append(item)
-        loads[target] += costs[item]
-    return assigned
+def longest_first(shards: Sequence[Shard]) -> list[int]:
+    """Indices into ``shards``, the most points first (ties: lower position first): the
+    order executors deal shards in, to whichever process is idle."""
+    return sorted(range(len(shards)), key=lambda k: (-shards[k].num_points, k))
 
 
 def process_layout(

@@ -1,17 +1,22 @@
-"""MPI: rank 0 prepares and combines, every rank (rank 0 included) samples its shards.
+"""MPI: rank 0 prepares, deals shards and combines; every rank (rank 0 included) samples.
 
 Protocol, in order, on ``COMM_WORLD``:
 
-1. rank 0 prepares (data, warm start, shards); the others wait in a broadcast that brings
-   either the run header (ShardTask, seed, output folder, shards per rank) or the error that
-   stopped rank 0, which every rank then exits with (status 2 for bad input);
-2. shard arrays travel with ``Scatterv`` of numpy buffers, shards assigned to ranks
-   longest-processing-time first;
-3. every rank samples its shards and saves each result file itself, then sends a short note
-   to rank 0 (on a duplicate communicator, received by a listener thread that feeds the
-   progress bar);
+1. rank 0 loads the data and cuts the shards; the others wait in a broadcast that brings the
+   sampler's outline (model, settings, argument shapes), which they compile while rank 0 fits
+   the warm start;
+2. a second broadcast brings the run header (ShardTask, seed, output folder); either
+   broadcast brings instead the error that stopped rank 0, which every rank then exits with
+   (status 2 for bad input);
+3. shards are dealt on demand, longest first: a rank asks rank 0 for work (the request
+   carries the note of the shard it just finished, which feeds the progress bar) and gets
+   the next shard's arrays as numpy buffers (``Send``), or an index of -1 when none are left.
+   A thread on rank 0 answers while rank 0 samples too; each rank saves each result file
+   itself as soon as it has it (the --resume checkpoint);
 4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per rank).
 
+Dealing on demand balances ranks whose shards cost unequal time (NUTS cost varies between
+shards far more than their sizes do) and lets ranks that compiled early start first.
 An exception that escapes on any rank aborts the whole job (``MPI.Abort``), so a crash ends
 the run within seconds instead of leaving the other ranks waiting.
 """
@@ -43,13 +48,16 @@ from hetmpi.runtime import (
 )
 
 if TYPE_CHECKING:
-    from hetmpi.sampling import ShardResult, ShardTask
+    from hetmpi.progress import ShardNote
+    from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask
     from hetmpi.sharding import Shard
 
 log = logging.getLogger("hetmpi")
 
-TAG_NOTE = 11
+TAG_REQUEST = 11  # a rank asks for work, with the note of its last shard (or None)
+TAG_SHARD = 12  # rank 0's answer: a shard's arrays, or an index of -1 (no work left)
 IDLE_POLL_SECONDS = 0.05
+NO_SHARD = -1
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,6 @@ class RunHeader:
     seed: int
     out_dir: Path
     timeout: float | None  # executor.shard_timeout
-    counts: list[int]  # shards per rank
     length: int  # padded shard length
     has_sigma: bool
 
@@ -132,33 +139,44 @@ def _lead(
     reason = f"{comm.Get_size()} MPI ranks"
     try:
         return pipeline.run(
-            cfg, select=lambda _num_shards: (executor, reason), overwrite=overwrite, resume=resume
+            cfg,
+            select=lambda _num_shards: (executor, reason),
+            overwrite=overwrite,
+            resume=resume,
+            announce=executor.announce,
         )
     except Exception as exc:
-        if not executor.dispatched:
+        if not executor.dispatched:  # the other ranks wait in a broadcast (outline or header)
             idle_barrier(comm)
             comm.bcast(Abandon(str(exc), isinstance(exc, InputError)), root=0)
         raise
 
 
+def _received(message: object) -> object:
+    if isinstance(message, Abandon):
+        raise InputError(message.message) if message.bad_input else RunError(message.message)
+    return message
+
+
 def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
     from hetmpi.executors.cpu import sample_and_save
     from hetmpi.progress import ShardNote
-    from hetmpi.sampling import compile_monitor
+    from hetmpi.sampling import compile_monitor, precompile
 
-    idle_barrier(comm)  # while rank 0 prepares
-    header = comm.bcast(None, root=0)
-    if isinstance(header, Abandon):
-        raise InputError(header.message) if header.bad_input else RunError(header.message)
-    shards = _scatter(comm, None, header)
-    results = []
     with compile_monitor() as compiles:
-        for shard in shards:
+        idle_barrier(comm)  # while rank 0 loads the data
+        outline = _received(comm.bcast(None, root=0))
+        precompile(outline)
+        idle_barrier(comm)  # while rank 0 fits the warm start
+        header = _received(comm.bcast(None, root=0))
+        results = []
+        note = None
+        while (shard := _request(notes, header, note)) is not None:
             result = sample_and_save(
                 shard, header.task, header.seed, header.out_dir, header.timeout
             )
-            notes.send(ShardNote.of(result), dest=0, tag=TAG_NOTE)
             results.append(result)
+            note = ShardNote.of(result)
     idle_barrier(comm)  # until every rank has sampled
     _gather(comm, results, compiles)
 
@@ -175,6 +193,11 @@ class MpiExecutor:
         self.dispatched = False
         self.timings: dict[str, Any] = {}
 
+    def announce(self, outline: SamplerOutline) -> None:
+        """Send the sampler outline to the other ranks (they compile during the warm start)."""
+        idle_barrier(self.comm)
+        self.comm.bcast(outline, root=0)
+
     def run(
         self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
     ) -> list[ShardResult]:
@@ -183,66 +206,136 @@ class MpiExecutor:
         from hetmpi.sampling import compile_monitor
 
         size = self.comm.Get_size()
-        assigned = longest_first([shard.num_points for shard in shards], size)
-        idle = sum(not items for items in assigned)
-        if idle:
+        if len(shards) < size:
             log.warning(
                 "%d shards for %d ranks: %d ranks stay idle (num_shards: auto picks a "
-                "multiple of the rank count)", len(shards), size, idle,
+                "multiple of the rank count)", len(shards), size, size - len(shards),
             )  # fmt: skip
-        ordered = [shards[k] for items in assigned for k in items]
         header = RunHeader(
             task=task,
             seed=seed,
             out_dir=out_dir,
             timeout=self.timeout,
-            counts=[len(items) for items in assigned],
             length=shards[0].c2.size if shards else 0,
             has_sigma=bool(shards) and shards[0].sigma is not None,
         )
         idle_barrier(self.comm)
         self.comm.bcast(header, root=0)
         self.dispatched = True
-        started = time.perf_counter()
-        mine = _scatter(self.comm, ordered, header)
-        scattered = time.perf_counter()
-        # notes from other ranks feed the progress bar while this rank samples, given
-        # MPI thread support; otherwise they are read once this rank's shards are done
-        threaded = MPI.Query_thread() == MPI.THREAD_MULTIPLE
-        expected = sum(header.counts[1:])
-        listener = threading.Thread(
-            target=self._receive_notes, args=(expected, report), name="hetmpi-notes", daemon=True
+        dealer = Dealer(self.notes, header, [shards[k] for k in longest_first(shards)], report)
+        # rank 0 samples too while a thread deals, if MPI allows calls from a second thread
+        # (rank 0's main thread makes none until the dealer is done)
+        threaded = size > 1 and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        if size > 1 and not threaded:
+            log.warning(
+                "MPI gives no thread support (level %d): rank 0 only deals shards; with "
+                "Cray MPICH set MPICH_MAX_THREAD_SAFETY=multiple", MPI.Query_thread(),
+            )  # fmt: skip
+        thread = threading.Thread(
+            target=dealer.serve_or_abort, args=(size - 1,), name="hetmpi-dealer"
         )
-        if threaded:
-            listener.start()
         results = []
         with compile_monitor() as compiles:
-            for shard in mine:
-                result = sample_and_save(shard, task, seed, out_dir, self.timeout)
-                report(ShardNote.of(result))
-                results.append(result)
-        if threaded:
-            listener.join()
-        else:
-            self._receive_notes(expected, report)
+            if threaded:
+                thread.start()
+            if threaded or size == 1:
+                while (shard := dealer.next_shard()) is not None:
+                    result = sample_and_save(shard, task, seed, out_dir, self.timeout)
+                    report(ShardNote.of(result))
+                    results.append(result)
+            if threaded:
+                thread.join()
+            elif size > 1:
+                dealer.serve(size - 1)
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
         everything, compile_counts = _gather(self.comm, results, compiles)
         gathered = time.perf_counter()
         self.timings = {
-            "scatter": scattered - started,
+            "scatter": dealer.send_seconds,
             "gather": gathered - gather_started,
             "compiles_per_process": compile_counts,
         }
         return everything
 
-    def _receive_notes(self, expected: int, report: Report) -> None:
-        """Feed ``report`` with the notes of the shards other ranks finish (polling with
-        sleeps: a blocking receive would spin a core for the whole run)."""
-        for _ in range(expected):
-            while not self.notes.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_NOTE):
-                time.sleep(IDLE_POLL_SECONDS)
-            report(self.notes.recv(source=MPI.ANY_SOURCE, tag=TAG_NOTE))
+
+class Dealer:
+    """Rank 0's queue of shards, dealt longest first to whichever rank asks (rank 0 takes
+    its own from the same queue)."""
+
+    def __init__(
+        self, notes: MPI.Comm, header: RunHeader, ordered: Sequence[Shard], report: Report
+    ) -> None:
+        self.notes = notes
+        self.header = header
+        self.queue = list(reversed(ordered))
+        self.lock = threading.Lock()
+        self.report = report
+        self.send_seconds = 0.0
+
+    def next_shard(self) -> Shard | None:
+        with self.lock:
+            return self.queue.pop() if self.queue else None
+
+    def serve_or_abort(self, ranks: int) -> None:
+        """``serve`` in a thread: an error there aborts the job (nobody else would see it)."""
+        try:
+            self.serve(ranks)
+        except BaseException:
+            sys.stderr.write(f"hetmpi: rank 0 failed dealing shards:\n{traceback.format_exc()}")
+            sys.stderr.flush()
+            self.notes.Abort(1)
+
+    def serve(self, ranks: int) -> None:
+        """Answer requests until each of ``ranks`` other ranks was told there is no work."""
+        from hetmpi.executors.buffers import stack_shards
+
+        stopped = 0
+        status = MPI.Status()
+        while stopped < ranks:
+            _wait_for(self.notes, MPI.ANY_SOURCE, TAG_REQUEST, status)
+            rank = status.Get_source()
+            note: ShardNote | None = self.notes.recv(source=rank, tag=TAG_REQUEST)
+            if note is not None:
+                self.report(note)
+            shard = self.next_shard()
+            started = time.perf_counter()
+            if shard is None:
+                self.notes.Send(np.array([NO_SHARD], dtype=np.int64), dest=rank, tag=TAG_SHARD)
+                stopped += 1
+            else:
+                block = stack_shards([shard], self.header.length, self.header.has_sigma)
+                for name in _field_order(block):
+                    self.notes.Send(block[name], dest=rank, tag=TAG_SHARD)
+            self.send_seconds += time.perf_counter() - started
+
+
+def _request(notes: MPI.Comm, header: RunHeader, note: ShardNote | None) -> Shard | None:
+    """Ask rank 0 for the next shard (reporting ``note``); None when no work is left."""
+    from hetmpi.executors.buffers import empty_block, shard_from_block
+
+    notes.send(note, dest=0, tag=TAG_REQUEST)
+    block = empty_block(1, header.length, header.has_sigma)
+    _wait_for(notes, 0, TAG_SHARD, MPI.Status())
+    index, *fields = _field_order(block)
+    notes.Recv(block[index], source=0, tag=TAG_SHARD)
+    if block[index][0] == NO_SHARD:
+        return None
+    for name in fields:
+        notes.Recv(block[name], source=0, tag=TAG_SHARD)
+    return shard_from_block(block, 0)
+
+
+def _field_order(block: dict[str, np.ndarray]) -> list[str]:
+    """The order a shard's arrays travel in: the index first (-1 stands for no shard)."""
+    return ["index", *sorted(name for name in block if name != "index")]
+
+
+def _wait_for(comm: MPI.Comm, source: int, tag: int, status: MPI.Status) -> None:
+    """Sleep until a message from ``source`` with ``tag`` is there (``status`` describes it);
+    a blocking receive would spin a core."""
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        time.sleep(IDLE_POLL_SECONDS)
 
 
 def idle_barrier(comm: MPI.Comm) -> None:
@@ -252,27 +345,6 @@ def idle_barrier(comm: MPI.Comm) -> None:
     request = comm.Ibarrier()
     while not request.Test():
         time.sleep(IDLE_POLL_SECONDS)
-
-
-def _scatter(comm: MPI.Comm, ordered: Sequence[Shard] | None, header: RunHeader) -> list[Shard]:
-    """This rank's shards; rank 0 passes all shards in rank order, the others None."""
-    from mpi4py.util.dtlib import from_numpy_dtype
-
-    from hetmpi.executors.buffers import empty_block, shard_from_block, stack_shards
-
-    rank = comm.Get_rank()
-    mine = empty_block(header.counts[rank], header.length, header.has_sigma)
-    sent = None if ordered is None else stack_shards(ordered, header.length, header.has_sigma)
-    starts = np.concatenate([[0], np.cumsum(header.counts)[:-1]])
-    for name, receive in mine.items():
-        width = 1 if receive.ndim == 1 else header.length
-        counts = [n * width for n in header.counts]
-        displacements = [int(s) * width for s in starts]
-        send = None
-        if sent is not None:
-            send = [sent[name], counts, displacements, from_numpy_dtype(receive.dtype)]
-        comm.Scatterv(send, receive, root=0)
-    return [shard_from_block(mine, row) for row in range(header.counts[rank])]
 
 
 def _gather(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from hetmpi.config import ExecutorConfig
-from hetmpi.executors import Report, process_layout
+from hetmpi.executors import Report, longest_first, process_layout
 from hetmpi.executors.buffers import stack_shards
 from hetmpi.executors.worker import BlockSpec, serve
 from hetmpi.progress import ShardNote
@@ -112,7 +112,7 @@ class _Dispatch:
         self.shards, self.task, self.seed, self.out_dir = shards, task, seed, out_dir
         self.report, self.blocks = report, blocks
         self.count = min(executor.workers, len(shards))
-        self.pending = sorted(range(len(shards)), key=lambda k: (-shards[k].num_points, k))
+        self.pending = longest_first(shards)
         self.attempts = dict.fromkeys(range(len(shards)), 0)
         self.results: list[ShardResult] = []
         self.compiles: dict[int, int] = {}
