@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,12 +107,17 @@ def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_mpi_matches_cpu(folder: Path, cpu_run: Path, ranks: int) -> None:
-    out = finished(folder, f"mpi{ranks}", ranks=ranks)
+    temporary = folder / f"tmp{ranks}"
+    temporary.mkdir(exist_ok=True)
+    out = finished(folder, f"mpi{ranks}", ranks=ranks, extra_env={"TMPDIR": str(temporary)})
+    log = (out / "stderr.txt").read_text()
+    cache = re.search(r"compilation cache of this run: (\S+)", log)
+    assert cache is not None and Path(cache.group(1)).parent == temporary
+    assert not list(temporary.iterdir())  # the cache is removed at the end
     assert_same_draws(out, cpu_run)
     run_info = summary(out)["run"]
     assert run_info["executor"] == "mpi"
     assert len(run_info["timings"]["compiles_per_process"]) == ranks
-    log = (out / "stderr.txt").read_text()
     assert f"executor mpi ({ranks} MPI ranks)" in log
     # only rank 0 reports: one line per shard
     assert sum("done," in line for line in log.splitlines()) == NUM_SHARDS

@@ -23,9 +23,12 @@ the run within seconds instead of leaving the other ranks waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -80,18 +83,27 @@ class Abandon:
     bad_input: bool
 
 
-def rank_layout(comm: MPI.Comm, settings: ExecutorConfig) -> ProcessLayout:
-    """This rank's cores: its share of the node when the launcher did not bind ranks (all
-    ranks on the node see the same affinity mask), else the cores the launcher gave it."""
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    try:
-        mine = available_cores()
-        masks = node.allgather(mine)
-        unbound = all(mask == mine for mask in masks)
-        slot, slots = (node.Get_rank(), node.Get_size()) if unbound else (0, 1)
-    finally:
-        node.Free()
+def rank_layout(comm: MPI.Comm, node: MPI.Comm, settings: ExecutorConfig) -> ProcessLayout:
+    """This rank's cores: its share of the node (``node``: the ranks on this node) when the
+    launcher did not bind ranks (all ranks on the node see the same affinity mask), else the
+    cores the launcher gave it."""
+    mine = available_cores()
+    masks = node.allgather(mine)
+    unbound = all(mask == mine for mask in masks)
+    slot, slots = (node.Get_rank(), node.Get_size()) if unbound else (0, 1)
     return process_layout(slot, slots, mine, settings)
+
+
+def run_compile_cache(comm: MPI.Comm) -> Path:
+    """A compilation cache folder for this run only, the same path on every node (made in
+    each node's temporary folder): the ranks that compile the sampler during the warm start
+    write it, and rank 0, which fits the warm start meanwhile, loads its programs from it
+    instead of compiling them again."""
+    path = Path(
+        comm.bcast(tempfile.mkdtemp(prefix="hetmpi-xla-") if comm.Get_rank() == 0 else None)
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def launch(
@@ -112,7 +124,15 @@ def launch(
             f"this {comm.Get_size()}-rank MPI launch; use mpi or auto, or start hetmpi "
             "without mpiexec"
         )
-    configure_process(rank_layout(comm, cfg.executor))
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    layout = rank_layout(comm, node, cfg.executor)
+    own_cache = None
+    if layout.compile_cache is None and comm.Get_size() > 1:
+        own_cache = run_compile_cache(comm)
+        layout = dataclasses.replace(layout, compile_cache=str(own_cache))
+        if comm.Get_rank() == 0:
+            log.info("compilation cache of this run: %s (removed at the end)", own_cache)
+    configure_process(layout)
     notes = comm.Dup()
     if comm.Get_rank() != 0:
         log.setLevel(logging.WARNING)
@@ -128,6 +148,11 @@ def launch(
         sys.stderr.flush()
         comm.Abort(1)
         raise
+    finally:
+        # every rank of the node is past sampling (or failed): nothing reads the cache now
+        if own_cache is not None and node.Get_rank() == 0:
+            shutil.rmtree(own_cache, ignore_errors=True)
+        node.Free()
 
 
 def _lead(
