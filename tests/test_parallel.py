@@ -236,9 +236,13 @@ def _wait_for(condition: Callable[[], object], seconds: float) -> object:
 @needs_mpi
 def test_killed_rank_ends_the_job_and_resume_completes_it(folder: Path, cpu_run: Path) -> None:
     out = folder / "killed"
+    # a killed job cannot remove its compilation cache: keep it in the test's folder
+    temporary = folder / "tmp_killed"
+    temporary.mkdir()
     proc = subprocess.Popen(
-        hetmpi_command("run", "cfg.yaml", "-o", str(out), ranks=2), cwd=folder, env=env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        hetmpi_command("run", "cfg.yaml", "-o", str(out), ranks=2), cwd=folder,
+        env={**env(), "TMPDIR": str(temporary)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
         _wait_for(lambda: list((out / "shards").glob("shard_*.h5")), 600)
