@@ -248,29 +248,31 @@ class MpiExecutor:
         self.comm.bcast(header, root=0)
         self.dispatched = True
         dealer = Dealer(self.notes, header, [shards[k] for k in longest_first(shards)], report)
-        # rank 0 samples too while a thread deals, if MPI allows calls from a second thread
-        # (rank 0's main thread makes none until the dealer is done)
-        threaded = size > 1 and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
-        if size > 1 and not threaded:
-            log.warning(
-                "MPI gives no thread support (level %d): rank 0 only deals shards; with "
-                "Cray MPICH set MPICH_MAX_THREAD_SAFETY=multiple", MPI.Query_thread(),
-            )  # fmt: skip
-        thread = threading.Thread(
-            target=dealer.serve_or_abort, args=(size - 1,), name="hetmpi-dealer"
-        )
-        results = []
+        results: list[ShardResult] = []
+
+        def sample_own() -> None:
+            while (shard := dealer.next_shard()) is not None:
+                result = sample_and_save(shard, task, seed, out_dir, self.timeout)
+                report(ShardNote.of(result))
+                results.append(result)
+
         with compile_monitor() as compiles:
-            if threaded:
+            if size == 1:
+                sample_own()
+            elif MPI.Query_thread() >= MPI.THREAD_SERIALIZED:
+                # rank 0 samples while a thread deals; its main thread makes no MPI call
+                # until the dealer is done, which THREAD_SERIALIZED allows
+                thread = threading.Thread(
+                    target=dealer.serve_or_abort, args=(size - 1,), name="hetmpi-dealer"
+                )
                 thread.start()
-            if threaded or size == 1:
-                while (shard := dealer.next_shard()) is not None:
-                    result = sample_and_save(shard, task, seed, out_dir, self.timeout)
-                    report(ShardNote.of(result))
-                    results.append(result)
-            if threaded:
+                sample_own()
                 thread.join()
-            elif size > 1:
+            else:
+                log.warning(
+                    "MPI gives no thread support (level %d): rank 0 only deals shards; with "
+                    "Cray MPICH set MPICH_MAX_THREAD_SAFETY=multiple", MPI.Query_thread(),
+                )  # fmt: skip
                 dealer.serve(size - 1)
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
