@@ -1,6 +1,7 @@
 """Accuracy of the warm start (optionally of the CMC posterior) on the reference job.
 
     python benchmarks/accuracy.py [--frames 50] [--start truth|default] [--sample] [--shards 4]
+    python benchmarks/accuracy.py --against-full [--frames 100] [--fix NAME,...]
 
 The data are the reference job's (shared/spec/reference_job.md, jobs/reference_truth.yaml),
 simulated in process at N frames, and the model is configured as benchmarks/reference_job.py
@@ -10,6 +11,11 @@ truth. Prints per parameter: the truth, the warm-start (MAP) value, its Laplace 
 parameter's units (delta method) and z = (value - truth) / sd. ``--sample`` also runs the whole
 job through `hetmpi run` (K shards, 2 chains, 300 + 300 draws; minutes) and prints the
 consensus posterior mean, sd and z beside it.
+
+``--against-full`` runs the job twice with the same sampler settings, K shards and one shard
+(full-data NUTS), and prints per parameter |mean difference| in full-data sd, the sd ratio
+and whether the truth lies inside the consensus 99% interval, against the targets (0.25 sd,
+ratio in [0.8, 1.25]). ``--fix`` holds the named physics parameters at the truth.
 """
 
 from __future__ import annotations
@@ -43,19 +49,24 @@ def reference_dataset(truth: dict[str, Any], n_frames: int) -> Dataset:
     )  # fmt: skip
 
 
-def run_config(truth: dict[str, Any], start: str, shards: int) -> dict[str, Any]:
-    """The run config (YAML form) of the reference job, data at data.h5 beside it."""
+def run_config(
+    truth: dict[str, Any], start: str, shards: int, fixed: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The run config (YAML form) of the reference job, data at data.h5 beside it; ``fixed``
+    physics parameters are held at the truth besides f2."""
     parameters: dict[str, dict[str, Any]] = {"f2": {"value": 0.0, "fixed": True}}
     if start == "truth":
         parameters = {n: {"value": float(v)} for n, v in truth["parameters"].items()}
         parameters["f2"]["fixed"] = True
+    for name in fixed:
+        parameters[name] = {"value": float(truth["parameters"][name]), "fixed": True}
     return {
         "data": {"path": "data.h5"},
         "model": {"per_angle_mode": "individual", "parameters": parameters},
         "sharding": {"strategy": "angle_balanced", "num_shards": shards},
         "sampler": {"num_chains": 2, "num_warmup": 300, "num_samples": 300, "adaptive": False,
                     "progress_bar": False},
-        "output": {"directory": "out", "plots": False},
+        "output": {"directory": "out", "plots": False, "hdi_prob": 0.99},
     }  # fmt: skip
 
 
@@ -97,6 +108,27 @@ def print_table(warm: WarmStart, truth: dict[str, float], posterior: dict[str, d
         print(line)
 
 
+def print_against_full(
+    truth: dict[str, float], consensus: dict[str, dict], full: dict[str, dict], shards: int
+) -> None:
+    """Consensus (K shards) against full-data NUTS, with the targets' verdicts."""
+    print(f"{'parameter':<16}{'truth':>12}{'full mean':>13}{'full sd':>11}{'K mean':>13}"
+          f"{'|diff|/sd':>11}{'sd ratio':>10}{'truth in 99%':>14}")  # fmt: skip
+    met = True
+    for name, f in full.items():
+        c = consensus[name]
+        diff = abs(c["mean"] - f["mean"]) / f["sd"]
+        ratio = c["sd"] / f["sd"]
+        t = truth.get(name)
+        inside = t is None or c["hdi_low"] <= t <= c["hdi_high"]
+        met &= diff <= 0.25 and 0.8 <= ratio <= 1.25 and inside
+        shown = f"{t:>12.5g}" if t is not None else f"{'':>12}"
+        print(f"{name:<16}{shown}{f['mean']:>13.5g}{f['sd']:>11.3g}{c['mean']:>13.5g}"
+              f"{diff:>11.3f}{ratio:>10.3f}{'yes' if inside else 'NO':>14}")  # fmt: skip
+    print(f"K={shards} against K=1: every |diff| <= 0.25 sd, sd ratio in [0.8, 1.25], truth "
+          f"inside the 99% interval: {'met' if met else 'NOT met'}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=50)
@@ -104,13 +136,30 @@ def main() -> None:
     parser.add_argument("--sample", action="store_true", help="also run CMC (minutes)")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--against-full",
+        action="store_true",
+        help="run K shards and full-data NUTS, compare (many minutes)",
+    )
+    parser.add_argument("--fix", default="", help="physics parameters held at the truth")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("hetmpi").setLevel(logging.INFO)  # which labelling the warm start kept
 
     truth = load_truth(TRUTH_FILE)
     dataset = reference_dataset(truth, args.frames)
-    config = run_config(truth, args.start, args.shards)
+    fixed = tuple(n for n in args.fix.split(",") if n)
+    config = run_config(truth, args.start, args.shards, fixed)
+    if args.against_full:
+        work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-accuracy-"))
+        results = {}
+        for shards in (args.shards, 1):
+            (work / f"k{shards}").mkdir(parents=True, exist_ok=True)
+            config = run_config(truth, args.start, shards, fixed)
+            results[shards] = sample(work / f"k{shards}", dataset, config)
+        print(f"reference job N={args.frames}, fixed {', '.join(('f2', *fixed))}")
+        print_against_full(true_values(truth), results[args.shards], results[1], args.shards)
+        return
     model = config_from_dict(config, HERE).model
     warm = fit_warm_start(model, dataset, pool_points(dataset))
     print(f"reference job N={args.frames}, start {args.start}: warm start {warm.seconds:.1f} s, "

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Final
 
 import yaml
 
-from hetmpi.model.parameters import ParameterSpec
+from hetmpi.model.parameters import STD_LIMIT, ParameterSpec, bounded_prior
 
 
 class _Invalid:
@@ -469,6 +469,15 @@ def parameter_fields(
             f"a log-space prior needs a mean above 0, got {fmt_num(mean)}; "
             "give a positive prior.mean or set prior.log_space: false",
         )
+    sd = prior.get("sd", float(spec.prior_sd))
+    usable = bounds_ok and low < high and sd > 0 and not (log_space and min(low, mean) <= 0)
+    if usable and bounded_prior((low, high), mean, sd, log_space).log_mass == -math.inf:
+        problems.add(
+            join(path, "prior.mean"),
+            f"the prior (mean {fmt_num(mean)}, sd {fmt_num(sd)}) puts no mass inside bounds "
+            f"{shown}: the mean lies more than {STD_LIMIT:g} sd outside them; move the mean "
+            "towards the bounds or widen prior.sd",
+        )
     value = values.get("value", INVALID)
     if value is INVALID:
         value = float(spec.default)
@@ -485,6 +494,6 @@ def parameter_fields(
         "fixed": values.get("fixed") is True,
         "bounds": (low, high),
         "prior_mean": mean,
-        "prior_sd": prior.get("sd", float(spec.prior_sd)),
+        "prior_sd": sd,
         "log_space": log_space,
     }

@@ -10,14 +10,8 @@ import numpy as np
 from hetmpi.config import ModelConfig, ParameterConfig
 from hetmpi.data import Dataset
 from hetmpi.errors import InputError
-from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
-from hetmpi.model.posterior import (
-    BoundedPrior,
-    ModelConstants,
-    PosteriorModel,
-    ShardArrays,
-    bounded_prior,
-)
+from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES, BoundedPrior, bounded_prior
+from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.sharding import PooledPoints, Shard
 
 SIGMA_PRIOR_WIDTH = 1.5  # HalfNormal scale, in units of the estimated noise sd
@@ -108,10 +102,11 @@ def build_problem(
         physics=arr([cfg.parameter(name).value for name in PHYSICS_NAMES]),
         contrast=arr(fixed_contrast),
         offset=arr(fixed_offset),
-        lower=arr([p.lower for p in priors]),
-        upper=arr([p.upper for p in priors]),
         prior_mean=arr([p.mean for p in priors]),
         prior_sd=arr([p.sd for p in priors]),
+        std_lower=arr([p.std_bounds[0] for p in priors]),
+        std_upper=arr([p.std_bounds[1] for p in priors]),
+        log_mass=arr([p.log_mass for p in priors]),
         sigma=arr(SIGMA_PRIOR_WIDTH * sigma if sample_sigma else sigma),
     )
     return Problem(model, consts)

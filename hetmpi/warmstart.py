@@ -31,7 +31,7 @@ from hetmpi.sharding import PooledPoints
 log = logging.getLogger("hetmpi")
 
 _MAD_TO_SD = 1.4826
-_START_LIMIT = 7.0  # |u| of a start: within ~1e-3 of the bounds' width from either bound
+_START_LIMIT = 7.0  # |u| of a start, in prior sd: off the bounds, where u still moves y
 _TRANSPORT_PAIRS = (
     ("D0_ref", "D0_sample"),
     ("alpha_ref", "alpha_sample"),
@@ -58,7 +58,8 @@ class WarmStart:
     @property
     def parameter_sd(self) -> np.ndarray:
         """Laplace sd of each parameter in its own units (delta method), (d,)."""
-        return np.abs(value_jacobian(self.problem, self.center)) * np.sqrt(np.diag(self.covariance))
+        jacobian = self.problem.model.value_jacobian(self.center, self.problem.consts)
+        return np.abs(jacobian) * np.sqrt(np.diag(self.covariance))
 
 
 @dataclass(frozen=True)
@@ -81,18 +82,6 @@ def initial_noise_estimate(points: PooledPoints) -> float:
     if neighbour.sum() < 10:
         return robust_sd(c2)
     return robust_sd(np.diff(c2)[neighbour]) / np.sqrt(2.0)
-
-
-def value_jacobian(problem: Problem, u: np.ndarray) -> np.ndarray:
-    """d(parameter value)/du per coordinate at u, (d,): the transform is elementwise."""
-    model, consts = problem.model, problem.consts
-    values = model.to_values(u, consts)
-    bounded = slice(0, model.num_bounded)
-    s = 1.0 / (1.0 + np.exp(-u[bounded]))
-    dy = (np.asarray(consts.upper) - np.asarray(consts.lower)) * s * (1.0 - s)
-    jac = values.copy()  # sigma = exp(u): its derivative is sigma itself
-    jac[bounded] = np.where(model.log_space, values[bounded] * dy, dy)
-    return jac
 
 
 def _objective(

@@ -70,6 +70,11 @@ CONFIG_CASES = [
         {"model": {"parameters": {"v0": {"prior": {"sd": -1}}}}},
         "model.parameters.v0.prior.sd",
     ),
+    (
+        "prior-outside-bounds",
+        {"model": {"parameters": {"phi0": {"prior": {"mean": 1000, "sd": 1}}}}},
+        "model.parameters.phi0.prior.mean",
+    ),
     ("bad-mode", {"model": {"per_angle_mode": "each"}}, "model.per_angle_mode"),
     ("bad-strategy", {"sharding": {"strategy": "stripes"}}, "sharding.strategy"),
     ("zero-shards", {"sharding": {"num_shards": 0}}, "sharding.num_shards"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import scipy.special
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,44 @@ PER_ANGLE_MODES: tuple[str, ...] = ("individual", "averaged", "constant")
 DEFAULT_SPECS: dict[str, ParameterSpec] = {
     p.name: p for p in (*PHYSICS_PARAMETERS, CONTRAST, OFFSET)
 }
+
+
+STD_LIMIT = 37.0  # |y - mean| / sd beyond which the normal CDF leaves float64
+
+
+@dataclass(frozen=True)
+class BoundedPrior:
+    """Prior and bounds of one sampled parameter in y = x, or y = log x when ``log_space``."""
+
+    lower: float
+    upper: float
+    mean: float
+    sd: float
+    log_space: bool
+
+    @property
+    def std_bounds(self) -> tuple[float, float]:
+        """The bounds in prior sd from the mean, limited to +-STD_LIMIT."""
+        a = max((self.lower - self.mean) / self.sd, -STD_LIMIT)
+        b = min((self.upper - self.mean) / self.sd, STD_LIMIT)
+        return a, b
+
+    @property
+    def log_mass(self) -> float:
+        """log(Phi(b) - Phi(a)) of the standardized bounds; -inf when the bounds hold none."""
+        a, b = self.std_bounds
+        if a > 0:  # both bounds above the mean: difference of upper tails keeps precision
+            a, b = -b, -a
+        la, lb = scipy.special.log_ndtr(a), scipy.special.log_ndtr(b)
+        return float(lb + math.log1p(-math.exp(la - lb))) if la < lb else -math.inf
+
+
+def bounded_prior(
+    bounds: tuple[float, float], mean: float, sd: float, log_space: bool
+) -> BoundedPrior:
+    """Translate a parameter-table entry into y-space (log-normal moments for log-space ones)."""
+    lo, hi = bounds
+    if not log_space:
+        return BoundedPrior(lo, hi, mean, sd, False)
+    s2 = math.log1p((sd / mean) ** 2)
+    return BoundedPrior(math.log(lo), math.log(hi), math.log(mean) - 0.5 * s2, math.sqrt(s2), True)

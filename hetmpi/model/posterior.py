@@ -3,25 +3,29 @@
 Every sampled quantity is one coordinate of a vector ``u`` in R^d:
 
 - a bounded parameter x in [lo, hi] (or log x in [log lo, log hi] for log-space parameters)
-  is y = lo + (hi - lo) * sigmoid(u): smooth, no clipping, gradients everywhere;
-- its prior is Normal(mean, sd) on y (the moment-matched log-normal for log-space
-  parameters), truncated to the bounds by the transform itself;
+  with prior Normal(mean, sd) on y = x (or log x, moment-matched log-normal) truncated to the
+  bounds is y = F^-1(Phi(u)), F the truncated normal's CDF: the prior of u is exactly
+  Normal(0, 1), the map is smooth and onto the open interval, and with bounds many sd away
+  it is the affine y = mean + sd * u;
 - a sampled noise sigma is u = log(sigma) with a HalfNormal prior.
 
-The prior *in u-space* (prior density times the Jacobian) is raised to 1/K for K shards, so the
-product of the K shard posteriors is the full posterior in the space where consensus averages.
+The prior in u is raised to 1/K for K shards, so the product of the K shard posteriors is the
+full posterior in u, the space consensus averages in. A shard's prior is then Normal(0, K) in
+every bounded coordinate: where one shard's data say little, its draws spread like a wider
+Gaussian rather than piling up against the bounds.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 from jax import Array
+from jax.scipy.special import log_ndtr, ndtri
 
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
@@ -48,33 +52,12 @@ class ModelConstants(NamedTuple):
     physics: Array  # (14,) values used for fixed physics parameters
     contrast: Array  # (n_phi,) values used when scaling is not sampled
     offset: Array  # (n_phi,)
-    lower: Array  # (d_bounded,) bounds of y
-    upper: Array
     prior_mean: Array  # (d_bounded,) prior on y
     prior_sd: Array
+    std_lower: Array  # (d_bounded,) bounds of y in prior sd from the mean, within +-STD_LIMIT
+    std_upper: Array
+    log_mass: Array  # (d_bounded,) log of the prior mass inside the bounds
     sigma: Array  # fixed scalar noise sd, or the HalfNormal scale when sigma is sampled
-
-
-@dataclass(frozen=True)
-class BoundedPrior:
-    """Prior and bounds of one bounded coordinate, in the y-space described above."""
-
-    lower: float
-    upper: float
-    mean: float
-    sd: float
-    log_space: bool
-
-
-def bounded_prior(
-    bounds: tuple[float, float], mean: float, sd: float, log_space: bool
-) -> BoundedPrior:
-    """Translate a parameter-table entry into y-space (log-normal moments for log-space ones)."""
-    lo, hi = bounds
-    if not log_space:
-        return BoundedPrior(lo, hi, mean, sd, False)
-    s2 = math.log1p((sd / mean) ** 2)
-    return BoundedPrior(math.log(lo), math.log(hi), math.log(mean) - 0.5 * s2, math.sqrt(s2), True)
 
 
 @dataclass(frozen=True)
@@ -102,12 +85,22 @@ class PosteriorModel:
 
     def bounded_values(self, u: Array, consts: ModelConstants) -> Array:
         """y for the bounded coordinates, then exp() where log-space: parameter values."""
-        y = consts.lower + (consts.upper - consts.lower) * jax.nn.sigmoid(u[: self.num_bounded])
+        z = standard_quantile(
+            u[..., : self.num_bounded], consts.std_lower, consts.std_upper, consts.log_mass
+        )
+        y = consts.prior_mean + consts.prior_sd * z
         log_mask = np.asarray(self.log_space, dtype=bool)
         if not log_mask.any():
             return y
         # exp only where log-space: exp of a large linear-space y would poison gradients
         return jnp.where(log_mask, jnp.exp(jnp.where(log_mask, y, 0.0)), y)
+
+    def values(self, u: Array, consts: ModelConstants) -> Array:
+        """Parameter values (..., d) of u (..., d): bounded values, then sigma."""
+        bounded = self.bounded_values(u, consts)
+        if not self.sample_sigma:
+            return bounded
+        return jnp.concatenate([bounded, jnp.exp(u[..., -1:])], axis=-1)
 
     def unpack(self, u: Array, consts: ModelConstants) -> tuple[dict, Array, Array, Array]:
         """(physics dict, contrast (n_phi,), offset (n_phi,), sigma scalar) from u."""
@@ -129,13 +122,9 @@ class PosteriorModel:
         return p, contrast, offset, sigma
 
     def log_prior(self, u: Array, consts: ModelConstants) -> Array:
-        """Log prior density of u (Jacobian included), untempered."""
+        """Log prior density of u (Jacobian included), untempered, up to a constant."""
         ub = u[: self.num_bounded]
-        y = consts.lower + (consts.upper - consts.lower) * jax.nn.sigmoid(ub)
-        z = (y - consts.prior_mean) / consts.prior_sd
-        log_jac = jnp.log(consts.upper - consts.lower) + jax.nn.log_sigmoid(ub)
-        log_jac = log_jac + jax.nn.log_sigmoid(-ub)
-        total = jnp.sum(-0.5 * z * z + log_jac)
+        total = jnp.sum(-0.5 * ub * ub)
         if self.sample_sigma:
             sigma = jnp.exp(u[-1])
             total = total - 0.5 * (sigma / consts.sigma) ** 2 + u[-1]
@@ -164,24 +153,55 @@ class PosteriorModel:
         return prior_weight * self.log_prior(u, consts) + self.log_likelihood(u, data, consts)
 
     def to_unconstrained(self, values: np.ndarray, consts: ModelConstants) -> np.ndarray:
-        """Inverse of the coordinate transform: parameter values (d,) -> u (d,)."""
+        """Inverse of the coordinate transform: parameter values (d,) -> u (d,).
+
+        Values on a bound map to +-8.2 (a CDF of 1e-16 from the bound), not to infinity.
+        """
         values = np.asarray(values, dtype=np.float64)
         bounded = values[: self.num_bounded]
         y = np.where(self.log_space, np.log(np.maximum(bounded, 1e-300)), bounded)
-        lo, hi = np.asarray(consts.lower), np.asarray(consts.upper)
-        frac = np.clip((y - lo) / (hi - lo), 1e-12, 1 - 1e-12)
-        u = np.log(frac) - np.log1p(-frac)
+        a, b = np.asarray(consts.std_lower), np.asarray(consts.std_upper)
+        z = np.clip((y - np.asarray(consts.prior_mean)) / np.asarray(consts.prior_sd), a, b)
+        mass = np.exp(np.asarray(consts.log_mass))
+        # the CDF inside the bounds, from whichever side keeps precision
+        below = (scipy.special.ndtr(z) - scipy.special.ndtr(a)) / mass
+        above = (scipy.special.ndtr(-z) - scipy.special.ndtr(-b)) / mass
+        low_side = z < 0
+        tail = np.clip(np.where(low_side, below, above), 1e-16, 1.0)
+        u = np.where(low_side, scipy.special.ndtri(tail), -scipy.special.ndtri(tail))
         if self.sample_sigma:
             u = np.append(u, np.log(values[-1]))
         return u
 
     def to_values(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
         """Coordinate transform u (..., d) -> parameter values (..., d), numpy."""
-        u = np.asarray(u, dtype=np.float64)
-        lo, hi = np.asarray(consts.lower), np.asarray(consts.upper)
-        y = lo + (hi - lo) / (1.0 + np.exp(-u[..., : self.num_bounded]))
-        log_space = np.asarray(self.log_space, dtype=bool)
-        values = np.where(log_space, np.exp(np.where(log_space, y, 0.0)), y)
-        if self.sample_sigma:
-            values = np.concatenate([values, np.exp(u[..., -1:])], axis=-1)
-        return values
+        return np.asarray(self.values(jnp.asarray(u, dtype=jnp.float64), consts))
+
+    def value_jacobian(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
+        """d(parameter value)/du per coordinate at u (d,): the transform is elementwise."""
+        u = jnp.asarray(u, dtype=jnp.float64)
+        _, tangent = jax.jvp(lambda x: self.values(x, consts), (u,), (jnp.ones_like(u),))
+        return np.asarray(tangent)
+
+
+@jax.custom_jvp
+def standard_quantile(u: Array, a: Array, b: Array, log_mass: Array) -> Array:
+    """z in [a, b] with Phi(z) = Phi(a) + Phi(u) * (Phi(b) - Phi(a)): the quantile of the
+    standard normal truncated to [a, b] at probability Phi(u). Computed from the lower tail
+    for u <= 0 and from the upper tail above, in logs, so that no tail rounds to 0 or 1."""
+    low = jnp.where(u <= 0, u, 0.0)
+    high = jnp.where(u > 0, u, 0.0)
+    log_p = jnp.logaddexp(log_ndtr(a), log_ndtr(low) + log_mass)
+    log_q = jnp.logaddexp(log_ndtr(-b), log_ndtr(-high) + log_mass)
+    z = jnp.where(u <= 0, ndtri(jnp.exp(log_p)), -ndtri(jnp.exp(log_q)))
+    return jnp.clip(z, a, b)
+
+
+@standard_quantile.defjvp
+def _standard_quantile_jvp(
+    primals: tuple[Array, ...], tangents: tuple[Array, ...]
+) -> tuple[Array, Array]:
+    u, a, b, log_mass = primals
+    z = standard_quantile(u, a, b, log_mass)
+    # phi(z) dz = (Phi(b) - Phi(a)) phi(u) du; a, b and the mass are constants of a run
+    return z, jnp.exp(log_mass + 0.5 * (z * z - u * u)) * tangents[0]
