@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hetmpi import __version__, diagnostics, plots
-from hetmpi.consensus import ShardVerdict
+from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
 from hetmpi.model.physics import c2_grid
 from hetmpi.sampling import ShardResult
 
@@ -86,6 +86,9 @@ def build_summary(
         "min_bfmi": min(s["min_bfmi"] for s in included),
         "mean_leapfrog_steps": float(np.mean([s["mean_leapfrog_steps"] for s in included])),
     }
+    kept = [r for r, v in zip(results, verdicts, strict=True) if v.included]
+    shapes = shard_shapes([r.draws for r in kept], kept[0].names)
+    convergence["non_gaussian_shards"] = skewed(shapes)
     convergence["converged"] = bool(
         convergence["max_r_hat"] <= RHAT_LIMIT
         and convergence["divergences"] == 0
@@ -115,6 +118,7 @@ def build_summary(
         },
         "convergence": convergence,
         "parameters": parameters,
+        "shard_shapes": shapes,
         "shards": shards,
     }
 
@@ -160,4 +164,10 @@ def format_table(summary: dict[str, Any]) -> str:
         f"min E-BFMI {c['min_bfmi']:.2f}, mean leapfrog steps {c['mean_leapfrog_steps']:.1f}: "
         + ("converged" if c["converged"] else "NOT converged (see summary.json)")
     )
+    if c["non_gaussian_shards"]:
+        lines.append(
+            f"shard posteriors far from Gaussian (|skewness| > {SKEW_LIMIT:g}) in "
+            f"{', '.join(c['non_gaussian_shards'])}: their consensus is approximate; fewer "
+            "shards (more data each), tighter priors or fixing them makes it exact again"
+        )
     return "\n".join(lines)

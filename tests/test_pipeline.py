@@ -45,6 +45,8 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     assert idata.sample_stats["diverging"].shape == (2, 30, 2)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["parameters"]) >= {"D0_ref", "contrast[2]", "offset[0]", "sigma"}
+    assert set(summary["shard_shapes"]) == set(summary["parameters"])
+    assert set(summary["convergence"]["non_gaussian_shards"]) <= set(summary["parameters"])
     assert len(summary["shards"]) == 2
     assert all(s["status"] == "ok" for s in summary["shards"])
     for entry in summary["parameters"].values():

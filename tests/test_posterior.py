@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from hetmpi.config import config_from_dict
-from hetmpi.consensus import combine_draws
+from hetmpi.consensus import combine_draws, shard_shapes, skewed
 from hetmpi.data import load_dataset
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import pool_points
@@ -118,3 +118,18 @@ def test_consensus_of_gaussians_matches_the_product() -> None:
         np.testing.assert_allclose(np.cov(combined.T), cov, atol=0.05 * sd.max() ** 2)
     averaged = combine_draws(samples, "average")
     assert averaged.shape == (chains, draws, d)
+
+
+def test_shard_shapes_flag_skewed_coordinates_only() -> None:
+    """Gaussian shard draws pass; a coordinate drawn from an exponential (skewness 2) in one
+    shard is flagged, whichever shard it is in."""
+    rng = np.random.default_rng(11)
+    names = ["a", "b", "c"]
+    gaussian = [rng.normal(size=(2, 300, 3)) for _ in range(4)]
+    assert skewed(shard_shapes(gaussian, names)) == []
+    lopsided = [g.copy() for g in gaussian]
+    lopsided[2][..., 1] = rng.exponential(size=(2, 300))
+    shapes = shard_shapes(lopsided, names)
+    assert skewed(shapes) == ["b"]
+    assert shapes["b"]["max_abs_skew"] == pytest.approx(2.0, abs=0.6)  # sd ~0.3 at 600 draws
+    assert shapes["b"]["max_excess_kurtosis"] > 2.0
