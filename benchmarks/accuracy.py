@@ -149,7 +149,9 @@ def main() -> None:
     truth = load_truth(TRUTH_FILE)
     dataset = reference_dataset(truth, args.frames)
     fixed = tuple(n for n in args.fix.split(",") if n)
-    config = run_config(truth, args.start, args.shards, fixed)
+    unknown = sorted(set(fixed) - set(truth["parameters"]))
+    if unknown:
+        parser.error(f"--fix: {', '.join(unknown)} not physics parameters of the truth file")
     if args.against_full:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-accuracy-"))
         results = {}
@@ -160,6 +162,7 @@ def main() -> None:
         print(f"reference job N={args.frames}, fixed {', '.join(('f2', *fixed))}")
         print_against_full(true_values(truth), results[args.shards], results[1], args.shards)
         return
+    config = run_config(truth, args.start, args.shards, fixed)
     model = config_from_dict(config, HERE).model
     warm = fit_warm_start(model, dataset, pool_points(dataset))
     print(f"reference job N={args.frames}, start {args.start}: warm start {warm.seconds:.1f} s, "
