@@ -90,7 +90,25 @@ def test_transform_stays_finite_far_in_the_tails(problem_and_data) -> None:
         slack = 1e-12 * np.abs(bounds)  # exp(log(bound)) may round by an ulp
         assert np.all((bounds[:, 0] - slack[:, 0] <= got) & (got <= bounds[:, 1] + slack[:, 1]))
         grad = jax.grad(model.log_density)(u, data, consts, jnp.float64(1 / 512))
+
         assert np.all(np.isfinite(np.asarray(grad))), far
+
+
+def test_numpy_and_jax_transforms_agree(problem_and_data) -> None:
+    """to_values (numpy, used for warm start and consensus draws) and values (JAX, inside the
+    sampler) are one map: equal to 1e-9 prior sd (relative, in log space) out to |u| ~ 100,
+    where the two libraries' normal quantiles differ in the last digits."""
+    _, problem, _ = problem_and_data
+    model, consts = problem.model, problem.consts
+    rng = np.random.default_rng(7)
+    u = np.concatenate([rng.normal(0, 1, (100, model.dim)), rng.normal(0, 30, (100, model.dim))])
+    u[:, -1] = rng.normal(np.log(0.01), 1.0, len(u))
+    got = model.to_values(u, consts)
+    expected = np.asarray(model.values(jnp.asarray(u), consts))
+    bounded = slice(0, model.num_bounded)
+    scale = np.where(model.log_space, np.abs(expected[:, bounded]), np.asarray(consts.prior_sd))
+    assert np.all(np.abs(got[:, bounded] - expected[:, bounded]) <= 1e-9 * scale)
+    np.testing.assert_allclose(got[:, -1], expected[:, -1], rtol=1e-14)
 
 
 def test_consensus_of_gaussians_matches_the_product() -> None:

@@ -17,15 +17,17 @@ Gaussian rather than piling up against the bounds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
 import numpy as np
 import scipy.special
 from jax import Array
-from jax.scipy.special import log_ndtr, ndtri
 
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
@@ -85,15 +87,20 @@ class PosteriorModel:
 
     def bounded_values(self, u: Array, consts: ModelConstants) -> Array:
         """y for the bounded coordinates, then exp() where log-space: parameter values."""
-        z = standard_quantile(
-            u[..., : self.num_bounded], consts.std_lower, consts.std_upper, consts.log_mass
-        )
+        return self._bounded_values(u, consts, jnp, standard_quantile)
+
+    def _bounded_values(
+        self, u: Array, consts: ModelConstants, xp: ModuleType, quantile: Callable[..., Array]
+    ) -> Array:
+        """``bounded_values`` with array module ``xp`` (jnp or np) and its ``quantile``."""
+        c = consts
+        z = quantile(u[..., : self.num_bounded], c.std_lower, c.std_upper, c.log_mass)
         y = consts.prior_mean + consts.prior_sd * z
         log_mask = np.asarray(self.log_space, dtype=bool)
         if not log_mask.any():
             return y
         # exp only where log-space: exp of a large linear-space y would poison gradients
-        return jnp.where(log_mask, jnp.exp(jnp.where(log_mask, y, 0.0)), y)
+        return xp.where(log_mask, xp.exp(xp.where(log_mask, y, 0.0)), y)
 
     def values(self, u: Array, consts: ModelConstants) -> Array:
         """Parameter values (..., d) of u (..., d): bounded values, then sigma."""
@@ -174,8 +181,14 @@ class PosteriorModel:
         return u
 
     def to_values(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
-        """Coordinate transform u (..., d) -> parameter values (..., d), numpy."""
-        return np.asarray(self.values(jnp.asarray(u, dtype=jnp.float64), consts))
+        """Coordinate transform u (..., d) -> parameter values (..., d) in numpy (no JAX
+        dispatch: it serves the warm start and every consensus draw)."""
+        u = np.asarray(u, dtype=np.float64)
+        plain = ModelConstants(*(np.asarray(c) for c in consts))
+        values = self._bounded_values(u, plain, np, _numpy_quantile)
+        if self.sample_sigma:
+            values = np.concatenate([values, np.exp(u[..., -1:])], axis=-1)
+        return values
 
     def value_jacobian(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
         """d(parameter value)/du per coordinate at u (d,): the transform is elementwise."""
@@ -184,17 +197,31 @@ class PosteriorModel:
         return np.asarray(tangent)
 
 
+def _truncated_quantile(
+    u: Array, a: Array, b: Array, log_mass: Array, xp: ModuleType, special: ModuleType
+) -> Array:
+    """z in [a, b] with Phi(z) = Phi(a) + Phi(u) * (Phi(b) - Phi(a)), with array module
+    ``xp`` and its ``special`` functions (jax or scipy). Computed from the lower tail for
+    u <= 0 and from the upper tail above, in logs, so that no tail rounds to 0 or 1."""
+    low = xp.where(u <= 0, u, 0.0)
+    high = xp.where(u > 0, u, 0.0)
+    log_p = xp.logaddexp(special.log_ndtr(a), special.log_ndtr(low) + log_mass)
+    log_q = xp.logaddexp(special.log_ndtr(-b), special.log_ndtr(-high) + log_mass)
+    z = xp.where(u <= 0, special.ndtri(xp.exp(log_p)), -special.ndtri(xp.exp(log_q)))
+    return xp.clip(z, a, b)
+
+
+def _numpy_quantile(
+    u: np.ndarray, a: np.ndarray, b: np.ndarray, log_mass: np.ndarray
+) -> np.ndarray:
+    return _truncated_quantile(u, a, b, log_mass, np, scipy.special)
+
+
 @jax.custom_jvp
 def standard_quantile(u: Array, a: Array, b: Array, log_mass: Array) -> Array:
-    """z in [a, b] with Phi(z) = Phi(a) + Phi(u) * (Phi(b) - Phi(a)): the quantile of the
-    standard normal truncated to [a, b] at probability Phi(u). Computed from the lower tail
-    for u <= 0 and from the upper tail above, in logs, so that no tail rounds to 0 or 1."""
-    low = jnp.where(u <= 0, u, 0.0)
-    high = jnp.where(u > 0, u, 0.0)
-    log_p = jnp.logaddexp(log_ndtr(a), log_ndtr(low) + log_mass)
-    log_q = jnp.logaddexp(log_ndtr(-b), log_ndtr(-high) + log_mass)
-    z = jnp.where(u <= 0, ndtri(jnp.exp(log_p)), -ndtri(jnp.exp(log_q)))
-    return jnp.clip(z, a, b)
+    """The quantile of the standard normal truncated to [a, b] at probability Phi(u)
+    (``_truncated_quantile``), with a derivative that stays finite far in the tails."""
+    return _truncated_quantile(u, a, b, log_mass, jnp, jax.scipy.special)
 
 
 @standard_quantile.defjvp
