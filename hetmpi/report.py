@@ -44,7 +44,7 @@ def shard_row(result: ShardResult, verdict: ShardVerdict) -> dict[str, Any]:
         "divergence_rate": result.divergence_rate,
         "mean_leapfrog_steps": result.mean_steps if ok else None,
         "step_size": result.step_size.tolist(),
-        "target_accept": result.target_accept if ok else None,
+        "target_accept": result.target_accept.tolist() if ok else None,
         "attempts": result.attempts,
         "warmup_seconds": result.warmup_seconds,
         "sample_seconds": result.sample_seconds,

@@ -24,11 +24,12 @@ from hetmpi.atomic import atomic_path
 from hetmpi.sampling import ShardResult
 
 SHARD_DIR = "shards"
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2
 _SCALARS = (
-    "index", "status", "num_points", "num_warmup", "num_samples", "target_accept",
-    "attempts", "warmup_seconds", "sample_seconds", "error",
+    "index", "status", "num_points", "num_warmup", "num_samples", "attempts",
+    "warmup_seconds", "sample_seconds", "error",
 )  # fmt: skip
+_PER_CHAIN = ("step_size", "target_accept")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -66,9 +67,11 @@ def save_shard_result(out_dir: Path, result: ShardResult) -> Path:
         for name in _SCALARS:
             f.attrs[name] = getattr(result, name)
         f.attrs["names"] = json.dumps(list(result.names))
+        f.attrs["chains"] = json.dumps(list(result.chains))
         f.attrs["extra"] = json.dumps(result.extra)
         f.create_dataset("draws", data=result.draws)
-        f.create_dataset("step_size", data=result.step_size)
+        for name in _PER_CHAIN:
+            f.create_dataset(name, data=getattr(result, name))
         stats = f.create_group("stats")
         for key, value in result.stats.items():
             stats.create_dataset(key, data=value)
@@ -84,9 +87,10 @@ def load_shard_result(path: Path) -> ShardResult:
         return ShardResult(
             **scalars,
             names=tuple(json.loads(f.attrs["names"])),
+            chains=tuple(json.loads(f.attrs["chains"])),
             draws=f["draws"][()],
             stats={key: f["stats"][key][()] for key in f["stats"]},
-            step_size=f["step_size"][()],
+            **{name: f[name][()] for name in _PER_CHAIN},
             extra=json.loads(f.attrs["extra"]),
         )
 

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache, partial
 
 import jax
@@ -61,7 +61,8 @@ class SamplingPlan:
 
 @dataclass(frozen=True)
 class ShardResult:
-    """Everything a shard returns; plain numpy, saved without pickle.
+    """Everything a shard returns (or some of its chains, see ``chains``); plain numpy,
+    saved without pickle.
 
     draws: (chains, draws, d) in the unconstrained u-space of the run's PosteriorModel.
     stats: name -> (chains, draws) for diverging, energy, accept_prob, num_steps.
@@ -71,13 +72,14 @@ class ShardResult:
     status: str  # "ok" or "failed"
     names: tuple[str, ...]
     num_points: int
+    chains: tuple[int, ...]  # the shard's chains held here, in order (all unless split)
     draws: np.ndarray
     stats: dict[str, np.ndarray]
     step_size: np.ndarray  # (chains,)
+    target_accept: np.ndarray  # (chains,) of the attempt kept
     num_warmup: int
     num_samples: int
-    target_accept: float
-    attempts: int
+    attempts: int  # most attempts any chain block took
     warmup_seconds: float
     sample_seconds: float
     error: str = ""
@@ -120,8 +122,8 @@ class ShardTask:
         return np.zeros(d), np.eye(d)
 
     def initial_z(self, rng: np.random.Generator) -> np.ndarray:
-        """Chain starting points (chains, d) in z, spread around the full-data mode."""
-        jitter = INIT_SPREAD * rng.standard_normal((self.cfg.num_chains, self.warm.center.size))
+        """A chain's starting point (d,) in z, spread around the full-data mode."""
+        jitter = INIT_SPREAD * rng.standard_normal(self.warm.center.size)
         if self.cfg.whiten:
             return jitter
         return self.warm.center + jitter @ self.laplace_scale.T
@@ -239,12 +241,23 @@ def _across_devices(fn, num_chains: int):
     return jax.jit(split)
 
 
+def chain_blocks(cfg: SamplerConfig) -> tuple[tuple[int, ...], ...]:
+    """A shard's chains in the blocks that run (and retry) independently: one chain each
+    when chains run one after another (``sequential``), so that any process can run any
+    chain of a shard with the same result; all chains together when they share one
+    vectorized or multi-device program."""
+    if cfg.chain_method == "sequential":
+        return tuple((chain,) for chain in range(cfg.num_chains))
+    return (tuple(range(cfg.num_chains)),)
+
+
 def chain_settings(plan: SamplingPlan, cfg: SamplerConfig, target_accept: float) -> ChainSettings:
-    """The compiled sampler's settings for a shard's plan at ``target_accept``."""
+    """The compiled sampler's settings for a chain block of a shard's plan at
+    ``target_accept``."""
     return ChainSettings(
         num_warmup=plan.num_warmup,
         num_samples=plan.num_samples,
-        num_chains=plan.num_chains,
+        num_chains=len(chain_blocks(cfg)[0]),
         target_accept=target_accept,
         max_tree_depth=cfg.max_tree_depth,
         dense_mass=cfg.dense_mass,
@@ -266,8 +279,8 @@ def _sampler_args(
     )
 
 
-def _chain_keys(seed: int, num_chains: int) -> jax.Array:
-    return jax.random.split(jax.random.PRNGKey(seed), num_chains)
+def _chain_keys(seeds: Sequence[int]) -> jax.Array:
+    return jnp.stack([jax.random.PRNGKey(seed) for seed in seeds])
 
 
 @dataclass(frozen=True)
@@ -304,7 +317,7 @@ def precompile(outline: SamplerOutline) -> None:
     the same model, settings and shapes then reuse them instead of compiling."""
     for settings in outline.settings:
         start, warm, draw = _compiled_sampler(outline.model, settings)
-        keys = jax.eval_shape(partial(_chain_keys, 0, settings.num_chains))
+        keys = jax.eval_shape(partial(_chain_keys, [0] * settings.num_chains))
         z0 = jax.ShapeDtypeStruct((settings.num_chains, outline.model.dim), jnp.float64)
         states = jax.eval_shape(start, keys, z0, outline.args)
         start.lower(keys, z0, outline.args).compile()
@@ -322,22 +335,58 @@ class ShardTimeout(Exception):
 
 
 def sample_shard(
-    shard: Shard, task: ShardTask, seed: int, timeout: float | None = None
+    shard: Shard,
+    task: ShardTask,
+    seed: int,
+    timeout: float | None = None,
+    blocks: Sequence[tuple[int, ...]] | None = None,
 ) -> ShardResult:
-    """NUTS on one shard under the tempered prior; never raises: a failure (also running
+    """NUTS on one shard under the tempered prior: its chain ``blocks`` (default: all of
+    ``chain_blocks``), one after another, each retried on its own at the higher target
+    acceptance when its divergence rate is too high. Never raises: a failure (also running
     past ``timeout`` seconds, checked between chunks of iterations) becomes a failed
-    ShardResult carrying the error text. Deterministic for (seed, shard.index)."""
+    ShardResult carrying the error text. Each block is deterministic for (seed, shard.index,
+    block), so results split by blocks and merged (``merge_results``) equal a whole run."""
     plan = shard_plan(shard, task)
+    blocks = chain_blocks(task.cfg) if blocks is None else tuple(blocks)
+    chains = tuple(chain for block in blocks for chain in block)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        return _sample(shard, task, plan, seed, deadline)
+        return merge_results(
+            [_sample(shard, task, plan, seed, block, deadline) for block in blocks]
+        )
     except ShardTimeout:
         return failed_result(
-            shard, task, plan, f"timed out after {timeout:g} s (executor.shard_timeout)"
+            shard, task, plan, f"timed out after {timeout:g} s (executor.shard_timeout)", chains
         )
     except Exception as exc:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return failed_result(shard, task, plan, text)
+        return failed_result(shard, task, plan, text, chains)
+
+
+def merge_results(parts: Sequence[ShardResult]) -> ShardResult:
+    """One result of a shard from results of some of its chains (``chains`` in order);
+    failed if any part failed."""
+    parts = sorted(parts, key=lambda part: part.chains)
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    chains = tuple(chain for part in parts for chain in part.chains)
+    failed = [part for part in parts if part.status != "ok"]
+    if failed:
+        return replace(failed[0], chains=chains)
+    return replace(
+        first,
+        chains=chains,
+        draws=np.concatenate([part.draws for part in parts]),
+        stats={k: np.concatenate([part.stats[k] for part in parts]) for k in STAT_FIELDS},
+        step_size=np.concatenate([part.step_size for part in parts]),
+        target_accept=np.concatenate([part.target_accept for part in parts]),
+        attempts=max(part.attempts for part in parts),
+        warmup_seconds=sum(part.warmup_seconds for part in parts),
+        sample_seconds=sum(part.sample_seconds for part in parts),
+        extra=first.extra | {"devices": max(part.extra["devices"] for part in parts)},
+    )
 
 
 def _chunks(fn, states, args: tuple, count: int, deadline: float | None):
@@ -352,20 +401,27 @@ def _chunks(fn, states, args: tuple, count: int, deadline: float | None):
 
 
 def _sample(
-    shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int, deadline: float | None
+    shard: Shard,
+    task: ShardTask,
+    plan: SamplingPlan,
+    seed: int,
+    block: tuple[int, ...],
+    deadline: float | None,
 ) -> ShardResult:
+    """The chains ``block`` of ``shard``, retried as a block; raises on failure."""
     center, chol = task.whitening
     problem = task.warm.problem
     args = _sampler_args(shard, problem.consts, center, chol, task.num_shards)
-    rng = np.random.default_rng([seed, shard.index])
+    # each chain draws from its own stream, so blocking chains differently changes nothing
+    rngs = [np.random.default_rng([seed, shard.index, chain]) for chain in block]
     target_accept = task.cfg.target_accept
     attempts = 0
     while True:
         attempts += 1
         settings = chain_settings(plan, task.cfg, target_accept)
         start, warm, draw = _compiled_sampler(problem.model, settings)
-        keys = _chain_keys(int(rng.integers(2**31)), plan.num_chains)
-        z0 = jnp.asarray(task.initial_z(rng))
+        keys = _chain_keys([int(rng.integers(2**31)) for rng in rngs])
+        z0 = jnp.asarray(np.stack([task.initial_z(rng) for rng in rngs]))
         started = time.perf_counter()
         states = start(keys, z0, args)
         states, _ = _chunks(warm, states, args, plan.num_warmup // settings.chunk, deadline)
@@ -376,7 +432,6 @@ def _sample(
         z, diverging, energy, accept_prob, num_steps = (
             np.concatenate([np.asarray(chunk[k]) for chunk in chunks], axis=1) for k in range(5)
         )
-        step_size = states.adapt_state.step_size
         stats = {
             "diverging": diverging,
             "energy": energy,
@@ -388,12 +443,13 @@ def _sample(
             status="ok",
             names=problem.model.names,
             num_points=shard.num_points,
+            chains=block,
             draws=center + z @ chol.T,
             stats=stats,
-            step_size=np.asarray(step_size),
+            step_size=np.asarray(states.adapt_state.step_size),
+            target_accept=np.full(len(block), target_accept),
             num_warmup=plan.num_warmup,
             num_samples=plan.num_samples,
-            target_accept=target_accept,
             attempts=attempts,
             warmup_seconds=warmed - started,
             sample_seconds=finished - warmed,
@@ -406,21 +462,30 @@ def _sample(
         target_accept = max(target_accept, task.cfg.retry_target_accept)
 
 
-def failed_result(shard: Shard, task: ShardTask, plan: SamplingPlan, error: str) -> ShardResult:
-    """The ShardResult of a shard whose sampling raised (or whose worker died)."""
+def failed_result(
+    shard: Shard,
+    task: ShardTask,
+    plan: SamplingPlan,
+    error: str,
+    chains: tuple[int, ...] | None = None,
+) -> ShardResult:
+    """The ShardResult of ``chains`` (default: all) of a shard whose sampling raised (or
+    whose worker died)."""
     names = task.warm.problem.model.names
+    chains = tuple(range(task.cfg.num_chains)) if chains is None else chains
     d = len(names)
     return ShardResult(
         index=shard.index,
         status="failed",
         names=names,
         num_points=shard.num_points,
+        chains=chains,
         draws=np.zeros((0, 0, d)),
         stats={name: np.zeros((0, 0)) for name in STAT_FIELDS},
         step_size=np.zeros(0),
+        target_accept=np.zeros(0),
         num_warmup=plan.num_warmup,
         num_samples=plan.num_samples,
-        target_accept=float("nan"),
         attempts=1,
         warmup_seconds=0.0,
         sample_seconds=0.0,

@@ -93,6 +93,8 @@ def _objective(
 # model is static (hashable); data and constants are arguments, so a new sigma needs no compile
 _value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnums=0)
 _hessian = jax.jit(jax.hessian(_objective, argnums=1), static_argnums=0)
+_prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
+_pooled_c2 = jax.jit(c2_pooled)
 
 
 def local_optimum(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
@@ -144,7 +146,7 @@ def scaling_from_data(
     n_phi = len(dataset.phi)
     physics = {name: jnp.float64(cfg.parameter(name).value) for name in PHYSICS_NAMES}
     g = np.asarray(
-        c2_pooled(
+        _pooled_c2(
             physics, jnp.asarray(dataset.t), dataset.q, dataset.dt, jnp.asarray(dataset.phi),
             jnp.ones(n_phi), jnp.zeros(n_phi), points.i1, points.i2, points.angle,
         )
@@ -256,7 +258,7 @@ def _converged(optimum: Optimum) -> Optimum:
 
 
 def _residual(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
-    return np.asarray(problem.model.predict(u, data, problem.consts) - data.c2)
+    return np.asarray(_prediction(problem.model, u, data, problem.consts) - data.c2)
 
 
 def fit_warm_start(cfg: ModelConfig, dataset: Dataset, points: PooledPoints) -> WarmStart:

@@ -33,12 +33,15 @@ def tiny_h5(tmp_path_factory: pytest.TempPathFactory, truth: dict) -> Path:
 
 
 def write_config(folder: Path, data: Path, **sections: dict) -> Path:
-    """A small run config in ``folder``: 2 shards, 2 chains, few draws, f2 fixed."""
+    """A small run config in ``folder``: 2 shards, 2 chains, few draws, f2 fixed, every
+    shard kept in the consensus (30 + 30 draws on 12 frames may diverge often; these runs
+    test plumbing, and the exclusion rules have their own tests)."""
     cfg = {
         "data": {"path": str(data)},
         "model": {"parameters": {"f2": {"fixed": True}}},
         "sharding": {"num_shards": 2},
         "sampler": {"num_chains": 2, "num_warmup": 30, "num_samples": 30, "adaptive": False},
+        "consensus": {"max_divergence_rate": 1.0},
         "output": {"directory": str(folder / "out"), "plots": False},
     }
     for key, value in sections.items():

@@ -21,11 +21,16 @@ def configure_then_inject(layout: runtime.ProcessLayout) -> bool:
     sample = sampling._sample
 
     def faulty(
-        shard: Shard, task: ShardTask, plan: SamplingPlan, seed: int, deadline: float | None
+        shard: Shard,
+        task: ShardTask,
+        plan: SamplingPlan,
+        seed: int,
+        block: tuple[int, ...],
+        deadline: float | None,
     ) -> ShardResult:
         if shard.index == 1:
             raise FloatingPointError("injected fault in shard 1")
-        return sample(shard, task, plan, seed, deadline)
+        return sample(shard, task, plan, seed, block, deadline)
 
     sampling._sample = faulty
     return configured

@@ -97,10 +97,10 @@ def test_result_pack_round_trip() -> None:
         "num_steps": rng.integers(1, 64, size=(2, 5)),
     }
     result = ShardResult(
-        index=3, status="ok", names=("a", "b", "c"), num_points=17,
+        index=3, status="ok", names=("a", "b", "c"), num_points=17, chains=(0, 1),
         draws=rng.normal(size=(2, 5, 3)), stats=stats, step_size=np.array([0.1, 0.2]),
-        num_warmup=4, num_samples=5, target_accept=0.8, attempts=2, warmup_seconds=1.5,
-        sample_seconds=2.5, error="", extra={"run_id": "abc"},
+        target_accept=np.array([0.8, 0.95]), num_warmup=4, num_samples=5, attempts=2,
+        warmup_seconds=1.5, sample_seconds=2.5, error="", extra={"run_id": "abc"},
     )  # fmt: skip
     meta, payload = pack_result(result)
     assert payload.dtype == np.float64
@@ -109,5 +109,6 @@ def test_result_pack_round_trip() -> None:
     for name in STAT_FIELDS:
         np.testing.assert_array_equal(back.stats[name], result.stats[name])
         assert back.stats[name].dtype == result.stats[name].dtype
-    assert (back.index, back.names, back.extra, back.attempts) == (3, ("a", "b", "c"),
-                                                                  {"run_id": "abc"}, 2)  # fmt: skip
+    np.testing.assert_array_equal(back.target_accept, result.target_accept)
+    assert (back.index, back.names, back.chains, back.extra, back.attempts) == (
+        3, ("a", "b", "c"), (0, 1), {"run_id": "abc"}, 2)  # fmt: skip

@@ -140,20 +140,26 @@ def test_mpi_without_thread_support_deals_from_rank_0_only(folder: Path, cpu_run
     assert counts[0] == 0 and counts[1] > 0
 
 
-def test_chains_run_on_two_devices(folder: Path, cpu_run: Path, tiny_h5: Path) -> None:
-    sub = folder / "devices"
-    sub.mkdir(exist_ok=True)
-    write_config(
-        sub, tiny_h5, sharding={"num_shards": NUM_SHARDS},
-        sampler={"chain_method": "parallel"},
-        executor={"name": "cpu", "devices_per_process": 2},
-    )  # fmt: skip
-    proc = run("run", "cfg.yaml", cwd=sub)
-    assert proc.returncode == 0, proc.stderr
-    for path in sorted((sub / "out" / "shards").glob("*.h5")):
+def test_chains_run_on_two_devices(folder: Path, tiny_h5: Path) -> None:
+    """chain_method parallel puts a shard's 2 chains on 2 CPU devices, and each chain draws
+    what it draws when run alone (sequential): chains have their own random streams. No
+    retries, which are decided per block of chains run together."""
+    outs = {}
+    for method, devices in (("parallel", 2), ("sequential", 1)):
+        sub = folder / f"devices-{method}"
+        sub.mkdir(exist_ok=True)
+        write_config(
+            sub, tiny_h5, sharding={"num_shards": NUM_SHARDS},
+            sampler={"chain_method": method, "max_retries": 0},
+            executor={"name": "cpu", "devices_per_process": devices},
+        )  # fmt: skip
+        proc = run("run", "cfg.yaml", cwd=sub)
+        assert proc.returncode == 0, proc.stderr
+        outs[method] = sub / "out"
+    for path in sorted((outs["parallel"] / "shards").glob("*.h5")):
         with h5py.File(path) as f:
             assert json.loads(f.attrs["extra"])["devices"] == 2
-    assert_same_draws(sub / "out", cpu_run)
+    assert_same_draws(outs["parallel"], outs["sequential"])
 
 
 def test_bad_config_under_mpi_exits_2_with_one_message(folder: Path) -> None:

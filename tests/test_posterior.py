@@ -1,5 +1,6 @@
 """The unconstrained parameterization, prior tempering, and consensus combination."""
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from hetmpi.config import config_from_dict
-from hetmpi.consensus import combine_draws, shard_shapes, skewed
+from hetmpi.config import ConsensusConfig, config_from_dict
+from hetmpi.consensus import combine_draws, select_shards, shard_shapes, skewed
 from hetmpi.data import load_dataset
+from hetmpi.errors import RunError
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
+from hetmpi.sampling import ShardResult
 from hetmpi.sharding import pool_points
 
 
@@ -151,3 +154,33 @@ def test_shard_shapes_flag_skewed_coordinates_only() -> None:
     assert skewed(shapes) == ["b"]
     assert shapes["b"]["max_abs_skew"] == pytest.approx(2.0, abs=0.6)  # sd ~0.3 at 600 draws
     assert shapes["b"]["max_excess_kurtosis"] > 2.0
+
+
+def _shard_result(index: int, divergent: int, status: str = "ok") -> ShardResult:
+    """A 2-chain x 10-draw result with ``divergent`` divergent draws."""
+    diverging = np.zeros((2, 10), dtype=bool)
+    diverging.flat[:divergent] = True
+    stats = {name: np.zeros((2, 10)) for name in ("energy", "accept_prob", "num_steps")}
+    return ShardResult(
+        index=index, status=status, names=("a",), num_points=5, chains=(0, 1),
+        draws=np.zeros((2, 10, 1)), stats={**stats, "diverging": diverging},
+        step_size=np.ones(2), target_accept=np.full(2, 0.8), num_warmup=10, num_samples=10,
+        attempts=1, warmup_seconds=0.0, sample_seconds=0.0,
+        error="boom" if status != "ok" else "",
+    )  # fmt: skip
+
+
+def test_shards_are_excluded_by_explicit_rules() -> None:
+    """Failed shards and shards above max_divergence_rate leave the consensus, each with its
+    reason; too few remaining shards stop the run with a message naming them."""
+    results = [_shard_result(0, 0), _shard_result(1, 7), _shard_result(2, 0, "failed")]
+    cfg = ConsensusConfig(max_divergence_rate=0.3, min_success_rate=0.3)
+    kept, verdicts = select_shards(results, cfg)
+    assert [r.index for r in kept] == [0]
+    assert [v.included for v in verdicts] == [True, False, False]
+    assert verdicts[1].reason == "divergence rate 0.350 > consensus.max_divergence_rate 0.3"
+    assert verdicts[2].reason == "sampling failed: boom"
+    with pytest.raises(RunError, match=r"only 1 of 3 shards are usable.*shard 1: divergence"):
+        select_shards(results, dataclasses.replace(cfg, min_success_rate=0.5))
+    kept, _ = select_shards(results, dataclasses.replace(cfg, max_divergence_rate=0.35))
+    assert [r.index for r in kept] == [0, 1]

@@ -93,3 +93,48 @@ def test_precompiled_sampler_is_reused_by_sample_shard(
     assert result.status == "ok", result.error
     assert result.draws.shape[:2] == (2, 7)
     assert not {"jit(start)", "jit(warm)", "jit(draw)"} & set(later), later
+
+
+def test_chains_run_alone_merge_into_the_whole_shard(prepared: Prepared) -> None:
+    """Each chain of a sequential shard is its own block: chains sampled separately (as
+    executors deal them at the end of a run) and merged equal the shard sampled whole."""
+    shard = prepared.plan.shards[1]
+    assert sampling.chain_blocks(prepared.task.cfg) == ((0,), (1,))
+    whole = sampling.sample_shard(shard, prepared.task, seed=5)
+    parts = [
+        sampling.sample_shard(shard, prepared.task, seed=5, blocks=[block])
+        for block in reversed(sampling.chain_blocks(prepared.task.cfg))
+    ]
+    assert [part.chains for part in parts] == [(1,), (0,)]
+    assert parts[0].draws.shape[0] == 1
+    merged = sampling.merge_results(parts)
+    assert whole.status == merged.status == "ok"
+    assert merged.chains == whole.chains == (0, 1)
+    np.testing.assert_array_equal(merged.draws, whole.draws)
+    np.testing.assert_array_equal(merged.step_size, whole.step_size)
+    np.testing.assert_array_equal(merged.target_accept, whole.target_accept)
+    for name, values in whole.stats.items():
+        np.testing.assert_array_equal(merged.stats[name], values, err_msg=name)
+    assert not np.array_equal(whole.draws[0], whole.draws[1])
+
+
+def test_a_chain_block_retries_on_its_own(prepared: Prepared) -> None:
+    """Retries are decided per chain block: with retry_divergence_rate between the two
+    chains' first-attempt rates, only the chain above it runs again (at
+    retry_target_accept); the other keeps its first attempt, draw for draw."""
+    shard = prepared.plan.shards[0]
+    blocks = sampling.chain_blocks(prepared.task.cfg)
+    no_retry = dataclasses.replace(prepared.task.cfg, max_retries=0)
+    once = dataclasses.replace(prepared.task, cfg=no_retry)
+    first = [sampling.sample_shard(shard, once, seed=11, blocks=[block]) for block in blocks]
+    rates = [part.divergence_rate for part in first]
+    assert rates[0] != rates[1], "the scenario needs chains with different divergence rates"
+    cfg = dataclasses.replace(no_retry, max_retries=1, retry_divergence_rate=float(np.mean(rates)))
+    task = dataclasses.replace(prepared.task, cfg=cfg)
+    whole = sampling.sample_shard(shard, task, seed=11)
+    calm, wild = np.argsort(rates)
+    assert whole.attempts == 2
+    np.testing.assert_array_equal(whole.target_accept[[calm, wild]],
+                                  [cfg.target_accept, cfg.retry_target_accept])  # fmt: skip
+    np.testing.assert_array_equal(whole.draws[calm], first[calm].draws[0])
+    assert not np.array_equal(whole.draws[wild], first[wild].draws[0])

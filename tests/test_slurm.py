@@ -131,9 +131,6 @@ def submitted(out: Path) -> list[dict[str, Any]]:
 
 Reference = Callable[[], Path]  # waits for the cpu run, returns its output folder
 SAMPLER = {"num_warmup": 30, "num_samples": 30, "max_tree_depth": 4, "max_retries": 0}
-# these tests check scheduling, not sampling: 30 + 30 draws on short trees may diverge often,
-# and no shard may be excluded for it, or the combine step would (rightly) refuse to run
-CONSENSUS = {"max_divergence_rate": 1.0}
 
 
 def real_config(folder: Path, data: Path, **scheduler: Any) -> Path:
@@ -145,7 +142,6 @@ def real_config(folder: Path, data: Path, **scheduler: Any) -> Path:
         data,
         sharding={"num_shards": NUM_SHARDS},
         sampler=SAMPLER,
-        consensus=CONSENSUS,
         scheduler=section,
     )
 
@@ -155,9 +151,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Iterat
     """`hetmpi run --executor cpu` of the same run, started in the background on first use
     (it runs while the first test's jobs do); calling the fixture waits for it."""
     folder = tmp_path_factory.mktemp("reference")
-    cfg = write_config(
-        folder, tiny_h5, sharding={"num_shards": NUM_SHARDS}, sampler=SAMPLER, consensus=CONSENSUS
-    )
+    cfg = write_config(folder, tiny_h5, sharding={"num_shards": NUM_SHARDS}, sampler=SAMPLER)
     out = folder / "out"
     log = folder / "log.txt"
     with log.open("w") as stream:

@@ -51,6 +51,21 @@ def longest_first(shards: Sequence[Shard]) -> list[int]:
     return sorted(range(len(shards)), key=lambda k: (-shards[k].num_points, k))
 
 
+ChainBlocks = tuple[tuple[int, ...], ...]
+WorkUnit = tuple["Shard", tuple[int, ...] | None]  # a shard and one chain block, or None: all
+
+
+def work_units(ordered: Sequence[Shard], blocks: ChainBlocks, processes: int) -> list[WorkUnit]:
+    """What a dealer hands out, in order: the shards of ``ordered`` whole, except the last
+    ``processes`` of them, which go out one chain block at a time when a shard has several
+    blocks. The last round is where processes wait for the slowest one; dealing it in
+    blocks halves its granularity (and lets more processes than shards work)."""
+    split = max(len(ordered) - processes, 0) if len(blocks) > 1 else len(ordered)
+    units: list[WorkUnit] = [(shard, None) for shard in ordered[:split]]
+    units += [(shard, block) for shard in ordered[split:] for block in blocks]
+    return units
+
+
 def process_layout(
     slot: int, slots: int, cores: Sequence[int], settings: ExecutorConfig
 ) -> ProcessLayout:

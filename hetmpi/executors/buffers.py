@@ -24,8 +24,8 @@ SHARD_FIELDS: dict[str, type] = {
     "point_ids": np.int64,
 }
 _SCALARS = (
-    "index", "status", "num_points", "num_warmup", "num_samples", "target_accept",
-    "attempts", "warmup_seconds", "sample_seconds", "error",
+    "index", "status", "num_points", "chains", "num_warmup", "num_samples", "attempts",
+    "warmup_seconds", "sample_seconds", "error",
 )  # fmt: skip
 
 
@@ -69,8 +69,14 @@ def shard_from_block(block: dict[str, np.ndarray], row: int) -> Shard:
 
 
 def pack_result(result: ShardResult) -> tuple[dict[str, Any], np.ndarray]:
-    """(metadata, float64 payload) of a result; the payload holds draws, step sizes, stats."""
-    arrays = [result.draws, result.step_size, *(result.stats[k] for k in STAT_FIELDS)]
+    """(metadata, float64 payload) of a result; the payload holds draws, step sizes, target
+    acceptances and stats."""
+    arrays = [
+        result.draws,
+        result.step_size,
+        result.target_accept,
+        *(result.stats[k] for k in STAT_FIELDS),
+    ]
     meta = {name: getattr(result, name) for name in _SCALARS}
     meta |= {
         "names": list(result.names),
@@ -89,12 +95,13 @@ def unpack_result(meta: dict[str, Any], payload: np.ndarray) -> ShardResult:
         size = int(np.prod(shape))
         arrays.append(payload[start : start + size].reshape(shape).astype(np.dtype(dtype)))
         start += size
-    draws, step_size, *stats = arrays
+    draws, step_size, target_accept, *stats = arrays
     return ShardResult(
         **{name: meta[name] for name in _SCALARS},
         names=tuple(meta["names"]),
         draws=draws,
         stats=dict(zip(STAT_FIELDS, stats, strict=True)),
         step_size=step_size,
+        target_accept=target_accept,
         extra=meta["extra"],
     )

@@ -8,15 +8,19 @@ Protocol, in order, on ``COMM_WORLD``:
 2. a second broadcast brings the run header (ShardTask, seed, output folder); either
    broadcast brings instead the error that stopped rank 0, which every rank then exits with
    (status 2 for bad input);
-3. shards are dealt on demand, longest first: a rank asks rank 0 for work (the request
-   carries the note of the shard it just finished, which feeds the progress bar) and gets
-   the next shard's arrays as numpy buffers (``Send``), or an index of -1 when none are left.
-   A thread on rank 0 answers while rank 0 samples too; each rank saves each result file
-   itself as soon as it has it (the --resume checkpoint);
-4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per rank).
+3. work is dealt on demand, longest shard first (``work_units``: whole shards, then the
+   last round one chain block at a time): a rank asks rank 0 for work (the request carries
+   the note of what it just finished, which feeds the progress bar) and gets a unit header
+   (shard index, chain block or -1 for the whole shard; index -1 when nothing is left) and
+   the shard's arrays as numpy buffers (``Send``). A thread on rank 0 answers while rank 0
+   samples too. Each rank saves each whole shard's result file itself as soon as it has it
+   (the --resume checkpoint);
+4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
+   rank); rank 0 merges the chain blocks of split shards and saves their files.
 
 Dealing on demand balances ranks whose shards cost unequal time (NUTS cost varies between
-shards far more than their sizes do) and lets ranks that compiled early start first.
+shards far more than their sizes do) and lets ranks that compiled early start first; chain
+blocks at the end keep ranks from idling while the last shards finish.
 An exception that escapes on any rank aborts the whole job (``MPI.Abort``), so a crash ends
 the run within seconds instead of leaving the other ranks waiting.
 """
@@ -42,7 +46,7 @@ from mpi4py import MPI
 
 from hetmpi.config import Config, ExecutorConfig
 from hetmpi.errors import InputError, RunError
-from hetmpi.executors import Report, longest_first, process_layout
+from hetmpi.executors import Report, WorkUnit, longest_first, process_layout, work_units
 from hetmpi.runtime import (
     ProcessLayout,
     available_cores,
@@ -57,8 +61,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hetmpi")
 
-TAG_REQUEST = 11  # a rank asks for work, with the note of its last shard (or None)
-TAG_SHARD = 12  # rank 0's answer: a shard's arrays, or an index of -1 (no work left)
+TAG_REQUEST = 11  # a rank asks for work, with the note of its last unit (or None)
+TAG_SHARD = 12  # rank 0's answer: a unit header, then the shard's arrays unless none is left
 IDLE_POLL_SECONDS = 0.05
 NO_SHARD = -1
 
@@ -177,6 +181,19 @@ def _lead(
         raise
 
 
+def _run_unit(unit: WorkUnit, header: RunHeader) -> ShardResult:
+    """Sample a whole shard and save its file, or one chain block of it (saved by rank 0
+    once the shard's blocks are merged)."""
+    from hetmpi.executors.cpu import sample_and_save
+    from hetmpi.sampling import sample_shard
+
+    shard, block = unit
+    task, seed, timeout = header.task, header.seed, header.timeout
+    if block is None:
+        return sample_and_save(shard, task, seed, header.out_dir, timeout)
+    return sample_shard(shard, task, seed, timeout, blocks=[block])
+
+
 def _received(message: object) -> object:
     if isinstance(message, Abandon):
         raise InputError(message.message) if message.bad_input else RunError(message.message)
@@ -184,7 +201,6 @@ def _received(message: object) -> object:
 
 
 def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
-    from hetmpi.executors.cpu import sample_and_save
     from hetmpi.progress import ShardNote
     from hetmpi.sampling import compile_monitor, precompile
 
@@ -196,10 +212,8 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
         header = _received(comm.bcast(None, root=0))
         results = []
         note = None
-        while (shard := _request(notes, header, note)) is not None:
-            result = sample_and_save(
-                shard, header.task, header.seed, header.out_dir, header.timeout
-            )
+        while (unit := _request(notes, header, note)) is not None:
+            result = _run_unit(unit, header)
             results.append(result)
             note = ShardNote.of(result)
     idle_barrier(comm)  # until every rank has sampled
@@ -226,9 +240,8 @@ class MpiExecutor:
     def run(
         self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
     ) -> list[ShardResult]:
-        from hetmpi.executors.cpu import sample_and_save
         from hetmpi.progress import ShardNote
-        from hetmpi.sampling import compile_monitor
+        from hetmpi.sampling import chain_blocks, compile_monitor
 
         size = self.comm.Get_size()
         if len(shards) < size:
@@ -247,19 +260,24 @@ class MpiExecutor:
         idle_barrier(self.comm)
         self.comm.bcast(header, root=0)
         self.dispatched = True
-        dealer = Dealer(self.notes, header, [shards[k] for k in longest_first(shards)], report)
+        rank0_samples = size == 1 or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        samplers = size if rank0_samples else size - 1
+        ordered = [shards[k] for k in longest_first(shards)]
+        # one sampling rank has no one to share the last round with: nothing to split
+        units = work_units(ordered, chain_blocks(task.cfg), samplers if samplers > 1 else 0)
+        dealer = Dealer(self.notes, header, units, report)
         results: list[ShardResult] = []
 
         def sample_own() -> None:
-            while (shard := dealer.next_shard()) is not None:
-                result = sample_and_save(shard, task, seed, out_dir, self.timeout)
-                report(ShardNote.of(result))
+            while (unit := dealer.next_unit()) is not None:
+                result = _run_unit(unit, header)
+                dealer.note_done(ShardNote.of(result))
                 results.append(result)
 
         with compile_monitor() as compiles:
             if size == 1:
                 sample_own()
-            elif MPI.Query_thread() >= MPI.THREAD_SERIALIZED:
+            elif rank0_samples:
                 # rank 0 samples while a thread deals; its main thread makes no MPI call
                 # until the dealer is done, which THREAD_SERIALIZED allows
                 thread = threading.Thread(
@@ -277,6 +295,7 @@ class MpiExecutor:
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
         everything, compile_counts = _gather(self.comm, results, compiles)
+        everything = _merge_split_shards(everything, out_dir)
         gathered = time.perf_counter()
         self.timings = {
             "scatter": dealer.send_seconds,
@@ -287,22 +306,35 @@ class MpiExecutor:
 
 
 class Dealer:
-    """Rank 0's queue of shards, dealt longest first to whichever rank asks (rank 0 takes
-    its own from the same queue)."""
+    """Rank 0's queue of work units, dealt in order to whichever rank asks (rank 0 takes its
+    own from the same queue); it turns the notes of chain blocks into one per shard."""
 
     def __init__(
-        self, notes: MPI.Comm, header: RunHeader, ordered: Sequence[Shard], report: Report
+        self, notes: MPI.Comm, header: RunHeader, units: Sequence[WorkUnit], report: Report
     ) -> None:
         self.notes = notes
         self.header = header
-        self.queue = list(reversed(ordered))
+        self.queue = list(reversed(units))
         self.lock = threading.Lock()
         self.report = report
+        self.partial: dict[int, list[ShardNote]] = {}
         self.send_seconds = 0.0
 
-    def next_shard(self) -> Shard | None:
+    def next_unit(self) -> WorkUnit | None:
         with self.lock:
             return self.queue.pop() if self.queue else None
+
+    def note_done(self, note: ShardNote) -> None:
+        """Report a shard once notes for all its chains are in."""
+        from hetmpi.progress import ShardNote
+
+        with self.lock:
+            parts = self.partial.setdefault(note.index, [])
+            parts.append(note)
+            if sum(part.chains for part in parts) < self.header.task.cfg.num_chains:
+                return
+            del self.partial[note.index]
+        self.report(ShardNote.merged(parts))
 
     def serve_or_abort(self, ranks: int) -> None:
         """``serve`` in a thread: an error there aborts the job (nobody else would see it)."""
@@ -316,6 +348,7 @@ class Dealer:
     def serve(self, ranks: int) -> None:
         """Answer requests until each of ``ranks`` other ranks was told there is no work."""
         from hetmpi.executors.buffers import stack_shards
+        from hetmpi.sampling import chain_blocks
 
         stopped = 0
         status = MPI.Status()
@@ -324,33 +357,59 @@ class Dealer:
             rank = status.Get_source()
             note: ShardNote | None = self.notes.recv(source=rank, tag=TAG_REQUEST)
             if note is not None:
-                self.report(note)
-            shard = self.next_shard()
+                self.note_done(note)
+            unit = self.next_unit()
             started = time.perf_counter()
-            if shard is None:
-                self.notes.Send(np.array([NO_SHARD], dtype=np.int64), dest=rank, tag=TAG_SHARD)
+            if unit is None:
+                self.notes.Send(np.array([NO_SHARD, -1], dtype=np.int64), dest=rank, tag=TAG_SHARD)
                 stopped += 1
             else:
-                block = stack_shards([shard], self.header.length, self.header.has_sigma)
-                for name in _field_order(block):
-                    self.notes.Send(block[name], dest=rank, tag=TAG_SHARD)
+                shard, block = unit
+                blocks = chain_blocks(self.header.task.cfg)
+                number = -1 if block is None else blocks.index(block)
+                head = np.array([shard.index, number], dtype=np.int64)
+                self.notes.Send(head, dest=rank, tag=TAG_SHARD)
+                arrays = stack_shards([shard], self.header.length, self.header.has_sigma)
+                for name in _field_order(arrays):
+                    self.notes.Send(arrays[name], dest=rank, tag=TAG_SHARD)
             self.send_seconds += time.perf_counter() - started
 
 
-def _request(notes: MPI.Comm, header: RunHeader, note: ShardNote | None) -> Shard | None:
-    """Ask rank 0 for the next shard (reporting ``note``); None when no work is left."""
+def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[ShardResult]:
+    """Results per shard: the chain blocks of split shards merged, their files saved."""
+    from hetmpi.results import save_shard_result
+    from hetmpi.sampling import merge_results
+
+    parts: dict[int, list[ShardResult]] = {}
+    for result in results:
+        parts.setdefault(result.index, []).append(result)
+    merged = []
+    for index in sorted(parts):
+        if len(parts[index]) == 1:
+            merged.append(parts[index][0])
+            continue
+        result = merge_results(parts[index])
+        save_shard_result(out_dir, result)
+        merged.append(result)
+    return merged
+
+
+def _request(notes: MPI.Comm, header: RunHeader, note: ShardNote | None) -> WorkUnit | None:
+    """Ask rank 0 for the next unit of work (reporting ``note``); None when none is left."""
     from hetmpi.executors.buffers import empty_block, shard_from_block
+    from hetmpi.sampling import chain_blocks
 
     notes.send(note, dest=0, tag=TAG_REQUEST)
-    block = empty_block(1, header.length, header.has_sigma)
+    head = np.empty(2, dtype=np.int64)
     _wait_for(notes, 0, TAG_SHARD, MPI.Status())
-    index, *fields = _field_order(block)
-    notes.Recv(block[index], source=0, tag=TAG_SHARD)
-    if block[index][0] == NO_SHARD:
+    notes.Recv(head, source=0, tag=TAG_SHARD)
+    if head[0] == NO_SHARD:
         return None
-    for name in fields:
-        notes.Recv(block[name], source=0, tag=TAG_SHARD)
-    return shard_from_block(block, 0)
+    arrays = empty_block(1, header.length, header.has_sigma)
+    for name in _field_order(arrays):
+        notes.Recv(arrays[name], source=0, tag=TAG_SHARD)
+    block = None if head[1] < 0 else chain_blocks(header.task.cfg)[head[1]]
+    return shard_from_block(arrays, 0), block
 
 
 def _field_order(block: dict[str, np.ndarray]) -> list[str]:
