@@ -252,7 +252,7 @@ def run(
     ``announce`` is passed to ``prepare``.
     """
     from hetmpi.progress import ShardProgress
-    from hetmpi.results import load_valid_shards
+    from hetmpi.results import load_valid_shards, merge_chain_files
     from hetmpi.sampling import compile_monitor
 
     started = time.perf_counter()
@@ -270,9 +270,14 @@ def run(
         prepared = dataclasses.replace(prepared, task=task)
         done: dict[int, ShardResult] = {}
         if resume:
-            done = load_valid_shards(
-                out_dir, lambda r: r.status == "ok" and r.extra.get("run_id") == task.run_id
-            )
+            every_chain = tuple(range(cfg.sampler.num_chains))
+
+            def reusable(result: ShardResult) -> bool:
+                same_run = result.extra.get("run_id") == task.run_id
+                return result.status == "ok" and same_run and result.chains == every_chain
+
+            merge_chain_files(out_dir, reusable)
+            done = load_valid_shards(out_dir, reusable)
             log.info("resume: %d of %d shards already done", len(done), task.num_shards)
         todo = [s for s in prepared.plan.shards if s.index not in done]
         progress = ShardProgress(

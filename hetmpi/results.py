@@ -2,7 +2,9 @@
 
 out/
   config.yaml           resolved config actually used
-  shards/shard_0007.h5  one ShardResult per shard (also the checkpoint for --resume)
+  shards/shard_0007.h5  one ShardResult per shard, all its chains (the --resume checkpoint)
+  shards/shard_0007_chains_1.h5  while a run deals a shard's chains to different MPI ranks
+                        (merged into shard_0007.h5 at the end)
   posterior.nc          ArviZ InferenceData (posterior + sample_stats), NetCDF
   summary.json          per-parameter summary, shard table, timings
   plots/*.png
@@ -21,7 +23,7 @@ import numpy as np
 import yaml
 
 from hetmpi.atomic import atomic_path
-from hetmpi.sampling import ShardResult
+from hetmpi.sampling import ShardResult, merge_results
 
 SHARD_DIR = "shards"
 SHARD_FORMAT_VERSION = 2
@@ -55,13 +57,16 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
-def shard_path(out_dir: Path, index: int) -> Path:
-    return out_dir / SHARD_DIR / f"shard_{index:04d}.h5"
+def shard_path(out_dir: Path, index: int, chains: tuple[int, ...] | None = None) -> Path:
+    """A shard's result file; with ``chains``, the file of only those of its chains."""
+    part = "" if chains is None else "_chains_" + "-".join(map(str, chains))
+    return out_dir / SHARD_DIR / f"shard_{index:04d}{part}.h5"
 
 
-def save_shard_result(out_dir: Path, result: ShardResult) -> Path:
-    """Write one ShardResult as HDF5 (no pickle); atomic, so a crash leaves no partial file."""
-    path = shard_path(out_dir, result.index)
+def save_shard_result(out_dir: Path, result: ShardResult, *, part: bool = False) -> Path:
+    """Write one ShardResult as HDF5 (no pickle), as the shard's file or (``part``) as the
+    file of its chains; atomic, so a crash leaves no partial file."""
+    path = shard_path(out_dir, result.index, result.chains if part else None)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["hetmpi_shard_format"] = SHARD_FORMAT_VERSION
         for name in _SCALARS:
@@ -102,16 +107,52 @@ def _plain(value: Any) -> Any:
 def load_valid_shards(
     out_dir: Path, accept: Callable[[ShardResult], bool]
 ) -> dict[int, ShardResult]:
-    """Shard results already in out_dir that load and pass ``accept`` (for --resume)."""
+    """Shard files already in out_dir that load and pass ``accept`` (for --resume)."""
     found: dict[int, ShardResult] = {}
-    for path in sorted((out_dir / SHARD_DIR).glob("shard_*.h5")):
-        try:
-            result = load_shard_result(path)
-        except (OSError, ValueError, KeyError):
-            continue
-        if accept(result):
-            found[result.index] = result
+    for index, path in _result_files(out_dir, chain_files=False):
+        result = _load_or_none(path)
+        if result is not None and accept(result):
+            found[index] = result
     return found
+
+
+def merge_chain_files(out_dir: Path, accept: Callable[[ShardResult], bool]) -> None:
+    """Turn the chain files of each shard without a shard file into its shard file, when
+    they load, merge and pass ``accept`` (a run interrupted while its shards' chains were
+    dealt to MPI ranks; --resume then reuses them)."""
+    parts: dict[int, list[ShardResult]] = {}
+    for index, path in _result_files(out_dir, chain_files=True):
+        result = _load_or_none(path)
+        if result is not None and not shard_path(out_dir, index).exists():
+            parts.setdefault(index, []).append(result)
+    for index, found in parts.items():
+        merged = merge_results(found)
+        if accept(merged):
+            save_shard_result(out_dir, merged)
+            remove_chain_files(out_dir, index)
+
+
+def remove_chain_files(out_dir: Path, index: int) -> None:
+    """Delete shard ``index``'s chain files (once its shard file is written)."""
+    for path in (out_dir / SHARD_DIR).glob(f"shard_{index:04d}_chains_*.h5"):
+        path.unlink(missing_ok=True)
+
+
+def _result_files(out_dir: Path, *, chain_files: bool) -> list[tuple[int, Path]]:
+    """(shard index, path) of the shard files, or of the chain files, in out_dir."""
+    found = []
+    for path in sorted((out_dir / SHARD_DIR).glob("shard_*.h5")):
+        index, _, chains = path.stem.removeprefix("shard_").partition("_chains_")
+        if index.isdigit() and bool(chains) == chain_files:
+            found.append((int(index), path))
+    return found
+
+
+def _load_or_none(path: Path) -> ShardResult | None:
+    try:
+        return load_shard_result(path)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def shard_status(out_dir: Path, num_shards: int) -> dict[int, str]:

@@ -80,7 +80,7 @@ class ShardResult:
     num_warmup: int
     num_samples: int
     attempts: int  # most attempts any chain block took
-    warmup_seconds: float
+    warmup_seconds: float  # over every attempt
     sample_seconds: float
     error: str = ""
     extra: dict[str, float] = field(default_factory=dict)
@@ -298,14 +298,11 @@ def sampler_outline(
     model: PosteriorModel, consts: ModelConstants, shards: Sequence[Shard], cfg: SamplerConfig
 ) -> SamplerOutline:
     """The outline of a run with these shards; ``consts`` only need the run's shapes. Its
-    settings are those of first attempts, then those of retries (if retries are on)."""
+    settings are those of first attempts: a retry's programs are compiled by the process
+    that first needs them (compiling them ahead would compete with rank 0's warm start for
+    the cores, and most runs retry few chains, if any)."""
     plans = {SamplingPlan.for_shard(cfg, shard.num_points, model.dim) for shard in shards}
-    targets = [cfg.target_accept]
-    if cfg.max_retries > 0 and cfg.retry_target_accept != cfg.target_accept:
-        targets.append(cfg.retry_target_accept)
-    settings = [
-        chain_settings(plan, cfg, target) for target in targets for plan in sorted(plans, key=repr)
-    ]
+    settings = [chain_settings(plan, cfg, cfg.target_accept) for plan in sorted(plans, key=repr)]
     d = model.dim
     args = _sampler_args(shards[0], consts, np.zeros(d), np.eye(d), len(shards))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), args)
@@ -416,6 +413,7 @@ def _sample(
     rngs = [np.random.default_rng([seed, shard.index, chain]) for chain in block]
     target_accept = task.cfg.target_accept
     attempts = 0
+    warmup_seconds = sample_seconds = 0.0  # over every attempt
     while True:
         attempts += 1
         settings = chain_settings(plan, task.cfg, target_accept)
@@ -428,6 +426,8 @@ def _sample(
         warmed = time.perf_counter()
         states, chunks = _chunks(draw, states, args, plan.num_samples // settings.chunk, deadline)
         finished = time.perf_counter()
+        warmup_seconds += warmed - started
+        sample_seconds += finished - warmed
         # chunks: per call, (z, diverging, energy, accept_prob, num_steps) of (chains, chunk, ..)
         z, diverging, energy, accept_prob, num_steps = (
             np.concatenate([np.asarray(chunk[k]) for chunk in chunks], axis=1) for k in range(5)
@@ -451,8 +451,8 @@ def _sample(
             num_warmup=plan.num_warmup,
             num_samples=plan.num_samples,
             attempts=attempts,
-            warmup_seconds=warmed - started,
-            sample_seconds=finished - warmed,
+            warmup_seconds=warmup_seconds,
+            sample_seconds=sample_seconds,
             extra={"run_id": task.run_id, "devices": len(states.z.sharding.device_set)},
         )
         if result.divergence_rate <= task.cfg.retry_divergence_rate:

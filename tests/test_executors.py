@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from hetmpi.executors import longest_first
+from hetmpi.executors import longest_first, work_units
 from hetmpi.executors.buffers import pack_result, shard_from_block, stack_shards, unpack_result
+from hetmpi.results import load_valid_shards, merge_chain_files, save_shard_result
 from hetmpi.runtime import jax_environment, launcher_rank, launcher_world_size, layout_for
-from hetmpi.sampling import STAT_FIELDS, ShardResult
+from hetmpi.sampling import STAT_FIELDS, ShardResult, merge_results
 from hetmpi.sharding import PooledPoints, make_shards
 
 
@@ -112,3 +114,40 @@ def test_result_pack_round_trip() -> None:
     np.testing.assert_array_equal(back.target_accept, result.target_accept)
     assert (back.index, back.names, back.chains, back.extra, back.attempts) == (
         3, ("a", "b", "c"), (0, 1), {"run_id": "abc"}, 2)  # fmt: skip
+
+
+def _chain_result(index: int, chain: int, run_id: str = "r") -> ShardResult:
+    rng = np.random.default_rng([index, chain])
+    stats = {name: rng.uniform(size=(1, 4)) for name in STAT_FIELDS}
+    return ShardResult(
+        index=index, status="ok", names=("a",), num_points=9, chains=(chain,),
+        draws=rng.normal(size=(1, 4, 1)), stats=stats, step_size=np.array([0.1]),
+        target_accept=np.array([0.8]), num_warmup=4, num_samples=4, attempts=1,
+        warmup_seconds=1.0, sample_seconds=1.0, error="", extra={"run_id": run_id, "devices": 1},
+    )  # fmt: skip
+
+
+def test_chain_files_of_an_interrupted_run_become_shard_files(tmp_path: Path) -> None:
+    """Chain files (written when MPI ranks share a shard's chains) are merged into the shard
+    file on --resume when every chain is there, and left alone otherwise."""
+    both = [_chain_result(0, 1), _chain_result(0, 0)]
+    for part in [*both, _chain_result(1, 0)]:
+        save_shard_result(tmp_path, part, part=True)
+    assert load_valid_shards(tmp_path, lambda r: True) == {}  # chain files are not shards
+    complete = lambda r: r.chains == (0, 1)  # noqa: E731
+    merge_chain_files(tmp_path, complete)
+    found = load_valid_shards(tmp_path, complete)
+    assert list(found) == [0]
+    np.testing.assert_array_equal(found[0].draws, merge_results(both).draws)
+    assert found[0].draws.shape == (2, 4, 1)
+    files = sorted(path.name for path in (tmp_path / "shards").iterdir())
+    assert files == ["shard_0000.h5", "shard_0001_chains_0.h5"]
+
+
+def test_work_is_dealt_by_chain_when_processes_share_it() -> None:
+    shards = ["s0", "s1"]  # work_units only orders and pairs them
+    blocks = ((0,), (1,))
+    assert work_units(shards, blocks, 2) == [("s0", (0,)), ("s0", (1,)), ("s1", (0,)),
+                                             ("s1", (1,))]  # fmt: skip
+    assert work_units(shards, blocks, 1) == [("s0", None), ("s1", None)]
+    assert work_units(shards, ((0, 1),), 4) == [("s0", None), ("s1", None)]

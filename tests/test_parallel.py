@@ -91,6 +91,16 @@ def assert_same_draws(out: Path, reference: Path) -> None:
         np.testing.assert_array_equal(got[index], values, err_msg=f"shard {index}")
 
 
+def complete_shards(out: Path) -> int:
+    """Shards whose result files (shard files, or chain files written under MPI) hold both
+    chains."""
+    chains: dict[int, set[int]] = {}
+    for path in (out / "shards").glob("shard_*.h5"):
+        with h5py.File(path) as f:
+            chains.setdefault(int(f.attrs["index"]), set()).update(json.loads(f.attrs["chains"]))
+    return sum(found == {0, 1} for found in chains.values())
+
+
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
@@ -115,6 +125,7 @@ def test_mpi_matches_cpu(folder: Path, cpu_run: Path, ranks: int) -> None:
     assert cache is not None and Path(cache.group(1)).parent == temporary
     assert not list(temporary.iterdir())  # the cache is removed at the end
     assert_same_draws(out, cpu_run)
+    assert not list((out / "shards").glob("*_chains_*"))  # merged into the shard files
     run_info = summary(out)["run"]
     assert run_info["executor"] == "mpi"
     assert len(run_info["timings"]["compiles_per_process"]) == ranks
@@ -263,11 +274,12 @@ def test_killed_rank_ends_the_job_and_resume_completes_it(folder: Path, cpu_run:
         proc.wait()
     assert proc.returncode != 0
     assert not (out / "posterior.nc").exists()
-    done_before = len(list((out / "shards").glob("shard_*.h5")))
+    done_before = complete_shards(out)
     assert done_before < NUM_SHARDS
     resumed = run("run", "cfg.yaml", "-o", str(out), "--resume", cwd=folder, ranks=2)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resume: {done_before} of {NUM_SHARDS} shards already done" in resumed.stderr
+    assert not list((out / "shards").glob("*_chains_*"))
     assert_same_draws(out, cpu_run)
     after, before = read_posterior(out / "posterior.nc"), read_posterior(cpu_run / "posterior.nc")
     for name, values in before.items():

@@ -80,10 +80,10 @@ def test_precompiled_sampler_is_reused_by_sample_shard(
     )
     early = outline(cfg, prepared.dataset, prepared.plan)
     assert early.model == prepared.task.warm.problem.model
-    assert len(early.settings) == 1  # no retries, so no retry programs
+    assert len(early.settings) == 1
     with_retries = outline(prepared.cfg, prepared.dataset, prepared.plan)
     targets = [settings.target_accept for settings in with_retries.settings]
-    assert targets == [prepared.cfg.sampler.target_accept, prepared.cfg.sampler.retry_target_accept]
+    assert targets == [prepared.cfg.sampler.target_accept]  # retry programs compile on demand
     with compiled_names() as ahead:
         sampling.precompile(early)
     assert {"jit(start)", "jit(warm)", "jit(draw)"} <= set(ahead)

@@ -56,14 +56,12 @@ WorkUnit = tuple["Shard", tuple[int, ...] | None]  # a shard and one chain block
 
 
 def work_units(ordered: Sequence[Shard], blocks: ChainBlocks, processes: int) -> list[WorkUnit]:
-    """What a dealer hands out, in order: the shards of ``ordered`` whole, except the last
-    ``processes`` of them, which go out one chain block at a time when a shard has several
-    blocks. The last round is where processes wait for the slowest one; dealing it in
-    blocks halves its granularity (and lets more processes than shards work)."""
-    split = max(len(ordered) - processes, 0) if len(blocks) > 1 else len(ordered)
-    units: list[WorkUnit] = [(shard, None) for shard in ordered[:split]]
-    units += [(shard, block) for shard in ordered[split:] for block in blocks]
-    return units
+    """What a dealer hands out, in order: with several ``processes``, each shard of
+    ``ordered`` one chain block at a time (a slow shard then holds up no process for long at
+    the end of a run, and more processes than shards find work); else whole shards."""
+    if processes > 1 and len(blocks) > 1:
+        return [(shard, block) for shard in ordered for block in blocks]
+    return [(shard, None) for shard in ordered]
 
 
 def process_layout(

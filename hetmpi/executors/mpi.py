@@ -8,19 +8,18 @@ Protocol, in order, on ``COMM_WORLD``:
 2. a second broadcast brings the run header (ShardTask, seed, output folder); either
    broadcast brings instead the error that stopped rank 0, which every rank then exits with
    (status 2 for bad input);
-3. work is dealt on demand, longest shard first (``work_units``: whole shards, then the
-   last round one chain block at a time): a rank asks rank 0 for work (the request carries
-   the note of what it just finished, which feeds the progress bar) and gets a unit header
-   (shard index, chain block or -1 for the whole shard; index -1 when nothing is left) and
-   the shard's arrays as numpy buffers (``Send``). A thread on rank 0 answers while rank 0
-   samples too. Each rank saves each whole shard's result file itself as soon as it has it
-   (the --resume checkpoint);
+3. work is dealt on demand, longest shard first, one chain block of a shard at a time
+   (``work_units``): a rank asks rank 0 for work (the request carries the note of what it
+   just finished, which feeds the progress bar) and gets a unit header (shard index, chain
+   block or -1 for the whole shard; index -1 when nothing is left) and the shard's arrays as
+   numpy buffers (``Send``). A thread on rank 0 answers while rank 0 samples too. Each rank
+   saves each result file itself as soon as it has it (the --resume checkpoint);
 4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
-   rank); rank 0 merges the chain blocks of split shards and saves their files.
+   rank); rank 0 merges each shard's chains into its shard file.
 
-Dealing on demand balances ranks whose shards cost unequal time (NUTS cost varies between
-shards far more than their sizes do) and lets ranks that compiled early start first; chain
-blocks at the end keep ranks from idling while the last shards finish.
+Dealing on demand balances ranks whose work costs unequal time (NUTS cost varies between
+shards far more than their sizes do) and lets ranks that compiled early start first; dealing
+chains rather than shards halves the work a rank may be left with at the end.
 An exception that escapes on any rank aborts the whole job (``MPI.Abort``), so a crash ends
 the run within seconds instead of leaving the other ranks waiting.
 """
@@ -182,16 +181,15 @@ def _lead(
 
 
 def _run_unit(unit: WorkUnit, header: RunHeader) -> ShardResult:
-    """Sample a whole shard and save its file, or one chain block of it (saved by rank 0
-    once the shard's blocks are merged)."""
-    from hetmpi.executors.cpu import sample_and_save
+    """Sample a whole shard, or one chain block of it, and save its file at once."""
+    from hetmpi.results import save_shard_result
     from hetmpi.sampling import sample_shard
 
     shard, block = unit
-    task, seed, timeout = header.task, header.seed, header.timeout
-    if block is None:
-        return sample_and_save(shard, task, seed, header.out_dir, timeout)
-    return sample_shard(shard, task, seed, timeout, blocks=[block])
+    blocks = None if block is None else [block]
+    result = sample_shard(shard, header.task, header.seed, header.timeout, blocks=blocks)
+    save_shard_result(header.out_dir, result, part=block is not None)
+    return result
 
 
 def _received(message: object) -> object:
@@ -263,8 +261,7 @@ class MpiExecutor:
         rank0_samples = size == 1 or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
         samplers = size if rank0_samples else size - 1
         ordered = [shards[k] for k in longest_first(shards)]
-        # one sampling rank has no one to share the last round with: nothing to split
-        units = work_units(ordered, chain_blocks(task.cfg), samplers if samplers > 1 else 0)
+        units = work_units(ordered, chain_blocks(task.cfg), samplers)
         dealer = Dealer(self.notes, header, units, report)
         results: list[ShardResult] = []
 
@@ -376,8 +373,9 @@ class Dealer:
 
 
 def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[ShardResult]:
-    """Results per shard: the chain blocks of split shards merged, their files saved."""
-    from hetmpi.results import save_shard_result
+    """Results per shard: the chain blocks of split shards merged into shard files (which
+    replace their chain files)."""
+    from hetmpi.results import remove_chain_files, save_shard_result
     from hetmpi.sampling import merge_results
 
     parts: dict[int, list[ShardResult]] = {}
@@ -390,6 +388,7 @@ def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[S
             continue
         result = merge_results(parts[index])
         save_shard_result(out_dir, result)
+        remove_chain_files(out_dir, index)
         merged.append(result)
     return merged
 
