@@ -125,17 +125,20 @@ def merge_chain_files(out_dir: Path, accept: Callable[[ShardResult], bool]) -> N
         result = _load_or_none(path)
         if result is not None and not shard_path(out_dir, index).exists():
             parts.setdefault(index, []).append(result)
-    for index, found in parts.items():
+    for found in parts.values():
         merged = merge_results(found)
         if accept(merged):
-            save_shard_result(out_dir, merged)
-            remove_chain_files(out_dir, index)
+            save_merged_shard(out_dir, [merged])
 
 
-def remove_chain_files(out_dir: Path, index: int) -> None:
-    """Delete shard ``index``'s chain files (once its shard file is written)."""
-    for path in (out_dir / SHARD_DIR).glob(f"shard_{index:04d}_chains_*.h5"):
+def save_merged_shard(out_dir: Path, parts: list[ShardResult]) -> ShardResult:
+    """Merge results of a shard's chains into its shard file, which replaces their chain
+    files; returns the merged result."""
+    merged = merge_results(parts)
+    save_shard_result(out_dir, merged)
+    for path in (out_dir / SHARD_DIR).glob(f"shard_{merged.index:04d}_chains_*.h5"):
         path.unlink(missing_ok=True)
+    return merged
 
 
 def _result_files(out_dir: Path, *, chain_files: bool) -> list[tuple[int, Path]]:

@@ -15,22 +15,15 @@ configure_process = runtime.configure_process
 def configure_then_inject(layout: runtime.ProcessLayout) -> bool:
     configured = configure_process(layout)
     import hetmpi.sampling as sampling
-    from hetmpi.sampling import SamplingPlan, ShardResult, ShardTask
+    from hetmpi.sampling import ShardResult
     from hetmpi.sharding import Shard
 
     sample = sampling._sample
 
-    def faulty(
-        shard: Shard,
-        task: ShardTask,
-        plan: SamplingPlan,
-        seed: int,
-        block: tuple[int, ...],
-        deadline: float | None,
-    ) -> ShardResult:
+    def faulty(shard: Shard, *args: object) -> ShardResult:
         if shard.index == 1:
             raise FloatingPointError("injected fault in shard 1")
-        return sample(shard, task, plan, seed, block, deadline)
+        return sample(shard, *args)
 
     sampling._sample = faulty
     return configured

@@ -375,22 +375,15 @@ class Dealer:
 def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[ShardResult]:
     """Results per shard: the chain blocks of split shards merged into shard files (which
     replace their chain files)."""
-    from hetmpi.results import remove_chain_files, save_shard_result
-    from hetmpi.sampling import merge_results
+    from hetmpi.results import save_merged_shard
 
     parts: dict[int, list[ShardResult]] = {}
     for result in results:
         parts.setdefault(result.index, []).append(result)
-    merged = []
-    for index in sorted(parts):
-        if len(parts[index]) == 1:
-            merged.append(parts[index][0])
-            continue
-        result = merge_results(parts[index])
-        save_shard_result(out_dir, result)
-        remove_chain_files(out_dir, index)
-        merged.append(result)
-    return merged
+    return [
+        found[0] if len(found) == 1 else save_merged_shard(out_dir, found)
+        for _, found in sorted(parts.items())
+    ]
 
 
 def _request(notes: MPI.Comm, header: RunHeader, note: ShardNote | None) -> WorkUnit | None:
