@@ -10,10 +10,12 @@ import numpy as np
 from hetmpi.config import ModelConfig, ParameterConfig
 from hetmpi.data import Dataset
 from hetmpi.errors import InputError
+from hetmpi.model.coordinates import FRACTION_NAMES
 from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES, BoundedPrior, bounded_prior
 from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.sharding import PooledPoints, Shard
 
+FRACTION_SPAN_SHARE = 0.8
 SIGMA_PRIOR_WIDTH = 1.5  # HalfNormal scale, in units of the estimated noise sd
 
 
@@ -47,6 +49,19 @@ def scaling_mode(cfg: ModelConfig, per_angle_mode: str) -> str:
             "or use per_angle_mode: constant"
         )
     return per_angle_mode
+
+
+def fraction_span(cfg: ModelConfig, dataset: Dataset) -> float:
+    """T (seconds) of the sampler's fraction coordinates: 0.8 of the measured time span,
+    where the data see the growth of x(t); 0 (sample f0, f1, f3 as they are) unless all
+    three are free and linear-space, f0 and f3 bounded below by 0 and f1 bounded on both
+    sides of 0."""
+    f0, f1, f3 = (cfg.parameter(name) for name in FRACTION_NAMES)
+    usable = all(not p.fixed and not p.log_space for p in (f0, f1, f3))
+    usable = usable and f0.bounds[0] >= 0.0 and f3.bounds[0] >= 0.0
+    usable = usable and f1.bounds[0] < 0.0 < f1.bounds[1]
+    span = float(dataset.t[-1] - dataset.t[0])
+    return FRACTION_SPAN_SHARE * span if usable and span > 0.0 else 0.0
 
 
 def build_problem(
@@ -89,6 +104,7 @@ def build_problem(
         n_phi=n_phi,
         per_angle_mode=per_angle_mode,
         sample_sigma=sample_sigma,
+        fraction_span=fraction_span(cfg, dataset),
     )
 
     def arr(values: object) -> jnp.ndarray:

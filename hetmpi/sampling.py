@@ -1,10 +1,11 @@
 """NUTS on one shard: ``sample_shard`` is the one function every executor calls.
 
-The sampler works in a whitened space z with u = center + chol @ z, where center is the
-full-data least-squares mode and chol the Cholesky factor of its Laplace covariance widened
-by K (a shard sees 1/K of the data and 1/K of the prior). The shard posterior is then close
-to a standard normal, which is what NUTS with a unit metric handles best; the adapted mass
-matrix corrects what the Laplace approximation misses.
+The sampler works in a whitened space z with w = center + chol @ z, where w are the model's
+sampler coordinates (``PosteriorModel.sampler_to_u``), center is the full-data
+least-squares mode and chol the Cholesky factor of its Laplace covariance in w widened by K
+(a shard sees 1/K of the data and 1/K of the prior). The shard posterior is then close to a
+standard normal, which is what NUTS with a unit metric handles best; the adapted mass
+matrix corrects what the Laplace approximation misses. Draws are kept in u.
 """
 
 from __future__ import annotations
@@ -110,14 +111,14 @@ class ShardTask:
 
     @cached_property
     def laplace_scale(self) -> np.ndarray:
-        """Cholesky factor of a shard posterior's Laplace covariance (K x the full one)."""
+        """Cholesky factor of a shard posterior's Laplace covariance in w (K x the full one)."""
         return np.linalg.cholesky(self.num_shards * self.warm.covariance)
 
     @cached_property
     def whitening(self) -> tuple[np.ndarray, np.ndarray]:
-        """(center, chol) of u = center + chol @ z; the identity map when whitening is off."""
+        """(center, chol) of w = center + chol @ z; the identity map when whitening is off."""
         if self.cfg.whiten:
-            return self.warm.center, self.laplace_scale
+            return self.warm.sampler_center, self.laplace_scale
         d = self.warm.center.size
         return np.zeros(d), np.eye(d)
 
@@ -126,7 +127,7 @@ class ShardTask:
         jitter = INIT_SPREAD * rng.standard_normal(self.warm.center.size)
         if self.cfg.whiten:
             return jitter
-        return self.warm.center + jitter @ self.laplace_scale.T
+        return self.warm.sampler_center + jitter @ self.laplace_scale.T
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def _potential_fn_gen(
     model: PosteriorModel,
 ):
     def potential(z: jax.Array) -> jax.Array:
-        return -model.log_density(center + chol @ z, data, consts, prior_weight)
+        return -model.sampler_log_density(center + chol @ z, data, consts, prior_weight)
 
     return potential
 
@@ -198,9 +199,12 @@ def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
         return jax.lax.scan(step, state, None, length=settings.chunk)[0]
 
     def draw_one(state: HMCState, args: tuple):
+        _, consts, center, chol, _ = args
+
         def step(st, _):
             st = sample_kernel(st, model_args=args)
-            return st, (st.z, st.diverging, st.energy, st.accept_prob, st.num_steps)
+            u = model.sampler_to_u(center + chol @ st.z, consts)[0]
+            return st, (u, st.diverging, st.energy, st.accept_prob, st.num_steps)
 
         return jax.lax.scan(step, state, None, length=settings.chunk)
 
@@ -428,8 +432,8 @@ def _sample(
         finished = time.perf_counter()
         warmup_seconds += warmed - started
         sample_seconds += finished - warmed
-        # chunks: per call, (z, diverging, energy, accept_prob, num_steps) of (chains, chunk, ..)
-        z, diverging, energy, accept_prob, num_steps = (
+        # chunks: per call, (u, diverging, energy, accept_prob, num_steps) of (chains, chunk, ..)
+        u, diverging, energy, accept_prob, num_steps = (
             np.concatenate([np.asarray(chunk[k]) for chunk in chunks], axis=1) for k in range(5)
         )
         stats = {
@@ -444,7 +448,7 @@ def _sample(
             names=problem.model.names,
             num_points=shard.num_points,
             chains=block,
-            draws=center + z @ chol.T,
+            draws=u,
             stats=stats,
             step_size=np.asarray(states.adapt_state.step_size),
             target_accept=np.full(len(block), target_accept),

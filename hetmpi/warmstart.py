@@ -1,7 +1,8 @@
 """Least-squares warm start on the full data, done once before sharding.
 
 It gives every shard (a) its starting point, (b) a robust noise estimate and (c) the Laplace
-covariance of the full-data posterior, from which the sampler builds a whitened space.
+covariance of the full-data posterior in the sampler coordinates, from which the sampler
+builds a whitened space.
 
 The fit starts contrast and offset from the data, and then also tries the label-swapped
 solution (reference and sample roles exchanged), a separate basin of the posterior that no
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +43,12 @@ _TRANSPORT_PAIRS = (
 
 @dataclass(frozen=True)
 class WarmStart:
-    """The sampling problem and its full-data mode and Laplace covariance, in u-space."""
+    """The sampling problem, its full-data mode in u and the Laplace covariance at that mode
+    in the sampler coordinates w."""
 
     problem: Problem
-    center: np.ndarray  # (d,)
-    covariance: np.ndarray  # (d, d)
+    center: np.ndarray  # (d,) u
+    covariance: np.ndarray  # (d, d) in w
     noise_sigma: float
     reduced_chi2: float
     seconds: float
@@ -55,11 +58,16 @@ class WarmStart:
         """The mode in parameter units, (d,), in the order of ``problem.model.names``."""
         return self.problem.model.to_values(self.center, self.problem.consts)
 
+    @cached_property
+    def sampler_center(self) -> np.ndarray:
+        """The mode in the sampler coordinates w, (d,)."""
+        return self.problem.model.u_to_sampler(self.center, self.problem.consts)
+
     @property
     def parameter_sd(self) -> np.ndarray:
         """Laplace sd of each parameter in its own units (delta method), (d,)."""
-        jacobian = self.problem.model.value_jacobian(self.center, self.problem.consts)
-        return np.abs(jacobian) * np.sqrt(np.diag(self.covariance))
+        jacobian = self.problem.model.value_jacobian(self.sampler_center, self.problem.consts)
+        return np.sqrt(np.einsum("ij,jk,ik->i", jacobian, self.covariance, jacobian))
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,16 @@ def _objective(
     return -model.log_density(u, data, c, jnp.float64(1.0))
 
 
+def _sampler_objective(
+    model: PosteriorModel, w: jax.Array, data: ShardArrays, c: ModelConstants
+) -> jax.Array:
+    return -model.sampler_log_density(w, data, c, jnp.float64(1.0))
+
+
 # model is static (hashable); data and constants are arguments, so a new sigma needs no compile
 _value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnums=0)
 _hessian = jax.jit(jax.hessian(_objective, argnums=1), static_argnums=0)
+_sampler_hessian = jax.jit(jax.hessian(_sampler_objective, argnums=1), static_argnums=0)
 _prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
 _pooled_c2 = jax.jit(c2_pooled)
 
@@ -113,9 +128,10 @@ def local_optimum(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimu
     return Optimum(result.x, float(result.fun) if finite else np.inf)
 
 
-def laplace_covariance(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
-    """Inverse Hessian of the negative log posterior at u, eigenvalues floored to stay PD."""
-    h = np.asarray(_hessian(problem.model, u, data, problem.consts))
+def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np.ndarray:
+    """Inverse Hessian of the negative log posterior in sampler coordinates at w,
+    eigenvalues floored to stay positive definite."""
+    h = np.asarray(_sampler_hessian(problem.model, w, data, problem.consts))
     h = 0.5 * (h + h.T)
     eigval, eigvec = np.linalg.eigh(h)
     floor = max(eigval.max(), 1.0) * 1e-10
@@ -300,7 +316,9 @@ def fit_warm_start(cfg: ModelConfig, dataset: Dataset, points: PooledPoints) -> 
     if problem.model.sample_sigma:
         start = np.append(start, sigma)
     center = problem.model.to_unconstrained(start, problem.consts)
-    covariance = laplace_covariance(problem, data, center)
+    covariance = laplace_covariance(
+        problem, data, problem.model.u_to_sampler(center, problem.consts)
+    )
     return WarmStart(
         problem=problem,
         center=center,

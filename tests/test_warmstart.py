@@ -57,13 +57,13 @@ def warm(dataset: Dataset) -> WarmStart:
 
 
 def test_fit_lands_in_the_true_basin(warm: WarmStart, truth: dict) -> None:
-    """Every labelled parameter within 5 Laplace sd of the truth (u-space, where the Laplace
-    approximation is Gaussian); the swapped basin is ~38 sd away in f1."""
+    """Every labelled coordinate within 5 Laplace sd of the truth (in the sampler coordinates,
+    where the Laplace approximation is taken); the swapped basin is ~38 sd away in f1."""
     model, consts = warm.problem.model, warm.problem.consts
     true_values = [truth["parameters"].get(name, value) for name, value in
                    zip(model.names, warm.values, strict=True)]  # fmt: skip
-    u_true = model.to_unconstrained(np.asarray(true_values), consts)
-    z = (warm.center - u_true) / np.sqrt(np.diag(warm.covariance))
+    w_true = model.u_to_sampler(model.to_unconstrained(np.asarray(true_values), consts), consts)
+    z = (warm.sampler_center - w_true) / np.sqrt(np.diag(warm.covariance))
     for name in LABELLED:
         k = model.names.index(name)
         assert abs(z[k]) < 5.0, f"{name}: fit {warm.values[k]:.4g}, z = {z[k]:.1f}"

@@ -13,6 +13,10 @@ The prior in u is raised to 1/K for K shards, so the product of the K shard post
 full posterior in u, the space consensus averages in. A shard's prior is then Normal(0, K) in
 every bounded coordinate: where one shard's data say little, its draws spread like a wider
 Gaussian rather than piling up against the bounds.
+
+NUTS moves in sampler coordinates w: u itself, except that the sample-fraction triple is
+sampled in the coordinates of ``hetmpi.model.coordinates`` when the model has them
+(``fraction_span`` > 0). ``sampler_log_density`` is the shard density of u carried to w.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ import numpy as np
 import scipy.special
 from jax import Array
 
+from hetmpi.model.coordinates import (
+    FRACTION_NAMES,
+    Bounds,
+    fraction_from_sampler,
+    fraction_to_sampler,
+)
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
 
@@ -72,6 +82,7 @@ class PosteriorModel:
     n_phi: int
     per_angle_mode: str  # individual | averaged | constant
     sample_sigma: bool
+    fraction_span: float = 0.0  # T (s) of the fraction coordinates; 0: w = u throughout
 
     @property
     def dim(self) -> int:
@@ -159,6 +170,60 @@ class PosteriorModel:
         """Tempered log posterior density of u for one shard: prior^(prior_weight) * likelihood."""
         return prior_weight * self.log_prior(u, consts) + self.log_likelihood(u, data, consts)
 
+    @property
+    def fraction_indices(self) -> tuple[int, int, int] | None:
+        """Coordinates of (f0, f1, f3) when they are sampled as fraction coordinates."""
+        if self.fraction_span <= 0.0:
+            return None
+        f0, f1, f3 = (self.names.index(name) for name in FRACTION_NAMES)
+        return f0, f1, f3
+
+    def _fraction_bounds(self, consts: ModelConstants, xp: ModuleType) -> Bounds:
+        index = np.asarray(self.fraction_indices)
+        mean, sd = xp.asarray(consts.prior_mean)[index], xp.asarray(consts.prior_sd)[index]
+        lower = mean + sd * xp.asarray(consts.std_lower)[index]
+        upper = mean + sd * xp.asarray(consts.std_upper)[index]
+        return (lower[0], upper[0]), (lower[1], upper[1]), (lower[2], upper[2])
+
+    def sampler_to_u(self, w: Array, consts: ModelConstants) -> tuple[Array, Array]:
+        """(u, log |det du/dw|) of sampler coordinates w (d,) (JAX)."""
+        index = self.fraction_indices
+        if index is None:
+            return w, jnp.zeros((), dtype=w.dtype)
+        bounds = self._fraction_bounds(consts, jnp)
+        f, log_det = fraction_from_sampler(
+            tuple(w[k] for k in index), bounds, self.fraction_span, jnp
+        )
+        y = jnp.stack(f)
+        at = np.asarray(index)
+        mean, sd = consts.prior_mean[at], consts.prior_sd[at]
+        a, b, log_mass = consts.std_lower[at], consts.std_upper[at], consts.log_mass[at]
+        z = (y - mean) / sd
+        u_block = standard_cdf_quantile(z, a, b, log_mass)
+        # du/dy = phi(z) / (sd (Phi(b) - Phi(a)) phi(u)), per coordinate
+        log_du_dy = 0.5 * (u_block * u_block - z * z) - log_mass - jnp.log(sd)
+        return w.at[at].set(u_block), log_det + jnp.sum(log_du_dy)
+
+    def u_to_sampler(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
+        """The inverse of ``sampler_to_u`` (numpy): w (d,) of u (d,)."""
+        u = np.array(u, dtype=np.float64)
+        index = self.fraction_indices
+        if index is None:
+            return u
+        plain = ModelConstants(*(np.asarray(c) for c in consts))
+        values = self.to_values(u, plain)
+        bounds = self._fraction_bounds(plain, np)
+        w = fraction_to_sampler(tuple(values[k] for k in index), bounds, self.fraction_span, np)
+        u[np.asarray(index)] = w
+        return u
+
+    def sampler_log_density(
+        self, w: Array, data: ShardArrays, consts: ModelConstants, prior_weight: Array
+    ) -> Array:
+        """``log_density`` of u(w) plus log |det du/dw|: the same posterior, in w."""
+        u, log_det = self.sampler_to_u(w, consts)
+        return self.log_density(u, data, consts, prior_weight) + log_det
+
     def to_unconstrained(self, values: np.ndarray, consts: ModelConstants) -> np.ndarray:
         """Inverse of the coordinate transform: parameter values (d,) -> u (d,).
 
@@ -190,11 +255,12 @@ class PosteriorModel:
             values = np.concatenate([values, np.exp(u[..., -1:])], axis=-1)
         return values
 
-    def value_jacobian(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
-        """d(parameter value)/du per coordinate at u (d,): the transform is elementwise."""
-        u = jnp.asarray(u, dtype=jnp.float64)
-        _, tangent = jax.jvp(lambda x: self.values(x, consts), (u,), (jnp.ones_like(u),))
-        return np.asarray(tangent)
+    def value_jacobian(self, w: np.ndarray, consts: ModelConstants) -> np.ndarray:
+        """d(parameter values)/dw (d, d) at sampler coordinates w (d,)."""
+        w = jnp.asarray(w, dtype=jnp.float64)
+        return np.asarray(
+            jax.jacfwd(lambda x: self.values(self.sampler_to_u(x, consts)[0], consts))(w)
+        )
 
 
 def _truncated_quantile(
@@ -232,3 +298,40 @@ def _standard_quantile_jvp(
     z = standard_quantile(u, a, b, log_mass)
     # phi(z) dz = (Phi(b) - Phi(a)) phi(u) du; a, b and the mass are constants of a run
     return z, jnp.exp(log_mass + 0.5 * (z * z - u * u)) * tangents[0]
+
+
+def _truncated_cdf_quantile(z: Array, a: Array, b: Array, log_mass: Array) -> Array:
+    """The inverse of ``_truncated_quantile``: u with Phi(u) = (Phi(z) - Phi(a)) / (Phi(b) -
+    Phi(a)) for z in [a, b], from whichever tail is smaller, in logs."""
+    special = jax.scipy.special
+
+    def log_difference(x: Array, y: Array) -> Array:  # log(e^x - e^y), x >= y
+        return x + jnp.log1p(-jnp.exp(jnp.minimum(y - x, 0.0)))
+
+    floor = -700.0  # keeps u finite (|u| < 38) at the bounds
+    log_p = jnp.maximum(log_difference(special.log_ndtr(z), special.log_ndtr(a)) - log_mass, floor)
+    log_q = jnp.maximum(
+        log_difference(special.log_ndtr(-z), special.log_ndtr(-b)) - log_mass, floor
+    )
+    lower = log_p < log_q
+    return jnp.where(
+        lower,
+        special.ndtri(jnp.exp(jnp.where(lower, log_p, floor))),
+        -special.ndtri(jnp.exp(jnp.where(lower, floor, log_q))),
+    )
+
+
+@jax.custom_jvp
+def standard_cdf_quantile(z: Array, a: Array, b: Array, log_mass: Array) -> Array:
+    """u of a standardized value z of the normal truncated to [a, b] (the inverse of
+    ``standard_quantile``), with a derivative that stays finite in the tails."""
+    return _truncated_cdf_quantile(z, a, b, log_mass)
+
+
+@standard_cdf_quantile.defjvp
+def _standard_cdf_quantile_jvp(
+    primals: tuple[Array, ...], tangents: tuple[Array, ...]
+) -> tuple[Array, Array]:
+    z, a, b, log_mass = primals
+    u = standard_cdf_quantile(z, a, b, log_mass)
+    return u, jnp.exp(0.5 * (u * u - z * z) - log_mass) * tangents[0]
