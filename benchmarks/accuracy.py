@@ -164,7 +164,7 @@ def main() -> None:
         return
     config = run_config(truth, args.start, args.shards, fixed)
     model = config_from_dict(config, HERE).model
-    warm = fit_warm_start(model, dataset, pool_points(dataset))
+    warm = fit_warm_start(model, dataset, pool_points(dataset), args.shards)
     print(f"reference job N={args.frames}, start {args.start}: warm start {warm.seconds:.1f} s, "
           f"noise sd {warm.noise_sigma:.5g}, reduced chi2 {warm.reduced_chi2:.4f}")  # fmt: skip
     posterior: dict[str, dict] = {}

@@ -96,7 +96,7 @@ def prepare(
     plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
     if announce is not None:
         announce(outline(cfg, dataset, plan))
-    warm = fit_warm_start(cfg.model, dataset, points)
+    warm = fit_warm_start(cfg.model, dataset, points, num_shards)
     fitted = time.perf_counter()
     log.info(
         "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "

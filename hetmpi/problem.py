@@ -95,6 +95,7 @@ def build_problem(
         priors += [_prior(spec) for spec in scaling]
     if sample_sigma:
         names.append("sigma")
+    span = fraction_span(cfg, dataset)
     fixed_contrast = np.full(n_phi, scaling[0].value) if contrast is None else contrast
     fixed_offset = np.full(n_phi, scaling[1].value) if offset is None else offset
     model = PosteriorModel(
@@ -104,7 +105,7 @@ def build_problem(
         n_phi=n_phi,
         per_angle_mode=per_angle_mode,
         sample_sigma=sample_sigma,
-        fraction_span=fraction_span(cfg, dataset),
+        fraction_coordinates=span > 0.0,
     )
 
     def arr(values: object) -> jnp.ndarray:
@@ -124,6 +125,7 @@ def build_problem(
         std_upper=arr([p.std_bounds[1] for p in priors]),
         log_mass=arr([p.log_mass for p in priors]),
         sigma=arr(SIGMA_PRIOR_WIDTH * sigma if sample_sigma else sigma),
+        fraction_span=arr(span),
     )
     return Problem(model, consts)
 

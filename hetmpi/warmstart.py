@@ -33,6 +33,7 @@ from hetmpi.sharding import PooledPoints
 log = logging.getLogger("hetmpi")
 
 _MAD_TO_SD = 1.4826
+GROWTH_DETECTION_Z = 3.0
 _START_LIMIT = 7.0  # |u| of a start, in prior sd: off the bounds, where u still moves y
 _TRANSPORT_PAIRS = (
     ("D0_ref", "D0_sample"),
@@ -277,8 +278,28 @@ def _residual(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
     return np.asarray(_prediction(problem.model, u, data, problem.consts) - data.c2)
 
 
-def fit_warm_start(cfg: ModelConfig, dataset: Dataset, points: PooledPoints) -> WarmStart:
-    """Fit the full data, estimate the noise, and return the sampling problem around the fit."""
+def growth_detected(
+    problem: Problem, w: np.ndarray, covariance: np.ndarray, num_shards: int
+) -> bool:
+    """Whether one shard's data (1/K of the full data) see the growth g of the sample
+    fraction at ``GROWTH_DETECTION_Z`` sd from zero, by the full-data Laplace sd at the mode.
+
+    Where they do, the fraction coordinates straighten the (f0, f1, f3) ridge. Where g is
+    near zero the share f0/s is left to the prior down to share ~ sd(g), and below that g's
+    allowed width shrinks with the share: a funnel that traps chains, so u is used instead.
+    """
+    model = problem.model
+    g, slope = model.fraction_growth(w, problem.consts)
+    at = model.fraction_indices[1]
+    shard_sd = slope * np.sqrt(num_shards * covariance[at, at])
+    return bool(abs(g) >= GROWTH_DETECTION_Z * shard_sd)
+
+
+def fit_warm_start(
+    cfg: ModelConfig, dataset: Dataset, points: PooledPoints, num_shards: int
+) -> WarmStart:
+    """Fit the full data, estimate the noise, and return the sampling problem around the fit
+    for ``num_shards`` shards."""
     started = time.perf_counter()
     data = pooled_arrays(points)
     estimate = cfg.noise.sigma is None
@@ -316,9 +337,15 @@ def fit_warm_start(cfg: ModelConfig, dataset: Dataset, points: PooledPoints) -> 
     if problem.model.sample_sigma:
         start = np.append(start, sigma)
     center = problem.model.to_unconstrained(start, problem.consts)
-    covariance = laplace_covariance(
-        problem, data, problem.model.u_to_sampler(center, problem.consts)
-    )
+    w = problem.model.u_to_sampler(center, problem.consts)
+    covariance = laplace_covariance(problem, data, w)
+    if problem.model.fraction_indices is not None and not growth_detected(
+        problem, w, covariance, num_shards
+    ):
+        log.info("warm start: no growth of the sample fraction detected on a shard's data; "
+                 "sampling f0, f1, f3 in u")  # fmt: skip
+        problem = Problem(problem.model, problem.consts._replace(fraction_span=jnp.zeros(())))
+        covariance = laplace_covariance(problem, data, center)
     return WarmStart(
         problem=problem,
         center=center,

@@ -14,6 +14,7 @@ from hetmpi.config import config_from_dict
 from hetmpi.data import load_dataset
 from hetmpi.model.posterior import ShardArrays
 from hetmpi.problem import Problem, build_problem
+from hetmpi.warmstart import growth_detected
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,44 @@ def test_no_jump_where_the_fraction_stops_growing(problem: Problem) -> None:
     assert (
         np.sign(np.asarray(to_values(jnp.asarray(w + 0.01 * (np.arange(model.dim) == f1))))[f1]) > 0
     )
+
+
+def test_span_zero_samples_the_triple_in_u(problem: Problem) -> None:
+    """With the coordinates turned off (span 0, what the warm start sets when no growth is
+    detected) w is u, with log-Jacobian 0 and the gradient of the u density."""
+    model, consts = problem.model, problem.consts._replace(fraction_span=jnp.zeros(()))
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        w = rng.normal(0.0, 2.0, model.dim)
+        u, log_det = model.sampler_to_u(jnp.asarray(w), consts)
+        np.testing.assert_array_equal(np.asarray(u), w)
+        assert float(log_det) == 0.0
+        np.testing.assert_array_equal(model.u_to_sampler(w, consts), w)
+    empty = ShardArrays(jnp.zeros(1), jnp.zeros(1, dtype=int), jnp.ones(1, dtype=int),
+                        jnp.zeros(1, dtype=int), jnp.zeros(1), jnp.ones(1))  # fmt: skip
+    one = jnp.float64(1.0)
+    in_w = jax.grad(lambda x: model.sampler_log_density(x, empty, consts, one))(jnp.asarray(w))
+    in_u = jax.grad(lambda x: model.log_density(x, empty, consts, one))(jnp.asarray(w))
+    np.testing.assert_allclose(np.asarray(in_w), np.asarray(in_u), rtol=1e-12)
+
+
+@pytest.mark.parametrize("num_shards, detected", [(4, True), (16, False)])
+def test_growth_is_detected_against_the_shard_sd(
+    problem: Problem, num_shards: int, detected: bool
+) -> None:
+    """g = log x(T)/x(0) for f0 = 0.4, f1 = 0.05, f3 = 0.05 over T; a full-data sd of g that
+    puts it 3.5 shard sd from 0 at K = 4 puts it 1.75 sd from 0 at K = 16."""
+    model, consts = problem.model, problem.consts
+    f0, f1, f3 = _block(problem)
+    values = model.to_values(np.zeros(model.dim), consts)
+    values[[f0, f1, f3]] = 0.4, 0.05, 0.05
+    w = model.u_to_sampler(model.to_unconstrained(values, consts), consts)
+    g, slope = model.fraction_growth(w, consts)
+    span = float(consts.fraction_span)
+    assert g == pytest.approx(np.log((0.4 * np.exp(0.05 * span) + 0.05) / 0.45), rel=1e-10)
+    covariance = np.eye(model.dim)
+    covariance[f1, f1] = (g / (3.5 * slope * np.sqrt(4))) ** 2
+    assert growth_detected(problem, w, covariance, num_shards) is detected
 
 
 def test_nuts_in_sampler_coordinates_samples_the_prior(problem: Problem) -> None:

@@ -53,7 +53,7 @@ def dataset(truth: dict) -> Dataset:
 def warm(dataset: Dataset) -> WarmStart:
     """Fitted from the default start (f2 fixed), noise sd given."""
     cfg = _model_config({"f2": {"fixed": True}})
-    return fit_warm_start(cfg, dataset, pool_points(dataset))
+    return fit_warm_start(cfg, dataset, pool_points(dataset), num_shards=4)
 
 
 def test_fit_lands_in_the_true_basin(warm: WarmStart, truth: dict) -> None:

@@ -82,14 +82,26 @@ def _share_floor(g: Any, bounds: Bounds, span: float, xp: ModuleType) -> Any:
     return xp.expm1(g) / xp.expm1(xp.where(g > 0.0, hi1, lo1) * span)
 
 
+def _level(w_s: Any, bounds: Bounds, xp: ModuleType) -> tuple[Any, Any]:
+    """s = f0 + f3 of its coordinate w_s, and log ds/dw_s."""
+    (lo0, hi0), _, (lo3, hi3) = bounds
+    return _onto(w_s, lo0 + lo3, hi0 + hi3, xp)
+
+
+def growth(w_s: Any, w_g: Any, bounds: Bounds, span: float, xp: ModuleType) -> tuple[Any, Any]:
+    """(g, dg/dw_g): the log growth of the fraction over the span and its slope in w_g."""
+    share_lo, share_hi = _amplitude_share(_level(w_s, bounds, xp)[0], bounds, xp)
+    g, log_dg = _onto(w_g, *_growth_range(share_lo, share_hi, bounds, span, xp), xp)
+    return g, xp.exp(log_dg)
+
+
 def fraction_from_sampler(
     w: tuple[Any, Any, Any], bounds: Bounds, span: float, xp: ModuleType
 ) -> tuple[tuple[Any, Any, Any], Any]:
     """((f0, f1, f3), log |det d(f0, f1, f3) / dw|) of sampler coordinates
     w = (w_s, w_g, w_share)."""
-    (lo0, hi0), _, (lo3, hi3) = bounds
     w_s, w_g, w_r = w
-    s, log_ds = _onto(w_s, lo0 + lo3, hi0 + hi3, xp)
+    s, log_ds = _level(w_s, bounds, xp)
     share_lo, share_hi = _amplitude_share(s, bounds, xp)
     g, log_dg = _onto(w_g, *_growth_range(share_lo, share_hi, bounds, span, xp), xp)
     floor = xp.maximum(share_lo, _share_floor(g, bounds, span, xp))

@@ -16,7 +16,9 @@ Gaussian rather than piling up against the bounds.
 
 NUTS moves in sampler coordinates w: u itself, except that the sample-fraction triple is
 sampled in the coordinates of ``hetmpi.model.coordinates`` when the model has them
-(``fraction_span`` > 0). ``sampler_log_density`` is the shard density of u carried to w.
+(``fraction_coordinates``) and the run turned them on (``ModelConstants.fraction_span`` > 0,
+a value rather than a static switch, so turning them off after the warm start needs no new
+compile). ``sampler_log_density`` is the shard density of u carried to w.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from hetmpi.model.coordinates import (
     Bounds,
     fraction_from_sampler,
     fraction_to_sampler,
+    growth,
 )
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
@@ -70,6 +73,7 @@ class ModelConstants(NamedTuple):
     std_upper: Array
     log_mass: Array  # (d_bounded,) log of the prior mass inside the bounds
     sigma: Array  # fixed scalar noise sd, or the HalfNormal scale when sigma is sampled
+    fraction_span: Array  # T (s) of the fraction coordinates; 0: the triple is sampled in u
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class PosteriorModel:
     n_phi: int
     per_angle_mode: str  # individual | averaged | constant
     sample_sigma: bool
-    fraction_span: float = 0.0  # T (s) of the fraction coordinates; 0: w = u throughout
+    fraction_coordinates: bool = False  # (f0, f1, f3) can be sampled in fraction coordinates
 
     @property
     def dim(self) -> int:
@@ -172,8 +176,8 @@ class PosteriorModel:
 
     @property
     def fraction_indices(self) -> tuple[int, int, int] | None:
-        """Coordinates of (f0, f1, f3) when they are sampled as fraction coordinates."""
-        if self.fraction_span <= 0.0:
+        """Coordinates of (f0, f1, f3) when they can be sampled in fraction coordinates."""
+        if not self.fraction_coordinates:
             return None
         f0, f1, f3 = (self.names.index(name) for name in FRACTION_NAMES)
         return f0, f1, f3
@@ -190,10 +194,10 @@ class PosteriorModel:
         index = self.fraction_indices
         if index is None:
             return w, jnp.zeros((), dtype=w.dtype)
+        on = consts.fraction_span > 0.0
+        span = jnp.where(on, consts.fraction_span, 1.0)
         bounds = self._fraction_bounds(consts, jnp)
-        f, log_det = fraction_from_sampler(
-            tuple(w[k] for k in index), bounds, self.fraction_span, jnp
-        )
+        f, log_det = fraction_from_sampler(tuple(w[k] for k in index), bounds, span, jnp)
         y = jnp.stack(f)
         at = np.asarray(index)
         mean, sd = consts.prior_mean[at], consts.prior_sd[at]
@@ -202,20 +206,32 @@ class PosteriorModel:
         u_block = standard_cdf_quantile(z, a, b, log_mass)
         # du/dy = phi(z) / (sd (Phi(b) - Phi(a)) phi(u)), per coordinate
         log_du_dy = 0.5 * (u_block * u_block - z * z) - log_mass - jnp.log(sd)
-        return w.at[at].set(u_block), log_det + jnp.sum(log_du_dy)
+        u_block = jnp.where(on, u_block, w[at])
+        return w.at[at].set(u_block), jnp.where(on, log_det + jnp.sum(log_du_dy), 0.0)
 
     def u_to_sampler(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
         """The inverse of ``sampler_to_u`` (numpy): w (d,) of u (d,)."""
         u = np.array(u, dtype=np.float64)
         index = self.fraction_indices
-        if index is None:
+        span = float(consts.fraction_span)
+        if index is None or span <= 0.0:
             return u
         plain = ModelConstants(*(np.asarray(c) for c in consts))
         values = self.to_values(u, plain)
         bounds = self._fraction_bounds(plain, np)
-        w = fraction_to_sampler(tuple(values[k] for k in index), bounds, self.fraction_span, np)
+        w = fraction_to_sampler(tuple(values[k] for k in index), bounds, span, np)
         u[np.asarray(index)] = w
         return u
+
+    def fraction_growth(self, w: np.ndarray, consts: ModelConstants) -> tuple[float, float]:
+        """(g, dg/dw_g) at sampler coordinates w (d,) with the fraction coordinates on: the
+        log growth of the fraction over the span and its slope in its coordinate (numpy)."""
+        index = self.fraction_indices
+        assert index is not None and float(consts.fraction_span) > 0.0
+        plain = ModelConstants(*(np.asarray(c) for c in consts))
+        bounds = self._fraction_bounds(plain, np)
+        g, slope = growth(w[index[0]], w[index[1]], bounds, float(plain.fraction_span), np)
+        return float(g), float(slope)
 
     def sampler_log_density(
         self, w: Array, data: ShardArrays, consts: ModelConstants, prior_weight: Array
