@@ -93,6 +93,7 @@ class ModelConfig:
         default_factory=lambda: tuple(default_parameter(n) for n in PARAMETER_NAMES)
     )
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    fraction_coordinates: bool = False  # sample (f0, f1, f3) in hetmpi.model.coordinates
 
     def __post_init__(self) -> None:
         names = tuple(p.name for p in self.parameters)
@@ -288,6 +289,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
     },
     "model": {
         "per_angle_mode": v.Choice(PER_ANGLE_MODES),
+        "fraction_coordinates": v.Bool(),
         "parameters": _Parameters(),
         "noise": v.Section(
             {"sigma": v.Float(low=0, low_open=True, auto=True), "sample": v.Bool()},

@@ -53,11 +53,12 @@ def scaling_mode(cfg: ModelConfig, per_angle_mode: str) -> str:
 
 def fraction_span(cfg: ModelConfig, dataset: Dataset) -> float:
     """T (seconds) of the sampler's fraction coordinates: 0.8 of the measured time span,
-    where the data see the growth of x(t); 0 (sample f0, f1, f3 as they are) unless all
-    three are free and linear-space, f0 and f3 bounded below by 0 and f1 bounded on both
-    sides of 0."""
+    where the data see the growth of x(t); 0 (sample f0, f1, f3 as they are) unless the
+    config asks for them (model.fraction_coordinates) and all three are free and
+    linear-space, f0 and f3 bounded below by 0 and f1 bounded on both sides of 0."""
     f0, f1, f3 = (cfg.parameter(name) for name in FRACTION_NAMES)
-    usable = all(not p.fixed and not p.log_space for p in (f0, f1, f3))
+    usable = cfg.fraction_coordinates
+    usable = usable and all(not p.fixed and not p.log_space for p in (f0, f1, f3))
     usable = usable and f0.bounds[0] >= 0.0 and f3.bounds[0] >= 0.0
     usable = usable and f1.bounds[0] < 0.0 < f1.bounds[1]
     span = float(dataset.t[-1] - dataset.t[0])

@@ -13,6 +13,8 @@ from hetmpi.data import load_truth, simulate_dataset, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_TRUTH = REPO / "jobs" / "reference_truth.yaml"
+TINY_SAMPLER = dict(num_chains=2, num_warmup=30, num_samples=30, adaptive=False,
+                    max_tree_depth=5, max_retries=0)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +37,15 @@ def tiny_h5(tmp_path_factory: pytest.TempPathFactory, truth: dict) -> Path:
 def write_config(folder: Path, data: Path, **sections: dict) -> Path:
     """A small run config in ``folder``: 2 shards, 2 chains, few draws, f2 fixed, every
     shard kept in the consensus (30 + 30 draws on 12 frames may diverge often; these runs
-    test plumbing, and the exclusion rules have their own tests)."""
+    test plumbing, and the exclusion rules have their own tests). Trees are cut at depth 5
+    and no chain is retried: tiny shards would otherwise run to depth 10 and retry nearly
+    every chain (a retry compiles new programs), which costs the suite minutes and tests
+    nothing more; tests of retries turn them back on."""
     cfg = {
         "data": {"path": str(data)},
         "model": {"parameters": {"f2": {"fixed": True}}},
         "sharding": {"num_shards": 2},
-        "sampler": {"num_chains": 2, "num_warmup": 30, "num_samples": 30, "adaptive": False},
+        "sampler": dict(TINY_SAMPLER),
         "consensus": {"max_divergence_rate": 1.0},
         "output": {"directory": str(folder / "out"), "plots": False},
     }

@@ -19,7 +19,8 @@ from hetmpi.warmstart import growth_detected
 
 @pytest.fixture(scope="module")
 def problem(tiny_h5: Path) -> Problem:
-    cfg = config_from_dict({"data": {"path": str(tiny_h5)}}, tiny_h5.parent)
+    raw = {"data": {"path": str(tiny_h5)}, "model": {"fraction_coordinates": True}}
+    cfg = config_from_dict(raw, tiny_h5.parent)
     problem = build_problem(
         cfg.model, load_dataset(tiny_h5), per_angle_mode="individual", sample_sigma=True,
         sigma=0.01,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from hetmpi.executors import longest_first, work_units
+from hetmpi.executors import costliest_first, longest_first, work_units
 from hetmpi.executors.buffers import pack_result, shard_from_block, stack_shards, unpack_result
 from hetmpi.results import load_valid_shards, merge_chain_files, save_shard_result
 from hetmpi.runtime import jax_environment, launcher_rank, launcher_world_size, layout_for
@@ -147,7 +148,20 @@ def test_chain_files_of_an_interrupted_run_become_shard_files(tmp_path: Path) ->
 def test_work_is_dealt_by_chain_when_processes_share_it() -> None:
     shards = ["s0", "s1"]  # work_units only orders and pairs them
     blocks = ((0,), (1,))
-    assert work_units(shards, blocks, 2) == [("s0", (0,)), ("s0", (1,)), ("s1", (0,)),
+    assert work_units(shards, blocks, 2) == [("s0", (0,)), ("s1", (0,)), ("s0", (1,)),
                                              ("s1", (1,))]  # fmt: skip
     assert work_units(shards, blocks, 1) == [("s0", None), ("s1", None)]
     assert work_units(shards, ((0, 1),), 4) == [("s0", None), ("s1", None)]
+
+
+def test_later_chain_blocks_are_dealt_costliest_shard_first() -> None:
+    """First blocks go in order; then the shard whose chains took longest; a shard with no
+    finished chain counts as the mean of the others."""
+    shards = [SimpleNamespace(index=k) for k in range(4)]
+    queue = work_units(shards, ((0,), (1,)), 2)
+    dealt = [queue.pop(costliest_first(queue, {})) for _ in range(4)]
+    assert [(unit[0].index, unit[1]) for unit in dealt] == [(k, (0,)) for k in range(4)]
+    seconds = {0: 2.0, 1: 9.0, 3: 5.0}  # shard 2's first chain still runs: counts as 16/3
+    order = [queue.pop(costliest_first(queue, seconds))[0].index for _ in range(4)]
+    assert order == [1, 2, 3, 0]
+    assert costliest_first([(shards[0], None), (shards[1], None)], seconds) == 0

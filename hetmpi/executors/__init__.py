@@ -56,12 +56,26 @@ WorkUnit = tuple["Shard", tuple[int, ...] | None]  # a shard and one chain block
 
 
 def work_units(ordered: Sequence[Shard], blocks: ChainBlocks, processes: int) -> list[WorkUnit]:
-    """What a dealer hands out, in order: with several ``processes``, each shard of
-    ``ordered`` one chain block at a time (a slow shard then holds up no process for long at
-    the end of a run, and more processes than shards find work); else whole shards."""
+    """What a dealer hands out, in order: with several ``processes``, chain blocks, the first
+    block of every shard of ``ordered`` before any shard's second (a slow shard then holds
+    up no process for long at the end of a run, more processes than shards find work, and
+    the first blocks' costs are known when the others are dealt); else whole shards."""
     if processes > 1 and len(blocks) > 1:
-        return [(shard, block) for shard in ordered for block in blocks]
+        return [(shard, block) for block in blocks for shard in ordered]
     return [(shard, None) for shard in ordered]
+
+
+def costliest_first(units: Sequence[WorkUnit], seconds_per_chain: dict[int, float]) -> int:
+    """Position in ``units`` of the one to deal next: the first unit that is a shard's first
+    chain block (or a whole shard), else the block of the shard whose chains took longest so
+    far (shards with no finished chain count as the mean of those with one): the cheapest
+    chains go last, so ranks finish together."""
+    for k, (_, block) in enumerate(units):
+        if block is None or block[0] == 0:
+            return k
+    known = seconds_per_chain.values()
+    guess = sum(known) / len(known) if known else 0.0
+    return max(range(len(units)), key=lambda k: seconds_per_chain.get(units[k][0].index, guess))
 
 
 def process_layout(

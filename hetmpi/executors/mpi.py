@@ -8,12 +8,14 @@ Protocol, in order, on ``COMM_WORLD``:
 2. a second broadcast brings the run header (ShardTask, seed, output folder); either
    broadcast brings instead the error that stopped rank 0, which every rank then exits with
    (status 2 for bad input);
-3. work is dealt on demand, longest shard first, one chain block of a shard at a time
-   (``work_units``): a rank asks rank 0 for work (the request carries the note of what it
-   just finished, which feeds the progress bar) and gets a unit header (shard index, chain
-   block or -1 for the whole shard; index -1 when nothing is left) and the shard's arrays as
-   numpy buffers (``Send``). A thread on rank 0 answers while rank 0 samples too. Each rank
-   saves each result file itself as soon as it has it (the --resume checkpoint);
+3. work is dealt on demand, one chain block of a shard at a time: every shard's first block,
+   longest shard first, then the other blocks, shard whose chains took longest first
+   (``work_units``, ``costliest_first``). A rank asks rank 0 for work (the request carries
+   the note of what it just finished, which feeds the progress bar) and gets a unit header
+   (shard index, chain block or -1 for the whole shard; index -1 when nothing is left) and
+   the shard's arrays as numpy buffers (``Send``). A thread on rank 0 answers while rank 0
+   samples too. Each rank saves each result file itself as soon as it has it (the --resume
+   checkpoint);
 4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
    rank); rank 0 merges each shard's chains into its shard file.
 
@@ -45,7 +47,14 @@ from mpi4py import MPI
 
 from hetmpi.config import Config, ExecutorConfig
 from hetmpi.errors import InputError, RunError
-from hetmpi.executors import Report, WorkUnit, longest_first, process_layout, work_units
+from hetmpi.executors import (
+    Report,
+    WorkUnit,
+    costliest_first,
+    longest_first,
+    process_layout,
+    work_units,
+)
 from hetmpi.runtime import (
     ProcessLayout,
     available_cores,
@@ -311,15 +320,18 @@ class Dealer:
     ) -> None:
         self.notes = notes
         self.header = header
-        self.queue = list(reversed(units))
+        self.queue = list(units)
         self.lock = threading.Lock()
         self.report = report
         self.partial: dict[int, list[ShardNote]] = {}
+        self.seconds_per_chain: dict[int, float] = {}  # shard index -> of its finished chains
         self.send_seconds = 0.0
 
     def next_unit(self) -> WorkUnit | None:
         with self.lock:
-            return self.queue.pop() if self.queue else None
+            if not self.queue:
+                return None
+            return self.queue.pop(costliest_first(self.queue, self.seconds_per_chain))
 
     def note_done(self, note: ShardNote) -> None:
         """Report a shard once notes for all its chains are in."""
@@ -328,6 +340,9 @@ class Dealer:
         with self.lock:
             parts = self.partial.setdefault(note.index, [])
             parts.append(note)
+            self.seconds_per_chain[note.index] = sum(p.seconds for p in parts) / sum(
+                p.chains for p in parts
+            )
             if sum(part.chains for part in parts) < self.header.task.cfg.num_chains:
                 return
             del self.partial[note.index]
