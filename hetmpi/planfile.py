@@ -33,7 +33,7 @@ from hetmpi.sharding import Shard, ShardPlan
 from hetmpi.warmstart import WarmStart
 
 PLAN_NAME = "plan.h5"
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2
 
 
 def plan_path(out_dir: Path) -> Path:

@@ -288,10 +288,8 @@ def growth_detected(
     near zero the share f0/s is left to the prior down to share ~ sd(g), and below that g's
     allowed width shrinks with the share: a funnel that traps chains, so u is used instead.
     """
-    model = problem.model
-    g, slope = model.fraction_growth(w, problem.consts)
-    at = model.fraction_indices[1]
-    shard_sd = slope * np.sqrt(num_shards * covariance[at, at])
+    g, gradient = problem.model.fraction_growth(w, problem.consts)
+    shard_sd = np.sqrt(num_shards * gradient @ covariance @ gradient)
     return bool(abs(g) >= GROWTH_DETECTION_Z * shard_sd)
 
 
@@ -344,7 +342,8 @@ def fit_warm_start(
     ):
         log.info("warm start: no growth of the sample fraction detected on a shard's data; "
                  "sampling f0, f1, f3 in u")  # fmt: skip
-        problem = Problem(problem.model, problem.consts._replace(fraction_span=jnp.zeros(())))
+        off = jnp.zeros_like(problem.consts.fraction_span)
+        problem = Problem(problem.model, problem.consts._replace(fraction_span=off))
         covariance = laplace_covariance(problem, data, center)
     return WarmStart(
         problem=problem,

@@ -101,27 +101,44 @@ def test_span_zero_samples_the_triple_in_u(problem: Problem) -> None:
     empty = ShardArrays(jnp.zeros(1), jnp.zeros(1, dtype=int), jnp.ones(1, dtype=int),
                         jnp.zeros(1, dtype=int), jnp.zeros(1), jnp.ones(1))  # fmt: skip
     one = jnp.float64(1.0)
-    in_w = jax.grad(lambda x: model.sampler_log_density(x, empty, consts, one))(jnp.asarray(w))
-    in_u = jax.grad(lambda x: model.log_density(x, empty, consts, one))(jnp.asarray(w))
-    np.testing.assert_allclose(np.asarray(in_w), np.asarray(in_u), rtol=1e-12)
+    grad_w = jax.jit(jax.grad(lambda x: model.sampler_log_density(x, empty, consts, one)))
+    grad_u = jax.jit(jax.grad(lambda x: model.log_density(x, empty, consts, one)))
+    far = np.zeros(model.dim)
+    far[_block(problem)] = 40.0, -40.0, 40.0  # where the fraction map saturates
+    for w in (rng.normal(0.0, 2.0, model.dim), far, -far):
+        in_w, in_u = np.asarray(grad_w(jnp.asarray(w))), np.asarray(grad_u(jnp.asarray(w)))
+        assert np.all(np.isfinite(in_u))
+        np.testing.assert_allclose(in_w, in_u, rtol=1e-12)
 
 
 @pytest.mark.parametrize("num_shards, detected", [(4, True), (16, False)])
 def test_growth_is_detected_against_the_shard_sd(
     problem: Problem, num_shards: int, detected: bool
 ) -> None:
-    """g = log x(T)/x(0) for f0 = 0.4, f1 = 0.05, f3 = 0.05 over T; a full-data sd of g that
-    puts it 3.5 shard sd from 0 at K = 4 puts it 1.75 sd from 0 at K = 16."""
+    """g = log x(T)/x(0) for f0 = 0.7, f1 = 0.05, f3 = 0.5 over T, its gradient in w (by
+    central differences; with s = f0 + f3 above 1 the range of g depends on s), and a
+    covariance that puts g 3.5 shard sd from 0 at K = 4 puts it
+    1.75 sd from 0 at K = 16."""
     model, consts = problem.model, problem.consts
     f0, f1, f3 = _block(problem)
     values = model.to_values(np.zeros(model.dim), consts)
-    values[[f0, f1, f3]] = 0.4, 0.05, 0.05
+    values[[f0, f1, f3]] = 0.7, 0.05, 0.5
     w = model.u_to_sampler(model.to_unconstrained(values, consts), consts)
-    g, slope = model.fraction_growth(w, consts)
+    g, gradient = model.fraction_growth(w, consts)
     span = float(consts.fraction_span)
-    assert g == pytest.approx(np.log((0.4 * np.exp(0.05 * span) + 0.05) / 0.45), rel=1e-10)
-    covariance = np.eye(model.dim)
-    covariance[f1, f1] = (g / (3.5 * slope * np.sqrt(4))) ** 2
+    assert g == pytest.approx(np.log((0.7 * np.exp(0.05 * span) + 0.5) / 1.2), rel=1e-10)
+    step = 1e-6
+    for k in range(model.dim):
+        up, down = w.copy(), w.copy()
+        up[k] += step
+        down[k] -= step
+        numeric = model.fraction_growth(up, consts)[0] - model.fraction_growth(down, consts)[0]
+        assert gradient[k] == pytest.approx(numeric / (2 * step), rel=1e-5, abs=1e-9), k
+    assert gradient[f0] != 0.0 and gradient[f1] != 0.0  # g moves with s and with its own w
+    rng = np.random.default_rng(9)
+    basis = np.linalg.qr(rng.normal(size=(model.dim, model.dim)))[0]
+    covariance = basis @ np.diag(rng.uniform(0.5, 2.0, model.dim)) @ basis.T
+    covariance *= (g / 3.5) ** 2 / (4 * gradient @ covariance @ gradient)
     assert growth_detected(problem, w, covariance, num_shards) is detected
 
 

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hetmpi.executors import costliest_first, longest_first, work_units
+from hetmpi.executors import costliest_first, longest_first, seconds_per_chain, work_units
 from hetmpi.executors.buffers import pack_result, shard_from_block, stack_shards, unpack_result
+from hetmpi.progress import ShardNote
 from hetmpi.results import load_valid_shards, merge_chain_files, save_shard_result
 from hetmpi.runtime import jax_environment, launcher_rank, launcher_world_size, layout_for
 from hetmpi.sampling import STAT_FIELDS, ShardResult, merge_results
@@ -165,3 +166,11 @@ def test_later_chain_blocks_are_dealt_costliest_shard_first() -> None:
     order = [queue.pop(costliest_first(queue, seconds))[0].index for _ in range(4)]
     assert order == [1, 2, 3, 0]
     assert costliest_first([(shards[0], None), (shards[1], None)], seconds) == 0
+
+
+def test_a_shard_costs_what_its_finished_chains_took() -> None:
+    ok = ShardNote(3, "ok", 0, 100.0, seconds=12.0, chains=1)
+    failed = ShardNote(3, "failed", 0, 0.0, seconds=0.0, chains=1)
+    assert seconds_per_chain([ok, ShardNote(3, "ok", 0, 90.0, seconds=4.0, chains=1)]) == 8.0
+    assert seconds_per_chain([failed, ok]) == 12.0
+    assert seconds_per_chain([failed]) is None

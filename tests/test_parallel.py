@@ -209,7 +209,7 @@ def test_a_shard_that_raises_is_recorded_and_the_run_goes_on(folder: Path, tiny_
     sub.mkdir(exist_ok=True)
     write_config(
         sub, tiny_h5, sharding={"num_shards": NUM_SHARDS}, consensus={"min_success_rate": 0.5},
-        sampler={"max_retries": 1},
+        sampler={"max_retries": 1, "retry_divergence_rate": 0.0},
     )  # fmt: skip
     program = [sys.executable, str(TESTS / "inject_shard_fault.py")]
     proc = run("run", "cfg.yaml", cwd=sub, ranks=2, program=program)
@@ -218,7 +218,8 @@ def test_a_shard_that_raises_is_recorded_and_the_run_goes_on(folder: Path, tiny_
     assert shards[1]["status"] == "failed"
     assert "injected fault in shard 1" in shards[1]["error"]
     assert [shards[k]["status"] for k in (0, 2, 3)] == ["ok"] * 3
-    # tiny shards diverge often: some chain was retried, its programs compiled by its rank
+    # a chain with any divergence is retried (tiny shards at depth 5 diverge often), its
+    # programs compiled on demand by its rank
     assert max(shards[k]["attempts"] for k in (0, 2, 3)) == 2
 
 

@@ -18,7 +18,9 @@ from hetmpi.warmstart import (
     WarmStart,
     best_labelling,
     fit_warm_start,
+    growth_detected,
     label_swapped_start,
+    laplace_covariance,
     local_optimum,
     scaling_from_data,
     swap_labels,
@@ -30,10 +32,10 @@ LABELLED = ("D0_ref", "alpha_ref", "D_offset_ref", "D0_sample", "alpha_sample",
             "D_offset_sample", "f0", "f1", "f3")  # fmt: skip
 
 
-def _model_config(parameters: dict) -> ModelConfig:
+def _model_config(parameters: dict, **model: object) -> ModelConfig:
     raw = {
         "data": {"path": "unused.h5"},
-        "model": {"parameters": parameters, "noise": {"sigma": SIGMA, "sample": False}},
+        "model": {"parameters": parameters, "noise": {"sigma": SIGMA, "sample": False}, **model},
     }
     return config_from_dict(raw, Path(".")).model
 
@@ -152,3 +154,26 @@ def test_only_one_of_contrast_and_offset_fixed_is_refused(dataset: Dataset) -> N
     constant = build_problem(cfg, dataset, per_angle_mode="constant", sample_sigma=False,
                              sigma=SIGMA)  # fmt: skip
     assert constant.model.per_angle_mode == "constant"
+
+
+def test_fraction_coordinates_stay_on_only_where_shards_see_the_growth(dataset: Dataset) -> None:
+    """The fit on all the data (K = 1) sees the fraction grow and keeps the coordinates; with
+    so many shards that one shard's sd of g exceeds |g| / 3 it samples (f0, f1, f3) in u,
+    with the Laplace covariance taken in u at the same mode."""
+    cfg = _model_config({"f2": {"fixed": True}}, fraction_coordinates=True)
+    points = pool_points(dataset)
+    whole = fit_warm_start(cfg, dataset, points, num_shards=1)
+    problem = whole.problem
+    assert float(problem.consts.fraction_span) > 0.0
+    w = whole.sampler_center
+    assert growth_detected(problem, w, whole.covariance, 1)
+    g, gradient = problem.model.fraction_growth(w, problem.consts)
+    g_sd = np.sqrt(gradient @ whole.covariance @ gradient)
+    many = int(np.ceil((abs(g) / (3.0 * g_sd)) ** 2)) + 1
+    assert not growth_detected(problem, w, whole.covariance, many)
+    split = fit_warm_start(cfg, dataset, points, num_shards=many)
+    assert float(split.problem.consts.fraction_span) == 0.0
+    np.testing.assert_array_equal(split.sampler_center, split.center)
+    np.testing.assert_allclose(split.center, whole.center, atol=1e-8)
+    expected = laplace_covariance(split.problem, pooled_arrays(points), split.center)
+    np.testing.assert_allclose(split.covariance, expected, rtol=1e-10)

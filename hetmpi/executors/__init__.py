@@ -13,7 +13,7 @@ ranks) that must set their JAX environment first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -65,7 +65,16 @@ def work_units(ordered: Sequence[Shard], blocks: ChainBlocks, processes: int) ->
     return [(shard, None) for shard in ordered]
 
 
-def costliest_first(units: Sequence[WorkUnit], seconds_per_chain: dict[int, float]) -> int:
+def seconds_per_chain(notes: Sequence[ShardNote]) -> float | None:
+    """Mean seconds per chain over the notes of a shard's chain blocks that finished; None
+    when none did (a failed block's seconds say nothing of what its chains cost)."""
+    timed = [note for note in notes if note.status == "ok"]
+    if not timed:
+        return None
+    return sum(note.seconds for note in timed) / sum(note.chains for note in timed)
+
+
+def costliest_first(units: Sequence[WorkUnit], seconds_per_chain: Mapping[int, float]) -> int:
     """Position in ``units`` of the one to deal next: the first unit that is a shard's first
     chain block (or a whole shard), else the block of the shard whose chains took longest so
     far (shards with no finished chain count as the mean of those with one): the cheapest

@@ -53,6 +53,7 @@ from hetmpi.executors import (
     costliest_first,
     longest_first,
     process_layout,
+    seconds_per_chain,
     work_units,
 )
 from hetmpi.runtime import (
@@ -340,9 +341,9 @@ class Dealer:
         with self.lock:
             parts = self.partial.setdefault(note.index, [])
             parts.append(note)
-            self.seconds_per_chain[note.index] = sum(p.seconds for p in parts) / sum(
-                p.chains for p in parts
-            )
+            cost = seconds_per_chain(parts)
+            if cost is not None:
+                self.seconds_per_chain[note.index] = cost
             if sum(part.chains for part in parts) < self.header.task.cfg.num_chains:
                 return
             del self.partial[note.index]

@@ -48,7 +48,7 @@ def _amplitude_share(s: Any, bounds: Bounds, xp: ModuleType) -> tuple[Any, Any]:
     return xp.maximum(lo0, s - hi3) / s, xp.minimum(hi0, s - lo3) / s
 
 
-def _growth(share: Any, rate: Any, span: float, xp: ModuleType) -> Any:
+def _growth(share: Any, rate: Any, span: Any, xp: ModuleType) -> Any:
     """g = log(share e^{rate T} + 1 - share) for share in [0, 1], without rounding e^{rate T}
     against 1 (and with finite derivatives at share 0 and 1)."""
     inside = (share > 0.0) & (share < 1.0)
@@ -57,7 +57,7 @@ def _growth(share: Any, rate: Any, span: float, xp: ModuleType) -> Any:
     return xp.where(share >= 1.0, rate * span, xp.where(share <= 0.0, 0.0 * rate, mixed))
 
 
-def _growth_range(share_lo: Any, share_hi: Any, bounds: Bounds, span: float, xp: ModuleType):
+def _growth_range(share_lo: Any, share_hi: Any, bounds: Bounds, span: Any, xp: ModuleType):
     """The interval of g over the allowed shares and rates (g grows with the rate, and with
     the share where the rate is positive)."""
     _, (lo1, hi1), _ = bounds
@@ -66,7 +66,7 @@ def _growth_range(share_lo: Any, share_hi: Any, bounds: Bounds, span: float, xp:
     return bottom, top
 
 
-def _rate_at(g: Any, share: Any, span: float, xp: ModuleType) -> Any:
+def _rate_at(g: Any, share: Any, span: Any, xp: ModuleType) -> Any:
     """The rate f1 at which a curve whose amplitude is ``share`` of s grows by g over the
     span; share must lie above ``_share_floor``."""
     # e^{f1 T} = 1 + expm1(g) / share = e^g (1 - (1 - share) e^{-g}) / share
@@ -76,7 +76,7 @@ def _rate_at(g: Any, share: Any, span: float, xp: ModuleType) -> Any:
     return xp.where(rising, up, down) / span
 
 
-def _share_floor(g: Any, bounds: Bounds, span: float, xp: ModuleType) -> Any:
+def _share_floor(g: Any, bounds: Bounds, span: Any, xp: ModuleType) -> Any:
     """The least share f0 / s with which a rate inside the bounds grows the fraction by g."""
     _, (lo1, hi1), _ = bounds
     return xp.expm1(g) / xp.expm1(xp.where(g > 0.0, hi1, lo1) * span)
@@ -88,15 +88,14 @@ def _level(w_s: Any, bounds: Bounds, xp: ModuleType) -> tuple[Any, Any]:
     return _onto(w_s, lo0 + lo3, hi0 + hi3, xp)
 
 
-def growth(w_s: Any, w_g: Any, bounds: Bounds, span: float, xp: ModuleType) -> tuple[Any, Any]:
-    """(g, dg/dw_g): the log growth of the fraction over the span and its slope in w_g."""
+def growth(w_s: Any, w_g: Any, bounds: Bounds, span: Any, xp: ModuleType) -> Any:
+    """g, the log growth of the fraction over the span, of its coordinates w_s and w_g."""
     share_lo, share_hi = _amplitude_share(_level(w_s, bounds, xp)[0], bounds, xp)
-    g, log_dg = _onto(w_g, *_growth_range(share_lo, share_hi, bounds, span, xp), xp)
-    return g, xp.exp(log_dg)
+    return _onto(w_g, *_growth_range(share_lo, share_hi, bounds, span, xp), xp)[0]
 
 
 def fraction_from_sampler(
-    w: tuple[Any, Any, Any], bounds: Bounds, span: float, xp: ModuleType
+    w: tuple[Any, Any, Any], bounds: Bounds, span: Any, xp: ModuleType
 ) -> tuple[tuple[Any, Any, Any], Any]:
     """((f0, f1, f3), log |det d(f0, f1, f3) / dw|) of sampler coordinates
     w = (w_s, w_g, w_share)."""
@@ -113,7 +112,7 @@ def fraction_from_sampler(
 
 
 def fraction_to_sampler(
-    f: tuple[Any, Any, Any], bounds: Bounds, span: float, xp: ModuleType
+    f: tuple[Any, Any, Any], bounds: Bounds, span: Any, xp: ModuleType
 ) -> tuple[Any, Any, Any]:
     """The inverse of ``fraction_from_sampler``: (w_s, w_g, w_share) of (f0, f1, f3) inside
     the bounds."""

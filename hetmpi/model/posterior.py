@@ -196,10 +196,13 @@ class PosteriorModel:
             return w, jnp.zeros((), dtype=w.dtype)
         on = consts.fraction_span > 0.0
         span = jnp.where(on, consts.fraction_span, 1.0)
-        bounds = self._fraction_bounds(consts, jnp)
-        f, log_det = fraction_from_sampler(tuple(w[k] for k in index), bounds, span, jnp)
-        y = jnp.stack(f)
         at = np.asarray(index)
+        # switched off, the map runs on 0s: its value is dropped, and so is its gradient,
+        # which would be NaN where u saturates the map (|u| > ~35)
+        w_block = jnp.where(on, w[at], 0.0)
+        bounds = self._fraction_bounds(consts, jnp)
+        f, log_det = fraction_from_sampler(tuple(w_block), bounds, span, jnp)
+        y = jnp.stack(f)
         mean, sd = consts.prior_mean[at], consts.prior_sd[at]
         a, b, log_mass = consts.std_lower[at], consts.std_upper[at], consts.log_mass[at]
         z = (y - mean) / sd
@@ -223,15 +226,19 @@ class PosteriorModel:
         u[np.asarray(index)] = w
         return u
 
-    def fraction_growth(self, w: np.ndarray, consts: ModelConstants) -> tuple[float, float]:
-        """(g, dg/dw_g) at sampler coordinates w (d,) with the fraction coordinates on: the
-        log growth of the fraction over the span and its slope in its coordinate (numpy)."""
+    def fraction_growth(self, w: np.ndarray, consts: ModelConstants) -> tuple[float, np.ndarray]:
+        """(g, dg/dw (d,)) at sampler coordinates w (d,) with the fraction coordinates on:
+        the log growth of the fraction over the span, and its gradient."""
         index = self.fraction_indices
-        assert index is not None and float(consts.fraction_span) > 0.0
-        plain = ModelConstants(*(np.asarray(c) for c in consts))
-        bounds = self._fraction_bounds(plain, np)
-        g, slope = growth(w[index[0]], w[index[1]], bounds, float(plain.fraction_span), np)
-        return float(g), float(slope)
+        if index is None or float(consts.fraction_span) <= 0.0:
+            raise ValueError("the model samples no fraction coordinates")
+        bounds = self._fraction_bounds(consts, jnp)
+
+        def log_growth(x: Array) -> Array:
+            return growth(x[index[0]], x[index[1]], bounds, consts.fraction_span, jnp)
+
+        g, gradient = jax.value_and_grad(log_growth)(jnp.asarray(w, dtype=jnp.float64))
+        return float(g), np.asarray(gradient)
 
     def sampler_log_density(
         self, w: Array, data: ShardArrays, consts: ModelConstants, prior_weight: Array
