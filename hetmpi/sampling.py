@@ -137,7 +137,6 @@ class ChainSettings:
     num_warmup: int
     num_samples: int
     num_chains: int
-    target_accept: float
     max_tree_depth: int
     dense_mass: bool
     chain_method: str
@@ -166,60 +165,75 @@ def chunk_length(num_warmup: int, num_samples: int, limit: int = CHUNK_LIMIT) ->
     return max(n for n in range(1, min(common, limit) + 1) if common % n == 0)
 
 
-@lru_cache(maxsize=16)
-def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
-    """(start, warm, draw) jitted functions for one model and settings, on NumPyro's
-    functional NUTS kernel: ``start`` initialises every chain, ``warm`` runs ``settings.chunk``
-    warmup iterations, ``draw`` runs ``settings.chunk`` kept iterations; both return the new
-    states and what the iterations collected (draws and statistics for ``draw``). Shard data
-    travels as arguments, so every shard of a run (same padded length) reuses one compilation
-    per process."""
+def _nuts(
+    model: PosteriorModel,
+    settings: ChainSettings,
+    target_accept: jax.Array,
+    z: jax.Array,
+    args: tuple,
+    key: jax.Array,
+):
+    """(initial state at z, sample kernel) of NumPyro's functional NUTS, adapting the step
+    size towards ``target_accept``.
+
+    NumPyro's kernel keeps its adaptation settings in a closure that ``init_kernel`` fills;
+    calling it inside each compiled function (where a caller that only needs the kernel
+    drops the state, and XLA removes that unused work) lets the target travel as a traced
+    argument, so a retry at a higher target reuses the compiled programs.
+    """
     init_kernel, sample_kernel = hmc(
         potential_fn_gen=partial(_potential_fn_gen, model=model), algo="NUTS"
     )
+    state = init_kernel(
+        z,
+        settings.num_warmup,
+        dense_mass=settings.dense_mass,
+        target_accept_prob=target_accept,
+        max_tree_depth=settings.max_tree_depth,
+        model_args=args,
+        rng_key=key,
+    )
+    return state, sample_kernel
+
+
+@lru_cache(maxsize=16)
+def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
+    """(start, advance) jitted functions for one model and settings, on NumPyro's functional
+    NUTS kernel: ``start`` initialises every chain; ``advance`` runs ``settings.chunk``
+    iterations (warmup or kept: the state knows which) and returns the new states with what
+    the iterations collected (draws in u and statistics; warmup discards them). One program
+    serves warmup and draws, and shard data and the target acceptance travel as arguments,
+    so every shard of a run (same padded length) and every retry reuse one compilation per
+    process."""
 
     def over_chains(fn, *batched):
         if settings.chain_method == "vectorized":
             return jax.vmap(fn)(*batched)
         return jax.lax.map(lambda xs: fn(*xs), batched)
 
-    def start_one(key: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
-        return init_kernel(
-            z0,
-            settings.num_warmup,
-            dense_mass=settings.dense_mass,
-            target_accept_prob=settings.target_accept,
-            max_tree_depth=settings.max_tree_depth,
-            model_args=args,
-            rng_key=key,
-        )
+    def start_one(key: jax.Array, z0: jax.Array, args: tuple, target: jax.Array) -> HMCState:
+        return _nuts(model, settings, target, z0, args, key)[0]
 
-    def warm_one(state: HMCState, args: tuple) -> HMCState:
-        step = lambda st, _: (sample_kernel(st, model_args=args), None)  # noqa: E731
-        return jax.lax.scan(step, state, None, length=settings.chunk)[0]
-
-    def draw_one(state: HMCState, args: tuple):
+    def advance_one(state: HMCState, args: tuple, target: jax.Array):
         _, consts, center, chol, _ = args
+        kernel = _nuts(model, settings, target, state.z, args, state.rng_key)[1]
 
         def step(st, _):
-            st = sample_kernel(st, model_args=args)
+            st = kernel(st, model_args=args)
             u = model.sampler_to_u(center + chol @ st.z, consts)[0]
             return st, (u, st.diverging, st.energy, st.accept_prob, st.num_steps)
 
         return jax.lax.scan(step, state, None, length=settings.chunk)
 
-    def start(keys: jax.Array, z0: jax.Array, args: tuple) -> HMCState:
-        return over_chains(lambda k, z: start_one(k, z, args), keys, z0)
+    def start(keys: jax.Array, z0: jax.Array, args: tuple, target: jax.Array) -> HMCState:
+        return over_chains(lambda k, z: start_one(k, z, args, target), keys, z0)
 
-    def warm(states: HMCState, args: tuple) -> tuple[HMCState, None]:
-        return over_chains(lambda st: warm_one(st, args), states), None
-
-    def draw(states: HMCState, args: tuple):
-        return over_chains(lambda st: draw_one(st, args), states)
+    def advance(states: HMCState, args: tuple, target: jax.Array):
+        return over_chains(lambda st: advance_one(st, args, target), states)
 
     if settings.chain_method == "parallel":
-        return tuple(_across_devices(fn, settings.num_chains) for fn in (start, warm, draw))
-    return jax.jit(start), jax.jit(warm), jax.jit(draw)
+        return tuple(_across_devices(fn, settings.num_chains) for fn in (start, advance))
+    return jax.jit(start), jax.jit(advance)
 
 
 def chain_devices(num_chains: int) -> int:
@@ -230,17 +244,18 @@ def chain_devices(num_chains: int) -> int:
 
 
 def _across_devices(fn, num_chains: int):
-    """``fn(chain_batch, ..., args)`` with the chain axis split over local devices (each runs
-    its block of chains one after another) and the trailing ``args`` replicated."""
+    """``fn(chain_batch, ..., args, target)`` with the chain axis split over local devices
+    (each runs its block of chains one after another) and the trailing ``args`` and
+    ``target`` replicated."""
     mesh = Mesh(jax.local_devices()[: chain_devices(num_chains)], ("chains",))
 
     def split(*operands):
-        *batched, args = operands
-        specs = (*(PartitionSpec("chains") for _ in batched), PartitionSpec())
+        *batched, args, target = operands
+        specs = (*(PartitionSpec("chains") for _ in batched), PartitionSpec(), PartitionSpec())
         mapped = jax.shard_map(
             fn, mesh=mesh, in_specs=specs, out_specs=PartitionSpec("chains"), check_vma=False
         )
-        return mapped(*batched, args)
+        return mapped(*batched, args, target)
 
     return jax.jit(split)
 
@@ -255,14 +270,12 @@ def chain_blocks(cfg: SamplerConfig) -> tuple[tuple[int, ...], ...]:
     return (tuple(range(cfg.num_chains)),)
 
 
-def chain_settings(plan: SamplingPlan, cfg: SamplerConfig, target_accept: float) -> ChainSettings:
-    """The compiled sampler's settings for a chain block of a shard's plan at
-    ``target_accept``."""
+def chain_settings(plan: SamplingPlan, cfg: SamplerConfig) -> ChainSettings:
+    """The compiled sampler's settings for a chain block of a shard's plan."""
     return ChainSettings(
         num_warmup=plan.num_warmup,
         num_samples=plan.num_samples,
         num_chains=len(chain_blocks(cfg)[0]),
-        target_accept=target_accept,
         max_tree_depth=cfg.max_tree_depth,
         dense_mass=cfg.dense_mass,
         chain_method=cfg.chain_method,
@@ -301,12 +314,9 @@ class SamplerOutline:
 def sampler_outline(
     model: PosteriorModel, consts: ModelConstants, shards: Sequence[Shard], cfg: SamplerConfig
 ) -> SamplerOutline:
-    """The outline of a run with these shards; ``consts`` only need the run's shapes. Its
-    settings are those of first attempts: a retry's programs are compiled by the process
-    that first needs them (compiling them ahead would compete with rank 0's warm start for
-    the cores, and most runs retry few chains, if any)."""
+    """The outline of a run with these shards; ``consts`` only need the run's shapes."""
     plans = {SamplingPlan.for_shard(cfg, shard.num_points, model.dim) for shard in shards}
-    settings = [chain_settings(plan, cfg, cfg.target_accept) for plan in sorted(plans, key=repr)]
+    settings = [chain_settings(plan, cfg) for plan in sorted(plans, key=repr)]
     d = model.dim
     args = _sampler_args(shards[0], consts, np.zeros(d), np.eye(d), len(shards))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), args)
@@ -317,13 +327,13 @@ def precompile(outline: SamplerOutline) -> None:
     """Compile the sampler programs of ``outline`` ahead of time; ``sample_shard`` calls with
     the same model, settings and shapes then reuse them instead of compiling."""
     for settings in outline.settings:
-        start, warm, draw = _compiled_sampler(outline.model, settings)
+        start, advance = _compiled_sampler(outline.model, settings)
         keys = jax.eval_shape(partial(_chain_keys, [0] * settings.num_chains))
         z0 = jax.ShapeDtypeStruct((settings.num_chains, outline.model.dim), jnp.float64)
-        states = jax.eval_shape(start, keys, z0, outline.args)
-        start.lower(keys, z0, outline.args).compile()
-        warm.lower(states, outline.args).compile()
-        draw.lower(states, outline.args).compile()
+        target = jax.ShapeDtypeStruct((), jnp.float64)
+        states = jax.eval_shape(start, keys, z0, outline.args, target)
+        start.lower(keys, z0, outline.args, target).compile()
+        advance.lower(states, outline.args, target).compile()
 
 
 def shard_plan(shard: Shard, task: ShardTask) -> SamplingPlan:
@@ -390,13 +400,14 @@ def merge_results(parts: Sequence[ShardResult]) -> ShardResult:
     )
 
 
-def _chunks(fn, states, args: tuple, count: int, deadline: float | None):
-    """Call ``fn(states, args)`` ``count`` times; returns the last states and every output."""
+def _chunks(fn, states, operands: tuple, count: int, deadline: float | None):
+    """Call ``fn(states, *operands)`` ``count`` times; returns the last states and every
+    output."""
     outputs = []
     for _ in range(count):
         if deadline is not None and time.monotonic() > deadline:
             raise ShardTimeout
-        states, output = fn(states, args)
+        states, output = fn(states, *operands)
         outputs.append(output)
     return jax.block_until_ready(states), outputs
 
@@ -418,17 +429,20 @@ def _sample(
     target_accept = task.cfg.target_accept
     attempts = 0
     warmup_seconds = sample_seconds = 0.0  # over every attempt
+    settings = chain_settings(plan, task.cfg)
+    start, advance = _compiled_sampler(problem.model, settings)
     while True:
         attempts += 1
-        settings = chain_settings(plan, task.cfg, target_accept)
-        start, warm, draw = _compiled_sampler(problem.model, settings)
+        operands = (args, jnp.asarray(target_accept, dtype=jnp.float64))
         keys = _chain_keys([int(rng.integers(2**31)) for rng in rngs])
         z0 = jnp.asarray(np.stack([task.initial_z(rng) for rng in rngs]))
         started = time.perf_counter()
-        states = start(keys, z0, args)
-        states, _ = _chunks(warm, states, args, plan.num_warmup // settings.chunk, deadline)
+        states = start(keys, z0, *operands)
+        states, _ = _chunks(advance, states, operands, plan.num_warmup // settings.chunk, deadline)
         warmed = time.perf_counter()
-        states, chunks = _chunks(draw, states, args, plan.num_samples // settings.chunk, deadline)
+        states, chunks = _chunks(
+            advance, states, operands, plan.num_samples // settings.chunk, deadline
+        )
         finished = time.perf_counter()
         warmup_seconds += warmed - started
         sample_seconds += finished - warmed

@@ -39,7 +39,7 @@ def write_config(folder: Path, data: Path, **sections: dict) -> Path:
     shard kept in the consensus (30 + 30 draws on 12 frames may diverge often; these runs
     test plumbing, and the exclusion rules have their own tests). Trees are cut at depth 5
     and no chain is retried: tiny shards would otherwise run to depth 10 and retry nearly
-    every chain (a retry compiles new programs), which costs the suite minutes and tests
+    every chain (a retry runs the chain again), which costs the suite minutes and tests
     nothing more; tests of retries turn them back on."""
     cfg = {
         "data": {"path": str(data)},

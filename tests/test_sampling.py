@@ -81,18 +81,23 @@ def test_precompiled_sampler_is_reused_by_sample_shard(
     early = outline(cfg, prepared.dataset, prepared.plan)
     assert early.model == prepared.task.warm.problem.model
     assert len(early.settings) == 1
-    with_retries = outline(prepared.cfg, prepared.dataset, prepared.plan)
-    targets = [settings.target_accept for settings in with_retries.settings]
-    assert targets == [prepared.cfg.sampler.target_accept]  # retry programs compile on demand
     with compiled_names() as ahead:
         sampling.precompile(early)
-    assert {"jit(start)", "jit(warm)", "jit(draw)"} <= set(ahead)
+    assert {"jit(start)", "jit(advance)"} <= set(ahead)
     task = dataclasses.replace(prepared.task, cfg=cfg.sampler)
+    # the target acceptance is an argument of the programs: a retry's target compiles nothing
+    retry = dataclasses.replace(
+        task, cfg=dataclasses.replace(cfg.sampler, target_accept=cfg.sampler.retry_target_accept)
+    )
     with compiled_names() as later:
-        result = sampling.sample_shard(prepared.plan.shards[0], task, seed=3)
-    assert result.status == "ok", result.error
-    assert result.draws.shape[:2] == (2, 7)
-    assert not {"jit(start)", "jit(warm)", "jit(draw)"} & set(later), later
+        results = [sampling.sample_shard(prepared.plan.shards[0], t, seed=3) for t in (task, retry)]
+    for result in results:
+        assert result.status == "ok", result.error
+        assert result.draws.shape[:2] == (2, 7)
+    assert not {"jit(start)", "jit(advance)"} & set(later), later
+    assert results[1].target_accept.tolist() == [cfg.sampler.retry_target_accept] * 2
+    # the higher target adapts smaller steps: the argument reached the adaptation
+    assert np.all(results[1].step_size < results[0].step_size)
 
 
 def test_chains_run_alone_merge_into_the_whole_shard(prepared: Prepared) -> None:

@@ -147,11 +147,12 @@ def launch(
             log.info("compilation cache of this run: %s (removed at the end)", own_cache)
     configure_process(layout)
     notes = comm.Dup()
+    neighbours = frozenset(node.allgather(comm.Get_rank())) - {comm.Get_rank()}
     if comm.Get_rank() != 0:
         log.setLevel(logging.WARNING)
     try:
         if comm.Get_rank() == 0:
-            return _lead(comm, notes, cfg, overwrite=overwrite, resume=resume)
+            return _lead(comm, notes, neighbours, cfg, overwrite=overwrite, resume=resume)
         _follow(comm, notes)
         return None
     except (InputError, RunError):
@@ -169,11 +170,17 @@ def launch(
 
 
 def _lead(
-    comm: MPI.Comm, notes: MPI.Comm, cfg: Config, *, overwrite: bool, resume: bool
+    comm: MPI.Comm,
+    notes: MPI.Comm,
+    neighbours: frozenset[int],
+    cfg: Config,
+    *,
+    overwrite: bool,
+    resume: bool,
 ) -> dict[str, Any]:
     from hetmpi import pipeline
 
-    executor = MpiExecutor(comm, notes, cfg.executor.shard_timeout)
+    executor = MpiExecutor(comm, notes, cfg.executor.shard_timeout, neighbours)
     reason = f"{comm.Get_size()} MPI ranks"
     try:
         return pipeline.run(
@@ -233,10 +240,19 @@ class MpiExecutor:
 
     name = "mpi"
 
-    def __init__(self, comm: MPI.Comm, notes: MPI.Comm, timeout: float | None) -> None:
+    def __init__(
+        self,
+        comm: MPI.Comm,
+        notes: MPI.Comm,
+        timeout: float | None,
+        neighbours: frozenset[int],
+    ) -> None:
+        """``neighbours``: the other ranks on rank 0's node, which share its compilation
+        cache."""
         self.comm = comm
         self.timeout = timeout
         self.notes = notes
+        self.neighbours = neighbours
         self.dispatched = False
         self.timings: dict[str, Any] = {}
 
@@ -272,10 +288,13 @@ class MpiExecutor:
         samplers = size if rank0_samples else size - 1
         ordered = [shards[k] for k in longest_first(shards)]
         units = work_units(ordered, chain_blocks(task.cfg), samplers)
-        dealer = Dealer(self.notes, header, units, report)
+        dealer = Dealer(self.notes, header, units, report, self.neighbours)
         results: list[ShardResult] = []
 
         def sample_own() -> None:
+            # a neighbour that asks for work has compiled the sampler into the node's cache,
+            # which it began during the warm start: loading it beats compiling it again
+            dealer.neighbour_compiled.wait()
             while (unit := dealer.next_unit()) is not None:
                 result = _run_unit(unit, header)
                 dealer.note_done(ShardNote.of(result))
@@ -317,9 +336,20 @@ class Dealer:
     own from the same queue); it turns the notes of chain blocks into one per shard."""
 
     def __init__(
-        self, notes: MPI.Comm, header: RunHeader, units: Sequence[WorkUnit], report: Report
+        self,
+        notes: MPI.Comm,
+        header: RunHeader,
+        units: Sequence[WorkUnit],
+        report: Report,
+        neighbours: frozenset[int],
     ) -> None:
+        """``neighbours``: ranks whose first request sets ``neighbour_compiled`` (set at once
+        when there are none, or no work)."""
         self.notes = notes
+        self.neighbours = neighbours
+        self.neighbour_compiled = threading.Event()
+        if not neighbours or not units:
+            self.neighbour_compiled.set()
         self.header = header
         self.queue = list(units)
         self.lock = threading.Lock()
@@ -368,6 +398,8 @@ class Dealer:
         while stopped < ranks:
             _wait_for(self.notes, MPI.ANY_SOURCE, TAG_REQUEST, status)
             rank = status.Get_source()
+            if rank in self.neighbours:
+                self.neighbour_compiled.set()
             note: ShardNote | None = self.notes.recv(source=rank, tag=TAG_REQUEST)
             if note is not None:
                 self.note_done(note)
