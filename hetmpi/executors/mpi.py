@@ -14,7 +14,9 @@ Protocol, in order, on ``COMM_WORLD``:
    the note of what it just finished, which feeds the progress bar) and gets a unit header
    (shard index, chain block or -1 for the whole shard; index -1 when nothing is left) and
    the shard's arrays as numpy buffers (``Send``). A thread on rank 0 answers while rank 0
-   samples too. Each rank saves each result file itself as soon as it has it (the --resume
+   samples too, from the first request of a rank on its node on: that rank has compiled the
+   sampler into the node's compilation cache, which rank 0 then loads instead of compiling
+   it again. Each rank saves each result file itself as soon as it has it (the --resume
    checkpoint);
 4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
    rank); rank 0 merges each shard's chains into its shard file.
