@@ -24,7 +24,7 @@ import scipy.optimize
 
 from hetmpi.config import ModelConfig
 from hetmpi.data import Dataset
-from hetmpi.errors import InputError
+from hetmpi.errors import InputError, RunError
 from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
 from hetmpi.model.physics import c2_pooled
 from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
@@ -132,17 +132,22 @@ def local_optimum(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimu
     result = scipy.optimize.minimize(
         fun, u0, jac=True, method="BFGS", options={"maxiter": 5000, "gtol": 1e-6}
     )
+    # status 2 (precision loss) is how BFGS usually stops at a mode this sharp; a NaN met
+    # on the way (3) or the iteration limit (1) is no optimum
     finite = np.all(np.isfinite(result.x)) and np.isfinite(result.fun)
-    return Optimum(result.x, float(result.fun) if finite else np.inf)
+    found = finite and result.status in (0, 2) and np.all(np.isfinite(result.jac))
+    return Optimum(result.x, float(result.fun) if found else np.inf)
 
 
 def difference_hessian(gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """Hessian (d, d) at x, symmetrised, by central differences of an exact ``gradient``.
 
     A first pass with a tiny step measures each coordinate's curvature; the second steps each
-    coordinate by ``HESSIAN_RELATIVE_STEP`` of its conditional sd 1/sqrt(H_ii), so the
-    truncation error is ~1e-6 of each entry even where curvatures differ by 1e10 between
-    coordinates (as f1's and a prior-limited parameter's do), well above round-off.
+    coordinate by ``HESSIAN_RELATIVE_STEP`` of its conditional sd 1/sqrt(H_ii). Near a mode,
+    where that sd is the coordinate's length scale, the truncation error of entry (i, j) is
+    then ~1e-6 of sqrt(H_ii H_jj) even where curvatures differ
+    by 1e10 between coordinates (as f1's and a prior-limited parameter's do), while round-off
+    stays below it. Columns whose gradients are not finite come out NaN.
     """
 
     def by_steps(steps: np.ndarray) -> np.ndarray:
@@ -156,7 +161,7 @@ def difference_hessian(gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarr
 
     curvature = np.abs(np.diag(by_steps(np.full(x.size, _PROBE_STEP))))
     # a flat coordinate (curvature below 1e-6) steps by at most 1
-    return by_steps(HESSIAN_RELATIVE_STEP / np.sqrt(np.maximum(curvature, 1e-6)))
+    return by_steps(HESSIAN_RELATIVE_STEP / np.sqrt(np.fmax(curvature, 1e-6)))
 
 
 def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np.ndarray:
@@ -170,6 +175,14 @@ def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np
         return np.asarray(value_and_grad(model, x, data, consts)[1])
 
     h = difference_hessian(gradient, np.asarray(w, dtype=np.float64))
+    bad = ~np.isfinite(h).all(axis=0)
+    if bad.any():
+        names = [model.names[k] for k in np.flatnonzero(bad)]
+        raise RunError(
+            f"warm start: the log posterior's gradient is not finite next to the mode in "
+            f"{', '.join(names)}; give start values closer to the data "
+            "(model.parameters.<name>.value) or fix those parameters"
+        )
     eigval, eigvec = np.linalg.eigh(h)
     floor = max(eigval.max(), 1.0) * 1e-10
     eigval = np.maximum(eigval, floor)

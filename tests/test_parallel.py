@@ -109,7 +109,7 @@ def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
     out = finished(folder, "mp", "--executor", "multiprocessing")
     assert_same_draws(out, cpu_run)
     assert summary(out)["run"]["executor"] == "multiprocessing"
-    # every worker compiled the sampler once: a warmup and a draw function, and small helpers
+    # every worker compiled the sampler once: a start and an advance function, and small helpers
     counts = summary(out)["run"]["timings"]["compiles_per_process"]
     assert len(counts) == 2 and counts[0] == counts[1] > 0
 

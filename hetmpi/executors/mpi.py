@@ -149,7 +149,9 @@ def launch(
             log.info("compilation cache of this run: %s (removed at the end)", own_cache)
     configure_process(layout)
     notes = comm.Dup()
-    neighbours = frozenset(node.allgather(comm.Get_rank())) - {comm.Get_rank()}
+    # ranks with other thread counts compile under other XLA flags: their cache entries differ
+    node_ranks = node.allgather((comm.Get_rank(), layout.threads))
+    neighbours = frozenset(r for r, t in node_ranks if t == layout.threads) - {comm.Get_rank()}
     if comm.Get_rank() != 0:
         log.setLevel(logging.WARNING)
     try:
