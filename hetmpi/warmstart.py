@@ -145,9 +145,9 @@ def difference_hessian(gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarr
     A first pass with a tiny step measures each coordinate's curvature; the second steps each
     coordinate by ``HESSIAN_RELATIVE_STEP`` of its conditional sd 1/sqrt(H_ii). Near a mode,
     where that sd is the coordinate's length scale, the truncation error of entry (i, j) is
-    then ~1e-6 of sqrt(H_ii H_jj) even where curvatures differ
-    by 1e10 between coordinates (as f1's and a prior-limited parameter's do), while round-off
-    stays below it. Columns whose gradients are not finite come out NaN.
+    then ~1e-6 of sqrt(H_ii H_jj) even where curvatures differ by 1e10 between coordinates
+    (as f1's and a prior-limited parameter's do), while round-off stays below it. Columns
+    whose gradients are not finite come out NaN.
     """
 
     def by_steps(steps: np.ndarray) -> np.ndarray:
@@ -168,8 +168,7 @@ def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np
     """Inverse Hessian of the negative log posterior in sampler coordinates at w,
     eigenvalues floored to stay positive definite."""
     model, consts = problem.model, problem.consts
-    identity = model.fraction_indices is None or float(consts.fraction_span) <= 0.0
-    value_and_grad = _value_and_grad if identity else _sampler_value_and_grad
+    value_and_grad = _sampler_value_and_grad if model.fraction_map_on(consts) else _value_and_grad
 
     def gradient(x: np.ndarray) -> np.ndarray:
         return np.asarray(value_and_grad(model, x, data, consts)[1])

@@ -212,13 +212,18 @@ class PosteriorModel:
         u_block = jnp.where(on, u_block, w[at])
         return w.at[at].set(u_block), jnp.where(on, log_det + jnp.sum(log_du_dy), 0.0)
 
+    def fraction_map_on(self, consts: ModelConstants) -> bool:
+        """Whether w differs from u: the model has fraction coordinates and the run turned
+        them on (numpy; not for traced constants)."""
+        return self.fraction_indices is not None and float(consts.fraction_span) > 0.0
+
     def u_to_sampler(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
         """The inverse of ``sampler_to_u`` (numpy): w (d,) of u (d,)."""
         u = np.array(u, dtype=np.float64)
+        if not self.fraction_map_on(consts):
+            return u
         index = self.fraction_indices
         span = float(consts.fraction_span)
-        if index is None or span <= 0.0:
-            return u
         plain = ModelConstants(*(np.asarray(c) for c in consts))
         values = self.to_values(u, plain)
         bounds = self._fraction_bounds(plain, np)
@@ -229,9 +234,9 @@ class PosteriorModel:
     def fraction_growth(self, w: np.ndarray, consts: ModelConstants) -> tuple[float, np.ndarray]:
         """(g, dg/dw (d,)) at sampler coordinates w (d,) with the fraction coordinates on:
         the log growth of the fraction over the span, and its gradient."""
-        index = self.fraction_indices
-        if index is None or float(consts.fraction_span) <= 0.0:
+        if not self.fraction_map_on(consts):
             raise ValueError("the model samples no fraction coordinates")
+        index = self.fraction_indices
         bounds = self._fraction_bounds(consts, jnp)
 
         def log_growth(x: Array) -> Array:
