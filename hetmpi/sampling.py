@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache, partial
@@ -81,7 +81,7 @@ class ShardResult:
     num_warmup: int
     num_samples: int
     attempts: int  # most attempts any chain block took
-    warmup_seconds: float  # over every attempt
+    warmup_seconds: float  # over every attempt its process ran (a speculative retry: from 2 on)
     sample_seconds: float
     error: str = ""
     extra: dict[str, float] = field(default_factory=dict)
@@ -345,27 +345,66 @@ class ShardTimeout(Exception):
     """The shard ran past its time limit."""
 
 
+class Superseded(Exception):
+    """Another process owns the result of this chain block (see ``AttemptControl``)."""
+
+
+def _always() -> bool:
+    return True
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class AttemptControl:
+    """How an executor steers the attempts of a chain block, for speculative retries: a
+    process that would otherwise idle runs a block's retry while the first attempt is still
+    running elsewhere, and whichever result the retry rule keeps wins.
+
+    first: the attempt to start at; a speculative retry starts at 2 (attempt n draws the
+        same starting point and key wherever it runs, so its draws equal a retry run in place).
+    may_retry: asked once before a block's first retry; False raises ``Superseded`` (a
+        speculative retry has it).
+    cancelled: polled between chunks of iterations; True raises ``Superseded`` (the first
+        attempt passed, so this speculative retry is not needed).
+    """
+
+    first: int = 1
+    may_retry: Callable[[], bool] = _always
+    cancelled: Callable[[], bool] = _never
+
+
 def sample_shard(
     shard: Shard,
     task: ShardTask,
     seed: int,
     timeout: float | None = None,
     blocks: Sequence[tuple[int, ...]] | None = None,
+    control: AttemptControl | None = None,
 ) -> ShardResult:
     """NUTS on one shard under the tempered prior: its chain ``blocks`` (default: all of
     ``chain_blocks``), one after another, each retried on its own at the higher target
-    acceptance when its divergence rate is too high. Never raises: a failure (also running
-    past ``timeout`` seconds, checked between chunks of iterations) becomes a failed
-    ShardResult carrying the error text. Each block is deterministic for (seed, shard.index,
-    block), so results split by blocks and merged (``merge_results``) equal a whole run."""
+    acceptance when its divergence rate is too high. A failure (also running past
+    ``timeout`` seconds, checked between chunks of iterations) becomes a failed ShardResult
+    carrying the error text; the only exception raised is ``Superseded``, and only as
+    ``control`` asks (a ``control.first`` above 1 needs a single block). Each block is
+    deterministic for (seed, shard.index, block), so results split by blocks and merged
+    (``merge_results``) equal a whole run."""
     plan = shard_plan(shard, task)
     blocks = chain_blocks(task.cfg) if blocks is None else tuple(blocks)
+    if control is not None and control.first != 1 and len(blocks) != 1:
+        raise ValueError("a speculative retry runs exactly one chain block")
     chains = tuple(chain for block in blocks for chain in block)
     deadline = None if timeout is None else time.monotonic() + timeout
+    control = control or AttemptControl()
     try:
         return merge_results(
-            [_sample(shard, task, plan, seed, block, deadline) for block in blocks]
+            [_sample(shard, task, plan, seed, block, deadline, control) for block in blocks]
         )
+    except Superseded:
+        raise
     except ShardTimeout:
         return failed_result(
             shard, task, plan, f"timed out after {timeout:g} s (executor.shard_timeout)", chains
@@ -400,13 +439,17 @@ def merge_results(parts: Sequence[ShardResult]) -> ShardResult:
     )
 
 
-def _chunks(fn, states, operands: tuple, count: int, deadline: float | None):
+def _chunks(
+    fn, states, operands: tuple, count: int, deadline: float | None, cancelled: Callable[[], bool]
+):
     """Call ``fn(states, *operands)`` ``count`` times; returns the last states and every
     output."""
     outputs = []
     for _ in range(count):
         if deadline is not None and time.monotonic() > deadline:
             raise ShardTimeout
+        if cancelled():
+            raise Superseded
         states, output = fn(states, *operands)
         outputs.append(output)
     return jax.block_until_ready(states), outputs
@@ -419,30 +462,39 @@ def _sample(
     seed: int,
     block: tuple[int, ...],
     deadline: float | None,
+    control: AttemptControl,
 ) -> ShardResult:
-    """The chains ``block`` of ``shard``, retried as a block; raises on failure."""
+    """The chains ``block`` of ``shard``, retried as a block from attempt ``control.first``
+    on; raises on failure."""
     center, chol = task.whitening
     problem = task.warm.problem
     args = _sampler_args(shard, problem.consts, center, chol, task.num_shards)
     # each chain draws from its own stream, so blocking chains differently changes nothing
     rngs = [np.random.default_rng([seed, shard.index, chain]) for chain in block]
-    target_accept = task.cfg.target_accept
-    attempts = 0
-    warmup_seconds = sample_seconds = 0.0  # over every attempt
+
+    def attempt_inputs() -> tuple[jax.Array, jax.Array]:
+        keys = _chain_keys([int(rng.integers(2**31)) for rng in rngs])
+        return keys, jnp.asarray(np.stack([task.initial_z(rng) for rng in rngs]))
+
+    for _ in range(control.first - 1):  # the earlier attempts' draws from the streams
+        attempt_inputs()
+    retry_target = max(task.cfg.target_accept, task.cfg.retry_target_accept)
+    target_accept = task.cfg.target_accept if control.first == 1 else retry_target
+    attempts = control.first - 1
+    warmup_seconds = sample_seconds = 0.0  # over every attempt run here
     settings = chain_settings(plan, task.cfg)
     start, advance = _compiled_sampler(problem.model, settings)
     while True:
         attempts += 1
         operands = (args, jnp.asarray(target_accept, dtype=jnp.float64))
-        keys = _chain_keys([int(rng.integers(2**31)) for rng in rngs])
-        z0 = jnp.asarray(np.stack([task.initial_z(rng) for rng in rngs]))
+        keys, z0 = attempt_inputs()
         started = time.perf_counter()
         states = start(keys, z0, *operands)
-        states, _ = _chunks(advance, states, operands, plan.num_warmup // settings.chunk, deadline)
+        count = plan.num_warmup // settings.chunk
+        states, _ = _chunks(advance, states, operands, count, deadline, control.cancelled)
         warmed = time.perf_counter()
-        states, chunks = _chunks(
-            advance, states, operands, plan.num_samples // settings.chunk, deadline
-        )
+        count = plan.num_samples // settings.chunk
+        states, chunks = _chunks(advance, states, operands, count, deadline, control.cancelled)
         finished = time.perf_counter()
         warmup_seconds += warmed - started
         sample_seconds += finished - warmed
@@ -477,7 +529,9 @@ def _sample(
             return result
         if attempts > task.cfg.max_retries:
             return result
-        target_accept = max(target_accept, task.cfg.retry_target_accept)
+        if attempts == 1 and not control.may_retry():
+            raise Superseded
+        target_accept = retry_target
 
 
 def failed_result(

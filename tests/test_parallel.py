@@ -141,6 +141,33 @@ def test_mpi_matches_cpu(folder: Path, cpu_run: Path, ranks: int) -> None:
 
 
 @needs_mpi
+@pytest.mark.parametrize(("retry_rate", "winner"), [(0.0, "speculative"), (1.0, "first")])
+def test_a_rank_with_nothing_left_retries_a_running_chain_speculatively(
+    tmp_path: Path, tiny_h5: Path, retry_rate: float, winner: str
+) -> None:
+    """One shard of one chain on 2 ranks: one rank samples it, the other (nothing left to
+    deal) starts its retry at once. With retry_divergence_rate 0 the first attempt diverges
+    and the speculative retry's result is kept; with 1 the first attempt passes and the
+    retry is called off. Either way the draws are the cpu executor's, draw for draw."""
+    sampler = {"num_chains": 1, "max_retries": 1, "retry_divergence_rate": retry_rate, "seed": 0}
+    write_config(tmp_path, tiny_h5, sharding={"num_shards": 1}, sampler=sampler)
+    cpu = finished(tmp_path, "cpu", "--executor", "cpu")
+    attempts = summary(cpu)["shards"][0]["attempts"]
+    assert attempts == (2 if winner == "speculative" else 1), "the scenario needs this"
+    out = finished(tmp_path, "mpi", ranks=2)
+    expected, got = shard_draws(cpu), shard_draws(out)
+    assert list(got) == [0]
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert summary(out)["shards"][0]["attempts"] == attempts
+    counts = summary(out)["run"]["timings"]["speculative_retries"]
+    assert counts == {"started": 1, "kept": int(winner == "speculative")}
+    assert [path.name for path in (out / "shards").iterdir()] == ["shard_0000.h5"]
+    log = (out / "stderr.txt").read_text()
+    assert "starts the retry of shard 0 chains [0] speculatively" in log
+    assert sum("done," in line for line in log.splitlines()) == 1
+
+
+@needs_mpi
 def test_mpi_without_thread_support_deals_from_rank_0_only(folder: Path, cpu_run: Path) -> None:
     out = finished(
         folder, "mpi_funneled", ranks=2, extra_env={"MPI4PY_RC_THREAD_LEVEL": "funneled"}

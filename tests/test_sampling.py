@@ -143,3 +143,28 @@ def test_a_chain_block_retries_on_its_own(prepared: Prepared) -> None:
                                   [cfg.target_accept, cfg.retry_target_accept])  # fmt: skip
     np.testing.assert_array_equal(whole.draws[calm], first[calm].draws[0])
     assert not np.array_equal(whole.draws[wild], first[wild].draws[0])
+
+
+def test_a_retry_started_elsewhere_equals_the_retry_in_place(prepared: Prepared) -> None:
+    """A block's attempt 2 run on its own (a speculative retry) draws what the block's
+    retry after a failed first attempt draws; a first attempt told not to retry, and a
+    retry called off, raise Superseded instead of returning."""
+    shard = prepared.plan.shards[0]
+    cfg = dataclasses.replace(prepared.task.cfg, max_retries=1, retry_divergence_rate=0.0)
+    task = dataclasses.replace(prepared.task, cfg=cfg)
+    block = sampling.chain_blocks(cfg)[0]
+    in_place = sampling.sample_shard(shard, task, seed=11, blocks=[block])
+    assert in_place.attempts == 2, "the scenario needs a first attempt that diverges"
+    control = sampling.AttemptControl(first=2)
+    elsewhere = sampling.sample_shard(shard, task, seed=11, blocks=[block], control=control)
+    assert elsewhere.attempts == 2
+    np.testing.assert_array_equal(elsewhere.draws, in_place.draws)
+    np.testing.assert_array_equal(elsewhere.target_accept, [cfg.retry_target_accept])
+    asked = []
+    declined = sampling.AttemptControl(may_retry=lambda: asked.append(1) or False)
+    with pytest.raises(sampling.Superseded):
+        sampling.sample_shard(shard, task, seed=11, blocks=[block], control=declined)
+    assert asked == [1]
+    called_off = sampling.AttemptControl(first=2, cancelled=lambda: True)
+    with pytest.raises(sampling.Superseded):
+        sampling.sample_shard(shard, task, seed=11, blocks=[block], control=called_off)

@@ -13,11 +13,17 @@ Protocol, in order, on ``COMM_WORLD``:
    (``work_units``, ``costliest_first``). A rank asks rank 0 for work (the request carries
    the note of what it just finished, which feeds the progress bar) and gets a unit header
    (shard index, chain block or -1 for the whole shard; index -1 when nothing is left) and
-   the shard's arrays as numpy buffers (``Send``). A thread on rank 0 answers while rank 0
-   samples too, from the first request of a rank on its node on: that rank has compiled the
-   sampler into the node's compilation cache, which rank 0 then loads instead of compiling
-   it again. Each rank saves each result file itself as soon as it has it (the --resume
-   checkpoint);
+   the shard's arrays as numpy buffers (``Send``). When nothing is left to deal, a rank that
+   asks gets a speculative retry instead: attempt 2 of the chain block dealt last among those
+   still on their first attempt elsewhere (``Dealer``). A rank whose first attempt fails the
+   divergence check asks rank 0 before retrying; if a speculative retry has the block, it
+   leaves the block to it, and if its first attempt passes, rank 0 calls the speculative
+   retry off. The speculative retry's draws equal a retry run in place (``AttemptControl``),
+   so speculation changes when a run ends, never its results. A thread on rank 0 answers
+   while rank 0 samples too, from the first request of a rank on its node on: that rank has
+   compiled the sampler into the node's compilation cache, which rank 0 then loads instead
+   of compiling it again. Each rank saves each result file itself as soon as it has it (the --resume
+   checkpoint; a speculative retry's file is written by rank 0 once it is known to be kept);
 4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
    rank); rank 0 merges each shard's chains into its shard file.
 
@@ -41,6 +47,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,13 +74,15 @@ from hetmpi.runtime import (
 
 if TYPE_CHECKING:
     from hetmpi.progress import ShardNote
-    from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask
+    from hetmpi.sampling import AttemptControl, SamplerOutline, ShardResult, ShardTask
     from hetmpi.sharding import Shard
 
 log = logging.getLogger("hetmpi")
 
 TAG_REQUEST = 11  # a rank asks for work, with the note of its last unit (or None)
 TAG_SHARD = 12  # rank 0's answer: a unit header, then the shard's arrays unless none is left
+TAG_RETRY = 13  # a rank whose first attempt failed asks whether to retry (answer: same tag)
+TAG_CANCEL = 14  # rank 0 calls a speculative retry off: (shard index, chains)
 IDLE_POLL_SECONDS = 0.05
 NO_SHARD = -1
 
@@ -88,6 +97,27 @@ class RunHeader:
     timeout: float | None  # executor.shard_timeout
     length: int  # padded shard length
     has_sigma: bool
+
+
+UnitKey = tuple[int, tuple[int, ...]]  # shard index and the chains of a unit
+
+
+@dataclass(frozen=True)
+class Dealt:
+    """A work unit as dealt to a rank; ``first`` is 2 for a speculative retry."""
+
+    unit: WorkUnit
+    key: UnitKey
+    first: int = 1
+
+
+def unit_key(unit: WorkUnit, num_chains: int) -> UnitKey:
+    shard, block = unit
+    return shard.index, tuple(range(num_chains)) if block is None else block
+
+
+def result_key(result: ShardResult) -> UnitKey:
+    return result.index, result.chains
 
 
 @dataclass(frozen=True)
@@ -201,15 +231,19 @@ def _lead(
         raise
 
 
-def _run_unit(unit: WorkUnit, header: RunHeader) -> ShardResult:
-    """Sample a whole shard, or one chain block of it, and save its file at once."""
+def _run_unit(dealt: Dealt, header: RunHeader, control: AttemptControl) -> ShardResult:
+    """Sample a whole shard, or one chain block of it, and save its file at once unless the
+    run is speculative. Raises ``Superseded`` as ``control`` decides."""
     from hetmpi.results import save_shard_result
     from hetmpi.sampling import sample_shard
 
-    shard, block = unit
+    shard, block = dealt.unit
     blocks = None if block is None else [block]
-    result = sample_shard(shard, header.task, header.seed, header.timeout, blocks=blocks)
-    save_shard_result(header.out_dir, result, part=block is not None)
+    result = sample_shard(
+        shard, header.task, header.seed, header.timeout, blocks=blocks, control=control
+    )
+    if dealt.first == 1:
+        save_shard_result(header.out_dir, result, part=block is not None)
     return result
 
 
@@ -221,7 +255,7 @@ def _received(message: object) -> object:
 
 def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
     from hetmpi.progress import ShardNote
-    from hetmpi.sampling import compile_monitor, precompile
+    from hetmpi.sampling import AttemptControl, Superseded, compile_monitor, precompile
 
     with compile_monitor() as compiles:
         idle_barrier(comm)  # while rank 0 loads the data
@@ -229,14 +263,45 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
         precompile(outline)
         idle_barrier(comm)  # while rank 0 fits the warm start
         header = _received(comm.bcast(None, root=0))
-        results = []
+        results: list[tuple[ShardResult, bool]] = []
+        calls_off: set[UnitKey] = set()
         note = None
-        while (unit := _request(notes, header, note)) is not None:
-            result = _run_unit(unit, header)
-            results.append(result)
+        while (dealt := _request(notes, header, note, calls_off)) is not None:
+            if dealt.first == 1:
+                control = AttemptControl(may_retry=partial(_ask_to_retry, notes))
+            else:
+                called_off = partial(_called_off, notes, calls_off, dealt.key)
+                control = AttemptControl(first=dealt.first, cancelled=called_off)
+            try:
+                result = _run_unit(dealt, header, control)
+            except Superseded:
+                note = None
+                continue
+            results.append((result, dealt.first > 1))
             note = ShardNote.of(result)
     idle_barrier(comm)  # until every rank has sampled
+    _drain_calls_off(notes, calls_off)
     _gather(comm, results, compiles)
+
+
+def _ask_to_retry(notes: MPI.Comm) -> bool:
+    """Whether this rank should retry the block whose first attempt just failed (no: a
+    speculative retry elsewhere has it)."""
+    notes.send(None, dest=0, tag=TAG_RETRY)
+    _wait_for(notes, 0, TAG_RETRY, MPI.Status())
+    return bool(notes.recv(source=0, tag=TAG_RETRY))
+
+
+def _drain_calls_off(notes: MPI.Comm, into: set[UnitKey]) -> None:
+    """Receive every waiting TAG_CANCEL message into ``into``."""
+    while notes.Iprobe(source=0, tag=TAG_CANCEL):
+        index, chains = notes.recv(source=0, tag=TAG_CANCEL)
+        into.add((index, tuple(chains)))
+
+
+def _called_off(notes: MPI.Comm, calls_off: set[UnitKey], key: UnitKey) -> bool:
+    _drain_calls_off(notes, calls_off)
+    return key in calls_off
 
 
 class MpiExecutor:
@@ -269,7 +334,7 @@ class MpiExecutor:
         self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
     ) -> list[ShardResult]:
         from hetmpi.progress import ShardNote
-        from hetmpi.sampling import chain_blocks, compile_monitor
+        from hetmpi.sampling import AttemptControl, Superseded, chain_blocks, compile_monitor
 
         size = self.comm.Get_size()
         if len(shards) < size:
@@ -292,17 +357,27 @@ class MpiExecutor:
         samplers = size if rank0_samples else size - 1
         ordered = [shards[k] for k in longest_first(shards)]
         units = work_units(ordered, chain_blocks(task.cfg), samplers)
-        dealer = Dealer(self.notes, header, units, report, self.neighbours)
-        results: list[ShardResult] = []
+        speculate = samplers > 1 and task.cfg.max_retries >= 1
+        dealer = Dealer(self.notes, header, units, report, self.neighbours, speculate=speculate)
+        results: list[tuple[ShardResult, bool]] = []
 
         def sample_own() -> None:
             # a neighbour that asks for work has compiled the sampler into the node's cache,
             # which it began during the warm start: loading it beats compiling it again
             dealer.neighbour_compiled.wait()
-            while (unit := dealer.next_unit()) is not None:
-                result = _run_unit(unit, header)
-                dealer.note_done(ShardNote.of(result))
-                results.append(result)
+            while (dealt := dealer.next_unit(0)) is not None:
+                control = AttemptControl(
+                    first=dealt.first,
+                    may_retry=partial(dealer.may_retry, 0),
+                    cancelled=partial(dealer.called_off, dealt.key),
+                )
+                try:
+                    result = _run_unit(dealt, header, control)
+                except Superseded:
+                    dealer.finished(0, None)
+                    continue
+                dealer.finished(0, ShardNote.of(result))
+                results.append((result, dealt.first > 1))
 
         with compile_monitor() as compiles:
             if size == 1:
@@ -325,19 +400,25 @@ class MpiExecutor:
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
         everything, compile_counts = _gather(self.comm, results, compiles)
-        everything = _merge_split_shards(everything, out_dir)
+        everything = _merge_split_shards(dealer.kept(everything, out_dir), out_dir)
         gathered = time.perf_counter()
         self.timings = {
             "scatter": dealer.send_seconds,
             "gather": gathered - gather_started,
             "compiles_per_process": compile_counts,
+            "speculative_retries": dealer.speculation_counts(),
         }
         return everything
 
 
 class Dealer:
     """Rank 0's queue of work units, dealt in order to whichever rank asks (rank 0 takes its
-    own from the same queue); it turns the notes of chain blocks into one per shard."""
+    own from the same queue); it turns the notes of chain blocks into one per shard.
+
+    When the queue is empty it deals speculative retries (``speculate``) and keeps, per
+    block, which result wins: the first attempt's when it passed the divergence check (or
+    failed for another reason), the speculative retry's when the first attempt asked to
+    retry after a speculative retry had started."""
 
     def __init__(
         self,
@@ -346,9 +427,13 @@ class Dealer:
         units: Sequence[WorkUnit],
         report: Report,
         neighbours: frozenset[int],
+        *,
+        speculate: bool = False,
     ) -> None:
         """``neighbours``: ranks whose first request sets ``neighbour_compiled`` (set at once
         when there are none, or no work)."""
+        from hetmpi.sampling import chain_blocks
+
         self.notes = notes
         self.neighbours = neighbours
         self.neighbour_compiled = threading.Event()
@@ -356,19 +441,100 @@ class Dealer:
             self.neighbour_compiled.set()
         self.header = header
         self.queue = list(units)
+        self.speculate = speculate
+        # a whole shard's blocks retry one by one, so only a single block is speculated on
+        self.single_block = len(chain_blocks(header.task.cfg)) == 1
         self.lock = threading.Lock()
         self.report = report
         self.partial: dict[int, list[ShardNote]] = {}
         self.seconds_per_chain: dict[int, float] = {}  # shard index -> of its finished chains
         self.send_seconds = 0.0
+        self.running: dict[int, Dealt] = {}  # rank -> the unit it samples now
+        self.speculators: dict[UnitKey, int] = {}  # block -> rank running its retry early
+        self.retried_in_place: set[UnitKey] = set()  # blocks no one may speculate on now
+        self.winner: dict[UnitKey, str] = {}  # speculated block -> "first" or "speculative"
+        self.held_notes: dict[UnitKey, ShardNote] = {}  # speculative, finished, not yet won
+        self.calls_off: set[UnitKey] = set()  # speculative retries called off
+        self.outbox: list[tuple[int, UnitKey]] = []  # calls off for other ranks, to send
 
-    def next_unit(self) -> WorkUnit | None:
+    def next_unit(self, rank: int) -> Dealt | None:
+        """What ``rank`` samples next (it finished its last unit): the next queued unit, else
+        a speculative retry, else None."""
         with self.lock:
-            if not self.queue:
-                return None
-            return self.queue.pop(costliest_first(self.queue, self.seconds_per_chain))
+            if self.queue:
+                unit = self.queue.pop(costliest_first(self.queue, self.seconds_per_chain))
+                dealt = Dealt(unit, unit_key(unit, self.header.task.cfg.num_chains))
+            else:
+                dealt = self._speculation(rank)
+            if dealt is not None:
+                self.running[rank] = dealt
+            return dealt
 
-    def note_done(self, note: ShardNote) -> None:
+    def _speculation(self, rank: int) -> Dealt | None:
+        if not self.speculate:
+            return None
+        candidates = [
+            dealt
+            for other, dealt in self.running.items()
+            if other != rank
+            and dealt.first == 1
+            and (dealt.unit[1] is not None or self.single_block)
+            and dealt.key not in self.speculators
+            and dealt.key not in self.retried_in_place
+        ]
+        if not candidates:
+            return None
+        target = candidates[-1]  # dealt last, so likely to finish last
+        self.speculators[target.key] = rank
+        index, chains = target.key
+        log.info("rank %d starts the retry of shard %d chains %s speculatively",
+                 rank, index, list(chains))  # fmt: skip
+        return Dealt(target.unit, target.key, first=2)
+
+    def may_retry(self, rank: int) -> bool:
+        """Whether ``rank``, whose first attempt at its unit failed the divergence check,
+        retries it itself (else a speculative retry has it, and now wins)."""
+        with self.lock:
+            key = self.running[rank].key
+            if key not in self.speculators:
+                self.retried_in_place.add(key)
+                return True
+            self.winner[key] = "speculative"
+            held = self.held_notes.pop(key, None)
+        if held is not None:
+            self._note_done(held)
+        return False
+
+    def called_off(self, key: UnitKey) -> bool:
+        """Whether rank 0's speculative retry of ``key`` was called off."""
+        with self.lock:
+            return key in self.calls_off
+
+    def finished(self, rank: int, note: ShardNote | None) -> None:
+        """``rank`` is done with its unit: ``note`` of its result, or None when it left the
+        result to another rank (it retries no more, or its speculation was called off)."""
+        with self.lock:
+            dealt = self.running.pop(rank, None)
+            if dealt is None or note is None:
+                return
+            key = dealt.key
+            if dealt.first == 1:
+                if key in self.speculators:
+                    self.winner[key] = "first"
+                    speculator = self.speculators[key]
+                    running = self.running.get(speculator)
+                    if running is not None and running.key == key:
+                        if speculator == 0:
+                            self.calls_off.add(key)
+                        else:
+                            self.outbox.append((speculator, key))
+            elif self.winner.get(key) != "speculative":
+                if key not in self.winner:
+                    self.held_notes[key] = note
+                return
+        self._note_done(note)
+
+    def _note_done(self, note: ShardNote) -> None:
         """Report a shard once notes for all its chains are in."""
         from hetmpi.progress import ShardNote
 
@@ -382,6 +548,31 @@ class Dealer:
                 return
             del self.partial[note.index]
         self.report(ShardNote.merged(parts))
+
+    def kept(self, results: Sequence[tuple[ShardResult, bool]], out_dir: Path) -> list[ShardResult]:
+        """The winning result of every unit from (result, speculative) pairs; the
+        speculative winners' files are written here (their ranks did not write them)."""
+        from hetmpi.results import save_shard_result
+
+        kept = []
+        for result, speculative in results:
+            won = self.winner.get(result_key(result)) == "speculative"
+            if speculative and won:
+                whole = result.chains == tuple(range(self.header.task.cfg.num_chains))
+                save_shard_result(out_dir, result, part=not whole)
+            if speculative == won:
+                kept.append(result)
+        return kept
+
+    def speculation_counts(self) -> dict[str, int]:
+        wins = sum(winner == "speculative" for winner in self.winner.values())
+        return {"started": len(self.speculators), "kept": wins}
+
+    def _send_calls_off(self) -> None:
+        with self.lock:
+            outbox, self.outbox = self.outbox, []
+        for rank, key in outbox:
+            self.notes.send(key, dest=rank, tag=TAG_CANCEL)
 
     def serve_or_abort(self, ranks: int) -> None:
         """``serve`` in a thread: an error there aborts the job (nobody else would see it)."""
@@ -400,28 +591,36 @@ class Dealer:
         stopped = 0
         status = MPI.Status()
         while stopped < ranks:
-            _wait_for(self.notes, MPI.ANY_SOURCE, TAG_REQUEST, status)
-            rank = status.Get_source()
+            while not self.notes.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                self._send_calls_off()
+                time.sleep(IDLE_POLL_SECONDS)
+            rank, tag = status.Get_source(), status.Get_tag()
+            if tag == TAG_RETRY:
+                self.notes.recv(source=rank, tag=TAG_RETRY)
+                self.notes.send(self.may_retry(rank), dest=rank, tag=TAG_RETRY)
+                continue
             if rank in self.neighbours:
                 self.neighbour_compiled.set()
             note: ShardNote | None = self.notes.recv(source=rank, tag=TAG_REQUEST)
-            if note is not None:
-                self.note_done(note)
-            unit = self.next_unit()
+            self.finished(rank, note)
+            self._send_calls_off()
+            dealt = self.next_unit(rank)
             started = time.perf_counter()
-            if unit is None:
-                self.notes.Send(np.array([NO_SHARD, -1], dtype=np.int64), dest=rank, tag=TAG_SHARD)
+            if dealt is None:
+                head = np.array([NO_SHARD, -1, 0], dtype=np.int64)
+                self.notes.Send(head, dest=rank, tag=TAG_SHARD)
                 stopped += 1
             else:
-                shard, block = unit
+                shard, block = dealt.unit
                 blocks = chain_blocks(self.header.task.cfg)
                 number = -1 if block is None else blocks.index(block)
-                head = np.array([shard.index, number], dtype=np.int64)
+                head = np.array([shard.index, number, dealt.first], dtype=np.int64)
                 self.notes.Send(head, dest=rank, tag=TAG_SHARD)
                 arrays = stack_shards([shard], self.header.length, self.header.has_sigma)
                 for name in _field_order(arrays):
                     self.notes.Send(arrays[name], dest=rank, tag=TAG_SHARD)
             self.send_seconds += time.perf_counter() - started
+        self._send_calls_off()
 
 
 def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[ShardResult]:
@@ -438,22 +637,27 @@ def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[S
     ]
 
 
-def _request(notes: MPI.Comm, header: RunHeader, note: ShardNote | None) -> WorkUnit | None:
-    """Ask rank 0 for the next unit of work (reporting ``note``); None when none is left."""
+def _request(
+    notes: MPI.Comm, header: RunHeader, note: ShardNote | None, calls_off: set[UnitKey]
+) -> Dealt | None:
+    """Ask rank 0 for the next unit of work (reporting ``note``); None when none is left.
+    Calls off that arrive meanwhile go into ``calls_off``."""
     from hetmpi.executors.buffers import empty_block, shard_from_block
     from hetmpi.sampling import chain_blocks
 
     notes.send(note, dest=0, tag=TAG_REQUEST)
-    head = np.empty(2, dtype=np.int64)
+    head = np.empty(3, dtype=np.int64)
     _wait_for(notes, 0, TAG_SHARD, MPI.Status())
     notes.Recv(head, source=0, tag=TAG_SHARD)
+    _drain_calls_off(notes, calls_off)
     if head[0] == NO_SHARD:
         return None
     arrays = empty_block(1, header.length, header.has_sigma)
     for name in _field_order(arrays):
         notes.Recv(arrays[name], source=0, tag=TAG_SHARD)
     block = None if head[1] < 0 else chain_blocks(header.task.cfg)[head[1]]
-    return shard_from_block(arrays, 0), block
+    unit = (shard_from_block(arrays, 0), block)
+    return Dealt(unit, unit_key(unit, header.task.cfg.num_chains), first=int(head[2]))
 
 
 def _field_order(block: dict[str, np.ndarray]) -> list[str]:
@@ -478,14 +682,19 @@ def idle_barrier(comm: MPI.Comm) -> None:
 
 
 def _gather(
-    comm: MPI.Comm, results: list[ShardResult], compiles: dict[str, float]
-) -> tuple[list[ShardResult], list[int]]:
-    """Every rank's results and compile count on rank 0 (empty lists elsewhere)."""
+    comm: MPI.Comm, results: list[tuple[ShardResult, bool]], compiles: dict[str, float]
+) -> tuple[list[tuple[ShardResult, bool]], list[int]]:
+    """Every rank's (result, speculative) pairs and compile count on rank 0 (empty lists
+    elsewhere)."""
     from hetmpi.executors.buffers import pack_result, unpack_result
 
-    packed = [pack_result(result) for result in results]
-    payload = np.concatenate([p for _, p in packed]) if packed else np.zeros(0)
-    metas = comm.gather(([m for m, _ in packed], payload.size, int(compiles["compiles"])), root=0)
+    packed = [(pack_result(result), speculative) for result, speculative in results]
+    payload = np.concatenate([p for (_, p), _ in packed]) if packed else np.zeros(0)
+    metas = comm.gather(
+        ([(m, speculative) for (m, _), speculative in packed], payload.size,
+         int(compiles["compiles"])),
+        root=0,
+    )  # fmt: skip
     receive = None
     if comm.Get_rank() == 0:
         sizes = [size for _, size, _ in metas]
@@ -498,8 +707,8 @@ def _gather(
     everything = []
     start = 0
     for rank_metas, _, _ in metas:
-        for meta in rank_metas:
+        for meta, speculative in rank_metas:
             size = sum(int(np.prod(shape)) for shape, _ in meta["arrays"])
-            everything.append(unpack_result(meta, receive[start : start + size]))
+            everything.append((unpack_result(meta, receive[start : start + size]), speculative))
             start += size
     return everything, [count for _, _, count in metas]
