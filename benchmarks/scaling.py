@@ -101,6 +101,8 @@ def main() -> None:
             f"{timings['consensus']:>13.3f}{overhead / wall:>11.3%}  {compiles}",
             flush=True,
         )
+        if "speculative_retries" in timings:
+            print(f"{'':<16}speculative retries: {timings['speculative_retries']}", flush=True)
     if "mpi1" in walls and "mpi2" in walls:
         print(f"MPI speed-up 2 ranks over 1 rank: {walls['mpi1'] / walls['mpi2']:.2f}x "
               "(target >= 1.8x)")  # fmt: skip
