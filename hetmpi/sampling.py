@@ -368,7 +368,7 @@ class AttemptControl:
     may_retry: asked once before a block's first retry; False raises ``Superseded`` (a
         speculative retry has it).
     cancelled: polled between chunks of iterations; True raises ``Superseded`` (the first
-        attempt passed, so this speculative retry is not needed).
+        attempt's result is kept, so this speculative retry is not needed).
     """
 
     first: int = 1
@@ -472,9 +472,9 @@ def _sample(
     # each chain draws from its own stream, so blocking chains differently changes nothing
     rngs = [np.random.default_rng([seed, shard.index, chain]) for chain in block]
 
-    def attempt_inputs() -> tuple[jax.Array, jax.Array]:
-        keys = _chain_keys([int(rng.integers(2**31)) for rng in rngs])
-        return keys, jnp.asarray(np.stack([task.initial_z(rng) for rng in rngs]))
+    def attempt_inputs() -> tuple[list[int], np.ndarray]:
+        seeds = [int(rng.integers(2**31)) for rng in rngs]
+        return seeds, np.stack([task.initial_z(rng) for rng in rngs])
 
     for _ in range(control.first - 1):  # the earlier attempts' draws from the streams
         attempt_inputs()
@@ -487,9 +487,9 @@ def _sample(
     while True:
         attempts += 1
         operands = (args, jnp.asarray(target_accept, dtype=jnp.float64))
-        keys, z0 = attempt_inputs()
+        seeds, z0 = attempt_inputs()
         started = time.perf_counter()
-        states = start(keys, z0, *operands)
+        states = start(_chain_keys(seeds), jnp.asarray(z0), *operands)
         count = plan.num_warmup // settings.chunk
         states, _ = _chunks(advance, states, operands, count, deadline, control.cancelled)
         warmed = time.perf_counter()

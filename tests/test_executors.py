@@ -174,3 +174,55 @@ def test_a_shard_costs_what_its_finished_chains_took() -> None:
     assert seconds_per_chain([ok, ShardNote(3, "ok", 0, 90.0, seconds=4.0, chains=1)]) == 8.0
     assert seconds_per_chain([failed, ok]) == 12.0
     assert seconds_per_chain([failed]) is None
+
+
+def _dealer(units: list, reports: list[ShardNote]):
+    """A Dealer of ``units`` (shards stand in by their index: the dealer only orders and
+    books them) with speculation on, 2 chains per shard, reporting into ``reports``."""
+    from hetmpi.executors.mpi import Dealer
+
+    header = SimpleNamespace(task=SimpleNamespace(cfg=SimpleNamespace(num_chains=2)))
+    return Dealer(None, header, units, reports.append, frozenset(), speculate=True)
+
+
+def test_a_speculative_retry_that_wins_is_reported_once_when_the_first_attempt_gives_up():
+    """Nothing left to deal: rank 0 speculates on the block dealt last; its note is held
+    until the first attempt (rank 2) fails and asks to retry, then it completes the shard."""
+    shard = SimpleNamespace(index=4)
+    reports: list[ShardNote] = []
+    dealer = _dealer([(shard, (0,)), (shard, (1,))], reports)
+    assert dealer.next_unit(1).key == (4, (0,))
+    assert dealer.next_unit(2).key == (4, (1,))
+    dealer.finished(1, ShardNote(4, "ok", 0, 10.0, seconds=5.0, chains=1))
+    speculation = dealer.next_unit(0)
+    assert speculation.speculative and speculation.key == (4, (1,))
+    assert dealer.own_control(speculation).first == 2
+    assert dealer.next_unit(3) is None  # one speculation per block
+    dealer.finished(0, ShardNote(4, "ok", 1, 12.0, seconds=6.0, chains=1))
+    assert reports == []  # held: the first attempt may still pass
+    assert dealer.may_retry(2) is False
+    dealer.finished(2, None)
+    assert [(note.index, note.chains, note.divergences) for note in reports] == [(4, 2, 1)]
+    assert dealer.speculation_counts() == {"started": 1, "kept": 1}
+
+
+def test_a_first_attempt_that_passes_calls_its_speculative_retry_off():
+    """The speculator (rank 2) is told to stop, its note never counts; a block whose first
+    attempt already retries in place gets no speculation."""
+    shards = [SimpleNamespace(index=k) for k in range(2)]
+    reports: list[ShardNote] = []
+    dealer = _dealer([(shards[0], (0,)), (shards[1], (0,))], reports)
+    dealer.next_unit(0)
+    dealer.next_unit(1)
+    assert dealer.may_retry(1) is True  # shard 1's first attempt retries in place
+    speculation = dealer.next_unit(2)
+    assert speculation.key == (0, (0,))  # the only block still on its first attempt
+    assert dealer.next_unit(3) is None
+    dealer.finished(0, ShardNote(0, "ok", 0, 10.0, seconds=5.0, chains=1))
+    assert dealer.outbox == [(2, (0, (0,)))]
+    assert not dealer.called_off((0, (0,)))  # that set is rank 0's own speculations
+    dealer.finished(2, None)
+    dealer.finished(1, ShardNote(1, "ok", 0, 10.0, seconds=5.0, chains=1))
+    assert dealer.speculation_counts() == {"started": 1, "kept": 0}
+    assert dealer.partial.keys() == {0, 1}  # one chain of each shard counted, none twice
+    assert [len(parts) for parts in dealer.partial.values()] == [1, 1]

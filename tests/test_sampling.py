@@ -161,10 +161,15 @@ def test_a_retry_started_elsewhere_equals_the_retry_in_place(prepared: Prepared)
     np.testing.assert_array_equal(elsewhere.draws, in_place.draws)
     np.testing.assert_array_equal(elsewhere.target_accept, [cfg.retry_target_accept])
     asked = []
-    declined = sampling.AttemptControl(may_retry=lambda: asked.append(1) or False)
+
+    def decline() -> bool:
+        asked.append(True)
+        return False
+
+    declined = sampling.AttemptControl(may_retry=decline)
     with pytest.raises(sampling.Superseded):
         sampling.sample_shard(shard, task, seed=11, blocks=[block], control=declined)
-    assert asked == [1]
+    assert asked == [True]
     called_off = sampling.AttemptControl(first=2, cancelled=lambda: True)
     with pytest.raises(sampling.Superseded):
         sampling.sample_shard(shard, task, seed=11, blocks=[block], control=called_off)

@@ -3,7 +3,8 @@ in where that happens.
 
 ``Executor.run`` samples the given shards and returns their results (any order). Each
 result is saved to ``out_dir`` by the process that produced it, as soon as it exists (that
-file is the --resume checkpoint), and ``report`` gets its ShardNote in this process (progress).
+file is the --resume checkpoint; the MPI executor's speculative retries are the exception,
+see executors/mpi.py), and ``report`` gets its ShardNote in this process (progress).
 ``timings`` holds what the executor measured (seconds, compiles per process).
 
 This module imports no JAX: executor modules are loaded by processes (spawned workers, MPI

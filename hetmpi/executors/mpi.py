@@ -19,11 +19,13 @@ Protocol, in order, on ``COMM_WORLD``:
    divergence check asks rank 0 before retrying; if a speculative retry has the block, it
    leaves the block to it, and if its first attempt passes, rank 0 calls the speculative
    retry off. The speculative retry's draws equal a retry run in place (``AttemptControl``),
-   so speculation changes when a run ends, never its results. A thread on rank 0 answers
+   so speculation changes when a run ends, not its draws (a speculative retry's
+   ``shard_timeout`` counts from its own start). A thread on rank 0 answers
    while rank 0 samples too, from the first request of a rank on its node on: that rank has
    compiled the sampler into the node's compilation cache, which rank 0 then loads instead
    of compiling it again. Each rank saves each result file itself as soon as it has it (the --resume
-   checkpoint; a speculative retry's file is written by rank 0 once it is known to be kept);
+   checkpoint), except a speculative retry's, which rank 0 writes after sampling if it won
+   (a job killed before then reruns that chain on --resume);
 4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
    rank); rank 0 merges each shard's chains into its shard file.
 
@@ -102,13 +104,17 @@ class RunHeader:
 UnitKey = tuple[int, tuple[int, ...]]  # shard index and the chains of a unit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dealt:
     """A work unit as dealt to a rank; ``first`` is 2 for a speculative retry."""
 
     unit: WorkUnit
     key: UnitKey
     first: int = 1
+
+    @property
+    def speculative(self) -> bool:
+        return self.first > 1
 
 
 def unit_key(unit: WorkUnit, num_chains: int) -> UnitKey:
@@ -242,7 +248,7 @@ def _run_unit(dealt: Dealt, header: RunHeader, control: AttemptControl) -> Shard
     result = sample_shard(
         shard, header.task, header.seed, header.timeout, blocks=blocks, control=control
     )
-    if dealt.first == 1:
+    if not dealt.speculative:
         save_shard_result(header.out_dir, result, part=block is not None)
     return result
 
@@ -267,20 +273,19 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
         calls_off: set[UnitKey] = set()
         note = None
         while (dealt := _request(notes, header, note, calls_off)) is not None:
-            if dealt.first == 1:
-                control = AttemptControl(may_retry=partial(_ask_to_retry, notes))
-            else:
+            if dealt.speculative:
                 called_off = partial(_called_off, notes, calls_off, dealt.key)
                 control = AttemptControl(first=dealt.first, cancelled=called_off)
+            else:
+                control = AttemptControl(may_retry=partial(_ask_to_retry, notes))
             try:
                 result = _run_unit(dealt, header, control)
             except Superseded:
                 note = None
                 continue
-            results.append((result, dealt.first > 1))
+            results.append((result, dealt.speculative))
             note = ShardNote.of(result)
     idle_barrier(comm)  # until every rank has sampled
-    _drain_calls_off(notes, calls_off)
     _gather(comm, results, compiles)
 
 
@@ -334,7 +339,7 @@ class MpiExecutor:
         self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
     ) -> list[ShardResult]:
         from hetmpi.progress import ShardNote
-        from hetmpi.sampling import AttemptControl, Superseded, chain_blocks, compile_monitor
+        from hetmpi.sampling import Superseded, chain_blocks, compile_monitor
 
         size = self.comm.Get_size()
         if len(shards) < size:
@@ -366,18 +371,13 @@ class MpiExecutor:
             # which it began during the warm start: loading it beats compiling it again
             dealer.neighbour_compiled.wait()
             while (dealt := dealer.next_unit(0)) is not None:
-                control = AttemptControl(
-                    first=dealt.first,
-                    may_retry=partial(dealer.may_retry, 0),
-                    cancelled=partial(dealer.called_off, dealt.key),
-                )
                 try:
-                    result = _run_unit(dealt, header, control)
+                    result = _run_unit(dealt, header, dealer.own_control(dealt))
                 except Superseded:
                     dealer.finished(0, None)
                     continue
                 dealer.finished(0, ShardNote.of(result))
-                results.append((result, dealt.first > 1))
+                results.append((result, dealt.speculative))
 
         with compile_monitor() as compiles:
             if size == 1:
@@ -400,7 +400,7 @@ class MpiExecutor:
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
         everything, compile_counts = _gather(self.comm, results, compiles)
-        everything = _merge_split_shards(dealer.kept(everything, out_dir), out_dir)
+        everything = _merge_split_shards(dealer.keep_winners(everything, out_dir), out_dir)
         gathered = time.perf_counter()
         self.timings = {
             "scatter": dealer.send_seconds,
@@ -432,8 +432,6 @@ class Dealer:
     ) -> None:
         """``neighbours``: ranks whose first request sets ``neighbour_compiled`` (set at once
         when there are none, or no work)."""
-        from hetmpi.sampling import chain_blocks
-
         self.notes = notes
         self.neighbours = neighbours
         self.neighbour_compiled = threading.Event()
@@ -441,9 +439,7 @@ class Dealer:
             self.neighbour_compiled.set()
         self.header = header
         self.queue = list(units)
-        self.speculate = speculate
-        # a whole shard's blocks retry one by one, so only a single block is speculated on
-        self.single_block = len(chain_blocks(header.task.cfg)) == 1
+        self.speculate = speculate  # only when units are single blocks (see work_units)
         self.lock = threading.Lock()
         self.report = report
         self.partial: dict[int, list[ShardNote]] = {}
@@ -452,7 +448,7 @@ class Dealer:
         self.running: dict[int, Dealt] = {}  # rank -> the unit it samples now
         self.speculators: dict[UnitKey, int] = {}  # block -> rank running its retry early
         self.retried_in_place: set[UnitKey] = set()  # blocks no one may speculate on now
-        self.winner: dict[UnitKey, str] = {}  # speculated block -> "first" or "speculative"
+        self.speculation_won: dict[UnitKey, bool] = {}  # speculated block -> who won
         self.held_notes: dict[UnitKey, ShardNote] = {}  # speculative, finished, not yet won
         self.calls_off: set[UnitKey] = set()  # speculative retries called off
         self.outbox: list[tuple[int, UnitKey]] = []  # calls off for other ranks, to send
@@ -477,8 +473,7 @@ class Dealer:
             dealt
             for other, dealt in self.running.items()
             if other != rank
-            and dealt.first == 1
-            and (dealt.unit[1] is not None or self.single_block)
+            and not dealt.speculative
             and dealt.key not in self.speculators
             and dealt.key not in self.retried_in_place
         ]
@@ -499,7 +494,7 @@ class Dealer:
             if key not in self.speculators:
                 self.retried_in_place.add(key)
                 return True
-            self.winner[key] = "speculative"
+            self.speculation_won[key] = True
             held = self.held_notes.pop(key, None)
         if held is not None:
             self._note_done(held)
@@ -517,22 +512,42 @@ class Dealer:
             dealt = self.running.pop(rank, None)
             if dealt is None or note is None:
                 return
-            key = dealt.key
-            if dealt.first == 1:
-                if key in self.speculators:
-                    self.winner[key] = "first"
-                    speculator = self.speculators[key]
-                    running = self.running.get(speculator)
-                    if running is not None and running.key == key:
-                        if speculator == 0:
-                            self.calls_off.add(key)
-                        else:
-                            self.outbox.append((speculator, key))
-            elif self.winner.get(key) != "speculative":
-                if key not in self.winner:
-                    self.held_notes[key] = note
-                return
-        self._note_done(note)
+            if dealt.speculative:
+                report = self._speculation_finished(dealt.key, note)
+            else:
+                report = True
+                if dealt.key in self.speculators:
+                    self._first_attempt_won(dealt.key)
+        if report:
+            self._note_done(note)
+
+    def _first_attempt_won(self, key: UnitKey) -> None:
+        """The first attempt at ``key`` kept its result: call its speculation off."""
+        self.speculation_won[key] = False
+        self.held_notes.pop(key, None)
+        speculator = self.speculators[key]
+        running = self.running.get(speculator)
+        if running is not None and running.key == key:
+            if speculator == 0:
+                self.calls_off.add(key)
+            else:
+                self.outbox.append((speculator, key))
+
+    def _speculation_finished(self, key: UnitKey, note: ShardNote) -> bool:
+        """Whether to report the note of a finished speculative retry now (it won); held
+        until the first attempt decides, dropped if the first attempt won."""
+        won = self.speculation_won.get(key)
+        if won is None:
+            self.held_notes[key] = note
+        return bool(won)
+
+    def own_control(self, dealt: Dealt) -> AttemptControl:
+        """The AttemptControl of a unit rank 0 samples itself."""
+        from hetmpi.sampling import AttemptControl
+
+        if dealt.speculative:
+            return AttemptControl(first=dealt.first, cancelled=partial(self.called_off, dealt.key))
+        return AttemptControl(may_retry=partial(self.may_retry, 0))
 
     def _note_done(self, note: ShardNote) -> None:
         """Report a shard once notes for all its chains are in."""
@@ -549,14 +564,16 @@ class Dealer:
             del self.partial[note.index]
         self.report(ShardNote.merged(parts))
 
-    def kept(self, results: Sequence[tuple[ShardResult, bool]], out_dir: Path) -> list[ShardResult]:
+    def keep_winners(
+        self, results: Sequence[tuple[ShardResult, bool]], out_dir: Path
+    ) -> list[ShardResult]:
         """The winning result of every unit from (result, speculative) pairs; the
         speculative winners' files are written here (their ranks did not write them)."""
         from hetmpi.results import save_shard_result
 
         kept = []
         for result, speculative in results:
-            won = self.winner.get(result_key(result)) == "speculative"
+            won = self.speculation_won.get(result_key(result), False)
             if speculative and won:
                 whole = result.chains == tuple(range(self.header.task.cfg.num_chains))
                 save_shard_result(out_dir, result, part=not whole)
@@ -565,7 +582,7 @@ class Dealer:
         return kept
 
     def speculation_counts(self) -> dict[str, int]:
-        wins = sum(winner == "speculative" for winner in self.winner.values())
+        wins = sum(self.speculation_won.values())
         return {"started": len(self.speculators), "kept": wins}
 
     def _send_calls_off(self) -> None:
@@ -620,7 +637,6 @@ class Dealer:
                 for name in _field_order(arrays):
                     self.notes.Send(arrays[name], dest=rank, tag=TAG_SHARD)
             self.send_seconds += time.perf_counter() - started
-        self._send_calls_off()
 
 
 def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[ShardResult]:
