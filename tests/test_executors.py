@@ -206,9 +206,25 @@ def test_a_speculative_retry_that_wins_is_reported_once_when_the_first_attempt_g
     assert dealer.speculation_counts() == {"started": 1, "kept": 1}
 
 
+def test_a_speculative_retry_still_running_is_told_that_it_won() -> None:
+    """The first attempt gives up while the speculator (rank 1) still runs: rank 1 is sent
+    TAG_WON, so it writes its file itself as soon as it ends."""
+    from hetmpi.executors.mpi import TAG_WON
+
+    shard = SimpleNamespace(index=2)
+    dealer = _dealer([(shard, (0,))], [])
+    dealer.next_unit(0)
+    assert dealer.next_unit(1).speculative
+    assert dealer.may_retry(0) is False
+    assert dealer.outbox == [(1, (2, (0,)), TAG_WON)]
+    assert dealer.known_winner((2, (0,)))
+
+
 def test_a_first_attempt_that_passes_calls_its_speculative_retry_off():
     """The speculator (rank 2) is told to stop, its note never counts; a block whose first
     attempt already retries in place gets no speculation."""
+    from hetmpi.executors.mpi import TAG_CANCEL
+
     shards = [SimpleNamespace(index=k) for k in range(2)]
     reports: list[ShardNote] = []
     dealer = _dealer([(shards[0], (0,)), (shards[1], (0,))], reports)
@@ -219,7 +235,7 @@ def test_a_first_attempt_that_passes_calls_its_speculative_retry_off():
     assert speculation.key == (0, (0,))  # the only block still on its first attempt
     assert dealer.next_unit(3) is None
     dealer.finished(0, ShardNote(0, "ok", 0, 10.0, seconds=5.0, chains=1))
-    assert dealer.outbox == [(2, (0, (0,)))]
+    assert dealer.outbox == [(2, (0, (0,)), TAG_CANCEL)]
     assert not dealer.called_off((0, (0,)))  # that set is rank 0's own speculations
     dealer.finished(2, None)
     dealer.finished(1, ShardNote(1, "ok", 0, 10.0, seconds=5.0, chains=1))

@@ -24,8 +24,8 @@ Protocol, in order, on ``COMM_WORLD``:
    while rank 0 samples too, from the first request of a rank on its node on: that rank has
    compiled the sampler into the node's compilation cache, which rank 0 then loads instead
    of compiling it again. Each rank saves each result file itself as soon as it has it (the --resume
-   checkpoint), except a speculative retry's, which rank 0 writes after sampling if it won
-   (a job killed before then reruns that chain on --resume);
+   checkpoint). A speculative retry's rank writes its file once rank 0 has told it that it
+   won; one that ended before its first attempt did is written by rank 0 after sampling;
 4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
    rank); rank 0 merges each shard's chains into its shard file.
 
@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -85,6 +85,7 @@ TAG_REQUEST = 11  # a rank asks for work, with the note of its last unit (or Non
 TAG_SHARD = 12  # rank 0's answer: a unit header, then the shard's arrays unless none is left
 TAG_RETRY = 13  # a rank whose first attempt failed asks whether to retry (answer: same tag)
 TAG_CANCEL = 14  # rank 0 calls a speculative retry off: (shard index, chains)
+TAG_WON = 15  # rank 0 tells a speculative retry that it won: (shard index, chains)
 IDLE_POLL_SECONDS = 0.05
 NO_SHARD = -1
 
@@ -237,9 +238,12 @@ def _lead(
         raise
 
 
-def _run_unit(dealt: Dealt, header: RunHeader, control: AttemptControl) -> ShardResult:
+def _run_unit(
+    dealt: Dealt, header: RunHeader, control: AttemptControl, won: Callable[[], bool]
+) -> tuple[ShardResult, bool]:
     """Sample a whole shard, or one chain block of it, and save its file at once unless the
-    run is speculative. Raises ``Superseded`` as ``control`` decides."""
+    run is a speculative retry not yet known to have ``won``: (result, whether it is still
+    undecided). Raises ``Superseded`` as ``control`` decides."""
     from hetmpi.results import save_shard_result
     from hetmpi.sampling import sample_shard
 
@@ -248,9 +252,10 @@ def _run_unit(dealt: Dealt, header: RunHeader, control: AttemptControl) -> Shard
     result = sample_shard(
         shard, header.task, header.seed, header.timeout, blocks=blocks, control=control
     )
-    if not dealt.speculative:
+    undecided = dealt.speculative and not won()
+    if not undecided:
         save_shard_result(header.out_dir, result, part=block is not None)
-    return result
+    return result, undecided
 
 
 def _received(message: object) -> object:
@@ -270,20 +275,21 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
         idle_barrier(comm)  # while rank 0 fits the warm start
         header = _received(comm.bcast(None, root=0))
         results: list[tuple[ShardResult, bool]] = []
-        calls_off: set[UnitKey] = set()
+        verdicts: Verdicts = {TAG_CANCEL: set(), TAG_WON: set()}
         note = None
-        while (dealt := _request(notes, header, note, calls_off)) is not None:
+        while (dealt := _request(notes, header, note, verdicts)) is not None:
+            won = partial(_verdict, notes, verdicts, TAG_WON, dealt.key)
             if dealt.speculative:
-                called_off = partial(_called_off, notes, calls_off, dealt.key)
+                called_off = partial(_verdict, notes, verdicts, TAG_CANCEL, dealt.key)
                 control = AttemptControl(first=dealt.first, cancelled=called_off)
             else:
                 control = AttemptControl(may_retry=partial(_ask_to_retry, notes))
             try:
-                result = _run_unit(dealt, header, control)
+                result, undecided = _run_unit(dealt, header, control, won)
             except Superseded:
                 note = None
                 continue
-            results.append((result, dealt.speculative))
+            results.append((result, undecided))
             note = ShardNote.of(result)
     idle_barrier(comm)  # until every rank has sampled
     _gather(comm, results, compiles)
@@ -297,16 +303,21 @@ def _ask_to_retry(notes: MPI.Comm) -> bool:
     return bool(notes.recv(source=0, tag=TAG_RETRY))
 
 
-def _drain_calls_off(notes: MPI.Comm, into: set[UnitKey]) -> None:
-    """Receive every waiting TAG_CANCEL message into ``into``."""
-    while notes.Iprobe(source=0, tag=TAG_CANCEL):
-        index, chains = notes.recv(source=0, tag=TAG_CANCEL)
-        into.add((index, tuple(chains)))
+Verdicts = dict[int, set[UnitKey]]  # TAG_CANCEL or TAG_WON -> the blocks it came for
 
 
-def _called_off(notes: MPI.Comm, calls_off: set[UnitKey], key: UnitKey) -> bool:
-    _drain_calls_off(notes, calls_off)
-    return key in calls_off
+def _drain_verdicts(notes: MPI.Comm, verdicts: Verdicts) -> None:
+    """Receive every waiting TAG_CANCEL and TAG_WON message into ``verdicts``."""
+    for tag, keys in verdicts.items():
+        while notes.Iprobe(source=0, tag=tag):
+            index, chains = notes.recv(source=0, tag=tag)
+            keys.add((index, tuple(chains)))
+
+
+def _verdict(notes: MPI.Comm, verdicts: Verdicts, tag: int, key: UnitKey) -> bool:
+    """Whether rank 0 sent ``tag`` for the block ``key``."""
+    _drain_verdicts(notes, verdicts)
+    return key in verdicts[tag]
 
 
 class MpiExecutor:
@@ -371,13 +382,14 @@ class MpiExecutor:
             # which it began during the warm start: loading it beats compiling it again
             dealer.neighbour_compiled.wait()
             while (dealt := dealer.next_unit(0)) is not None:
+                won = partial(dealer.known_winner, dealt.key)
                 try:
-                    result = _run_unit(dealt, header, dealer.own_control(dealt))
+                    result, undecided = _run_unit(dealt, header, dealer.own_control(dealt), won)
                 except Superseded:
                     dealer.finished(0, None)
                     continue
                 dealer.finished(0, ShardNote.of(result))
-                results.append((result, dealt.speculative))
+                results.append((result, undecided))
 
         with compile_monitor() as compiles:
             if size == 1:
@@ -451,7 +463,7 @@ class Dealer:
         self.speculation_won: dict[UnitKey, bool] = {}  # speculated block -> who won
         self.held_notes: dict[UnitKey, ShardNote] = {}  # speculative, finished, not yet won
         self.calls_off: set[UnitKey] = set()  # speculative retries called off
-        self.outbox: list[tuple[int, UnitKey]] = []  # calls off for other ranks, to send
+        self.outbox: list[tuple[int, UnitKey, int]] = []  # (rank, block, tag) to send
 
     def next_unit(self, rank: int) -> Dealt | None:
         """What ``rank`` samples next (it finished its last unit): the next queued unit, else
@@ -496,6 +508,9 @@ class Dealer:
                 return True
             self.speculation_won[key] = True
             held = self.held_notes.pop(key, None)
+            speculator = self.speculators[key]
+            if speculator != 0 and self._runs(speculator, key):
+                self.outbox.append((speculator, key, TAG_WON))
         if held is not None:
             self._note_done(held)
         return False
@@ -504,6 +519,15 @@ class Dealer:
         """Whether rank 0's speculative retry of ``key`` was called off."""
         with self.lock:
             return key in self.calls_off
+
+    def known_winner(self, key: UnitKey) -> bool:
+        """Whether the speculative retry of ``key`` is known to have won."""
+        with self.lock:
+            return self.speculation_won.get(key, False)
+
+    def _runs(self, rank: int, key: UnitKey) -> bool:
+        running = self.running.get(rank)
+        return running is not None and running.key == key
 
     def finished(self, rank: int, note: ShardNote | None) -> None:
         """``rank`` is done with its unit: ``note`` of its result, or None when it left the
@@ -526,12 +550,11 @@ class Dealer:
         self.speculation_won[key] = False
         self.held_notes.pop(key, None)
         speculator = self.speculators[key]
-        running = self.running.get(speculator)
-        if running is not None and running.key == key:
+        if self._runs(speculator, key):
             if speculator == 0:
                 self.calls_off.add(key)
             else:
-                self.outbox.append((speculator, key))
+                self.outbox.append((speculator, key, TAG_CANCEL))
 
     def _speculation_finished(self, key: UnitKey, note: ShardNote) -> bool:
         """Whether to report the note of a finished speculative retry now (it won); held
@@ -567,29 +590,30 @@ class Dealer:
     def keep_winners(
         self, results: Sequence[tuple[ShardResult, bool]], out_dir: Path
     ) -> list[ShardResult]:
-        """The winning result of every unit from (result, speculative) pairs; the
-        speculative winners' files are written here (their ranks did not write them)."""
+        """The winning result of every unit from (result, undecided) pairs, undecided for a
+        speculative retry that ended before its first attempt did; the undecided winners'
+        files are written here (their ranks did not write them)."""
         from hetmpi.results import save_shard_result
 
         kept = []
-        for result, speculative in results:
-            won = self.speculation_won.get(result_key(result), False)
-            if speculative and won:
+        for result, undecided in results:
+            if undecided:
+                if not self.speculation_won.get(result_key(result), False):
+                    continue
                 whole = result.chains == tuple(range(self.header.task.cfg.num_chains))
                 save_shard_result(out_dir, result, part=not whole)
-            if speculative == won:
-                kept.append(result)
+            kept.append(result)
         return kept
 
     def speculation_counts(self) -> dict[str, int]:
         wins = sum(self.speculation_won.values())
         return {"started": len(self.speculators), "kept": wins}
 
-    def _send_calls_off(self) -> None:
+    def _send_outbox(self) -> None:
         with self.lock:
             outbox, self.outbox = self.outbox, []
-        for rank, key in outbox:
-            self.notes.send(key, dest=rank, tag=TAG_CANCEL)
+        for rank, key, tag in outbox:
+            self.notes.send(key, dest=rank, tag=tag)
 
     def serve_or_abort(self, ranks: int) -> None:
         """``serve`` in a thread: an error there aborts the job (nobody else would see it)."""
@@ -609,7 +633,7 @@ class Dealer:
         status = MPI.Status()
         while stopped < ranks:
             while not self.notes.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-                self._send_calls_off()
+                self._send_outbox()
                 time.sleep(IDLE_POLL_SECONDS)
             rank, tag = status.Get_source(), status.Get_tag()
             if tag == TAG_RETRY:
@@ -620,7 +644,7 @@ class Dealer:
                 self.neighbour_compiled.set()
             note: ShardNote | None = self.notes.recv(source=rank, tag=TAG_REQUEST)
             self.finished(rank, note)
-            self._send_calls_off()
+            self._send_outbox()
             dealt = self.next_unit(rank)
             started = time.perf_counter()
             if dealt is None:
@@ -654,10 +678,10 @@ def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[S
 
 
 def _request(
-    notes: MPI.Comm, header: RunHeader, note: ShardNote | None, calls_off: set[UnitKey]
+    notes: MPI.Comm, header: RunHeader, note: ShardNote | None, verdicts: Verdicts
 ) -> Dealt | None:
     """Ask rank 0 for the next unit of work (reporting ``note``); None when none is left.
-    Calls off that arrive meanwhile go into ``calls_off``."""
+    Verdicts that arrive meanwhile go into ``verdicts``."""
     from hetmpi.executors.buffers import empty_block, shard_from_block
     from hetmpi.sampling import chain_blocks
 
@@ -665,7 +689,7 @@ def _request(
     head = np.empty(3, dtype=np.int64)
     _wait_for(notes, 0, TAG_SHARD, MPI.Status())
     notes.Recv(head, source=0, tag=TAG_SHARD)
-    _drain_calls_off(notes, calls_off)
+    _drain_verdicts(notes, verdicts)
     if head[0] == NO_SHARD:
         return None
     arrays = empty_block(1, header.length, header.has_sigma)
