@@ -13,20 +13,21 @@ Protocol, in order, on ``COMM_WORLD``:
    (``work_units``, ``costliest_first``). A rank asks rank 0 for work (the request carries
    the note of what it just finished, which feeds the progress bar) and gets a unit header
    (shard index, chain block or -1 for the whole shard; index -1 when nothing is left) and
-   the shard's arrays as numpy buffers (``Send``). When nothing is left to deal, a rank that
-   asks gets a speculative retry instead: attempt 2 of the chain block dealt last among those
-   still on their first attempt elsewhere (``Dealer``). A rank whose first attempt fails the
-   divergence check asks rank 0 before retrying; if a speculative retry has the block, it
-   leaves the block to it, and if its first attempt passes, rank 0 calls the speculative
-   retry off. The speculative retry's draws equal a retry run in place (``AttemptControl``),
-   so speculation changes when a run ends, not its draws (a speculative retry's
-   ``shard_timeout`` counts from its own start). A thread on rank 0 answers
-   while rank 0 samples too, from the first request of a rank on its node on: that rank has
-   compiled the sampler into the node's compilation cache, which rank 0 then loads instead
-   of compiling it again. Each rank saves each result file itself as soon as it has it (the --resume
-   checkpoint). A speculative retry's rank writes its file once rank 0 has told it that it
-   won; one that ended before its first attempt did is written by rank 0 after sampling;
-4. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
+   the shard's arrays as numpy buffers (``Send``). A thread on rank 0 answers while rank 0
+   samples too, from the first request of a rank on its node on: that rank has compiled the
+   sampler into the node's compilation cache, which rank 0 then loads instead of compiling
+   it again. Each rank saves each result file itself as soon as it has it (the --resume
+   checkpoint);
+4. speculative retries: when nothing is left to deal, a rank that asks gets attempt 2 of the
+   chain block dealt last among those still on their first attempt elsewhere (``Dealer``).
+   A rank whose first attempt fails the divergence check asks rank 0 before retrying; if a
+   speculative retry has the block, it leaves the block to it (rank 0 tells the speculative
+   retry it won, and its rank then saves its file; one that ended before its first attempt
+   did is saved by rank 0 after sampling). If the first attempt passes, rank 0 calls the
+   speculative retry off. Its draws equal a retry run in place (``AttemptControl``), so
+   speculation changes when a run ends, not its draws (its ``shard_timeout`` counts from its
+   own start);
+5. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
    rank); rank 0 merges each shard's chains into its shard file.
 
 Dealing on demand balances ranks whose work costs unequal time (NUTS cost varies between
@@ -460,7 +461,7 @@ class Dealer:
         self.running: dict[int, Dealt] = {}  # rank -> the unit it samples now
         self.speculators: dict[UnitKey, int] = {}  # block -> rank running its retry early
         self.retried_in_place: set[UnitKey] = set()  # blocks no one may speculate on now
-        self.speculation_won: dict[UnitKey, bool] = {}  # speculated block -> who won
+        self.speculation_won: dict[UnitKey, bool] = {}  # speculated block -> retry won
         self.held_notes: dict[UnitKey, ShardNote] = {}  # speculative, finished, not yet won
         self.calls_off: set[UnitKey] = set()  # speculative retries called off
         self.outbox: list[tuple[int, UnitKey, int]] = []  # (rank, block, tag) to send
@@ -724,14 +725,14 @@ def idle_barrier(comm: MPI.Comm) -> None:
 def _gather(
     comm: MPI.Comm, results: list[tuple[ShardResult, bool]], compiles: dict[str, float]
 ) -> tuple[list[tuple[ShardResult, bool]], list[int]]:
-    """Every rank's (result, speculative) pairs and compile count on rank 0 (empty lists
-    elsewhere)."""
+    """Every rank's (result, undecided) pairs (see ``Dealer.keep_winners``) and compile
+    count on rank 0 (empty lists elsewhere)."""
     from hetmpi.executors.buffers import pack_result, unpack_result
 
-    packed = [(pack_result(result), speculative) for result, speculative in results]
+    packed = [(pack_result(result), undecided) for result, undecided in results]
     payload = np.concatenate([p for (_, p), _ in packed]) if packed else np.zeros(0)
     metas = comm.gather(
-        ([(m, speculative) for (m, _), speculative in packed], payload.size,
+        ([(m, undecided) for (m, _), undecided in packed], payload.size,
          int(compiles["compiles"])),
         root=0,
     )  # fmt: skip
@@ -747,8 +748,8 @@ def _gather(
     everything = []
     start = 0
     for rank_metas, _, _ in metas:
-        for meta, speculative in rank_metas:
+        for meta, undecided in rank_metas:
             size = sum(int(np.prod(shape)) for shape, _ in meta["arrays"])
-            everything.append((unpack_result(meta, receive[start : start + size]), speculative))
+            everything.append((unpack_result(meta, receive[start : start + size]), undecided))
             start += size
     return everything, [count for _, _, count in metas]
