@@ -171,12 +171,19 @@ def combine(out: str) -> None:
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-def validate(config: str) -> None:
+@click.option(
+    "--fit",
+    is_flag=True,
+    help="Also fit the warm start and show how much the data inform each parameter.",
+)
+def validate(config: str, fit: bool) -> None:
     """Check CONFIG and its data file without sampling."""
+    cfg = _load(config, None)
+    if fit:
+        _configure_whole_process(cfg)
     from hetmpi import pipeline
     from hetmpi.sharding import choose_num_shards, pool_points
 
-    cfg = _load(config, None)
     dataset = pipeline.load_data(cfg)
     points = pool_points(dataset)
     dim = pipeline.sampled_dimension(cfg, len(dataset.phi))
@@ -185,6 +192,26 @@ def validate(config: str) -> None:
         f"config OK: {len(dataset.phi)} angles x {len(dataset.t)} frames, {points.size} points, "
         f"{dim} sampled parameters, {shards} shards ({cfg.sharding.strategy})"
     )
+    if fit:
+        click.echo(_identification_table(pipeline.prepare(cfg, dataset).task.warm))
+
+
+def _identification_table(warm: Any) -> str:
+    """The warm start's mode, Laplace sd and sd over prior sd per parameter."""
+    from hetmpi.warmstart import PRIOR_DOMINATED
+
+    ratios = warm.prior_sd_ratio
+    lines = [
+        f"warm start: noise sd {warm.noise_sigma:.4g}, reduced chi2 {warm.reduced_chi2:.3f}",
+        f"{'parameter':<18}{'mode':>13}{'Laplace sd':>13}{'sd/prior sd':>13}",
+    ]
+    model = warm.problem.model
+    for name, value, sd in zip(model.names, warm.values, warm.parameter_sd, strict=True):
+        ratio = ratios.get(name)
+        shown = "" if ratio is None else f"{ratio:.3f}"
+        weak = "  weakly identified" if ratio is not None and ratio >= PRIOR_DOMINATED else ""
+        lines.append(f"{name:<18}{value:>13.6g}{sd:>13.4g}{shown:>13}{weak}")
+    return "\n".join(lines)
 
 
 @main.command()

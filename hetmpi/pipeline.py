@@ -28,7 +28,7 @@ from hetmpi.problem import build_problem, scaling_mode
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
 from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask, sampler_outline
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
-from hetmpi.warmstart import fit_warm_start
+from hetmpi.warmstart import fit_warm_start, weak_identification_note
 
 if TYPE_CHECKING:
     from hetmpi.executors import Executor
@@ -104,6 +104,8 @@ def prepare(
         len(dataset.phi), len(dataset.t), points.size, num_shards, plan.padded_length,
         cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
     )  # fmt: skip
+    if warm.weakly_identified:
+        log.warning(weak_identification_note(warm.prior_sd_ratio, warm.weakly_identified))
     return Prepared(
         cfg=cfg,
         dataset=dataset,

@@ -13,6 +13,7 @@ from hetmpi import __version__, diagnostics, plots
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
 from hetmpi.model.physics import c2_grid
 from hetmpi.sampling import ShardResult
+from hetmpi.warmstart import weak_identification_note
 
 if TYPE_CHECKING:
     from hetmpi.pipeline import Prepared
@@ -112,6 +113,8 @@ def build_summary(
             "warm_start": {
                 "noise_sigma": warm.noise_sigma,
                 "reduced_chi2": warm.reduced_chi2,
+                "prior_sd_ratio": warm.prior_sd_ratio,
+                "weakly_identified": warm.weakly_identified,
                 "seconds": warm.seconds,
             },
             "timings": dict(timings),
@@ -170,4 +173,7 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{', '.join(c['non_gaussian_shards'])}: their consensus is approximate; fewer "
             "shards (more data each), tighter priors or fixing them makes it exact again"
         )
+    warm = run["warm_start"]
+    if warm["weakly_identified"]:
+        lines.append(weak_identification_note(warm["prior_sd_ratio"], warm["weakly_identified"]))
     return "\n".join(lines)

@@ -2,7 +2,8 @@
 
 It gives every shard (a) its starting point, (b) a robust noise estimate and (c) the Laplace
 covariance of the full-data posterior in the sampler coordinates, from which the sampler
-builds a whitened space.
+builds a whitened space. It also tells how much the data inform each parameter
+(``WarmStart.prior_sd_ratio``).
 
 The fit starts contrast and offset from the data, and then also tries the label-swapped
 solution (reference and sample roles exchanged), a separate basin of the posterior that no
@@ -35,6 +36,7 @@ log = logging.getLogger("hetmpi")
 
 _MAD_TO_SD = 1.4826
 GROWTH_DETECTION_Z = 3.0
+PRIOR_DOMINATED = 0.5  # Laplace sd / prior sd above which the data barely inform a parameter
 _START_LIMIT = 7.0  # |u| of a start, in prior sd: off the bounds, where u still moves y
 _TRANSPORT_PAIRS = (
     ("D0_ref", "D0_sample"),
@@ -70,6 +72,38 @@ class WarmStart:
         """Laplace sd of each parameter in its own units (delta method), (d,)."""
         jacobian = self.problem.model.value_jacobian(self.sampler_center, self.problem.consts)
         return np.sqrt(np.einsum("ij,jk,ik->i", jacobian, self.covariance, jacobian))
+
+    @cached_property
+    def prior_sd_ratio(self) -> dict[str, float]:
+        """Laplace sd of each prior-bounded parameter over its prior sd, both in u, where
+        every such prior is Normal(0, 1): about 0 for a parameter the data pin down, about 1
+        for one they leave to its prior. A shard sees the same ratio, since its likelihood
+        and its prior^(1/K) both widen by sqrt(K)."""
+        model, consts = self.problem.model, self.problem.consts
+        to_u = jax.jacfwd(lambda w: model.sampler_to_u(w, consts)[0])
+        jacobian = np.asarray(to_u(jnp.asarray(self.sampler_center)))
+        variance = np.einsum("ij,jk,ik->i", jacobian, self.covariance, jacobian)
+        bounded = model.names[: model.num_bounded]
+        return {name: float(np.sqrt(v)) for name, v in zip(bounded, variance, strict=False)}
+
+    @property
+    def weakly_identified(self) -> list[str]:
+        """Parameters whose Laplace sd is at least ``PRIOR_DOMINATED`` of their prior's,
+        least informed first."""
+        ratios = self.prior_sd_ratio
+        weak = [name for name, r in ratios.items() if r >= PRIOR_DOMINATED]
+        return sorted(weak, key=lambda name: -ratios[name])
+
+
+def weak_identification_note(ratios: dict[str, float], weak: list[str]) -> str:
+    """One line for users on the ``weak`` parameters, given each one's ``prior_sd_ratio``."""
+    listed = ", ".join(f"{name} ({ratios[name]:.0%})" for name in weak)
+    return (
+        f"the data barely inform {listed} (Laplace sd as a share of the prior sd): their "
+        "posterior is mostly their prior, which each of K shards samples at prior^(1/K), "
+        "along curved ridges and slowly; fix them or narrow their priors "
+        "(model.parameters), or use fewer shards"
+    )
 
 
 @dataclass(frozen=True)

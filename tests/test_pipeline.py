@@ -14,6 +14,7 @@ import pytest
 from conftest import write_config
 
 from hetmpi.diagnostics import read_posterior
+from hetmpi.warmstart import PRIOR_DOMINATED
 
 
 def hetmpi(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -66,6 +67,29 @@ def test_well_identified_parameters_near_truth(finished_run: Path) -> None:
     for name, value in truth.items():
         p = summary["parameters"][name]
         assert abs(p["mean"] - value) < 5 * p["sd"], (name, p)
+
+
+def test_weakly_identified_parameters_are_named_by_the_run_and_by_validate(
+    finished_run: Path,
+) -> None:
+    """summary.json keeps each prior-bounded parameter's sd over prior sd and names the weak
+    ones; `hetmpi validate --fit` fits the same warm start and marks the same ones."""
+    summary = json.loads((finished_run / "out" / "summary.json").read_text())
+    warm = summary["run"]["warm_start"]
+    ratios, weak = warm["prior_sd_ratio"], warm["weakly_identified"]
+    assert set(ratios) == set(summary["parameters"]) - {"sigma"}
+    expected = sorted((n for n, r in ratios.items() if r >= PRIOR_DOMINATED), key=ratios.get)
+    assert weak == expected[::-1]
+    assert weak, "12 frames leave some of the 13 physics parameters to their priors"
+    proc = hetmpi("validate", "--fit", "cfg.yaml", cwd=finished_run)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[3:]}
+    assert set(rows) == set(summary["parameters"])
+    marked = {name for name, line in rows.items() if line.endswith("weakly identified")}
+    assert marked == set(weak)
+    for name, ratio in ratios.items():
+        assert float(rows[name].split()[3]) == pytest.approx(ratio, abs=5e-4)
+    assert "the data barely inform" in proc.stderr
 
 
 def test_existing_output_is_refused_then_overwritten(finished_run: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from hetmpi.model.physics import c2
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import pool_points
 from hetmpi.warmstart import (
+    PRIOR_DOMINATED,
     WarmStart,
     best_labelling,
     difference_hessian,
@@ -203,3 +205,24 @@ def test_difference_hessian_matches_autodiff_across_scales() -> None:
     diag = np.sqrt(np.abs(np.diag(exact)))
     assert np.abs(found - exact).max() > 0.0  # differences, not the exact Hessian
     assert np.all(np.abs(found - exact) <= 1e-5 * np.outer(diag, diag))
+
+
+def test_a_parameter_the_data_cannot_see_keeps_its_prior_width(truth: dict) -> None:
+    """Without flow (v = 0) the phase is 0 whatever phi0 and beta are: the likelihood is flat
+    in them, so their Laplace sd in u equals the prior's (ratio 1), and they are named weak;
+    contrast, which the data pin down, is far below the limit."""
+    still = {**truth["parameters"], "v0": 1e-6, "v_offset": 0.0}
+    dataset = simulate_dataset(
+        still, n_frames=20, dt=0.2, q=0.005, phi=[0.0, 45.0], contrast=truth["contrast"][:2],
+        offset=truth["offset"][:2], sigma=SIGMA, seed=3, t_start=0.2,
+    )  # fmt: skip
+    fixed = {name: {"value": still[name], "fixed": True} for name in ("f2", "v0", "v_offset")}
+    warm = fit_warm_start(_model_config(fixed), dataset, pool_points(dataset), num_shards=4)
+    ratios = warm.prior_sd_ratio
+    assert ratios["phi0"] == pytest.approx(1.0, abs=1e-3)
+    assert ratios["beta"] == pytest.approx(1.0, abs=1e-3)
+    assert ratios["contrast[0]"] < PRIOR_DOMINATED / 4
+    assert {"phi0", "beta"} <= set(warm.weakly_identified)
+    assert "contrast[0]" not in warm.weakly_identified
+    assert all(ratios[a] >= ratios[b] for a, b in itertools.pairwise(warm.weakly_identified))
+    assert "sigma" not in ratios  # its HalfNormal prior is not Normal(0, 1) in u
