@@ -91,11 +91,15 @@ def main() -> None:
     summary = json.loads((work / "out" / "summary.json").read_text())
     timings = summary["run"]["timings"]
     conv = summary["convergence"]
+    # the sampling processes' compiles when workers or ranks sampled, else this process's
+    compile_seconds = timings.get("compile_seconds_per_process", [timings["compile"]])
+    compiles = timings.get("compiles_per_process", [timings["compiles"]])
     print(
         f"reference job N={args.frames} K={args.shards}"
         f"{', fixed ' + ','.join(fixed) if fixed else ''}: wall {wall:.1f} s "
-        f"(sampling {timings['sampling']:.1f} s, compile {timings['compile']:.1f} s in "
-        f"{timings['compiles']:.0f} compiles, warm start {timings['warm_start']:.1f} s)"
+        f"(sampling {timings['sampling']:.1f} s, warm start {timings['warm_start']:.1f} s; "
+        f"compiling {', '.join(f'{s:.1f}' for s in compile_seconds)} s in {compiles} "
+        "compiles per sampling process)"
     )
     for shard in summary["shards"]:
         steps = shard["mean_leapfrog_steps"]

@@ -110,8 +110,10 @@ def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
     assert_same_draws(out, cpu_run)
     assert summary(out)["run"]["executor"] == "multiprocessing"
     # every worker compiled the sampler once: a start and an advance function, and small helpers
-    counts = summary(out)["run"]["timings"]["compiles_per_process"]
+    timings = summary(out)["run"]["timings"]
+    counts, seconds = timings["compiles_per_process"], timings["compile_seconds_per_process"]
     assert len(counts) == 2 and counts[0] == counts[1] > 0
+    assert len(seconds) == 2 and min(seconds) > 0  # the workers' compiles, not the parent's
 
 
 @needs_mpi
@@ -174,8 +176,10 @@ def test_mpi_without_thread_support_deals_from_rank_0_only(folder: Path, cpu_run
     )
     assert_same_draws(out, cpu_run)
     assert "rank 0 only deals shards" in (out / "stderr.txt").read_text()
-    counts = summary(out)["run"]["timings"]["compiles_per_process"]
+    timings = summary(out)["run"]["timings"]
+    counts, seconds = timings["compiles_per_process"], timings["compile_seconds_per_process"]
     assert counts[0] == 0 and counts[1] > 0
+    assert seconds[0] == 0 and seconds[1] > 0
 
 
 def test_chains_run_on_two_devices(folder: Path, tiny_h5: Path) -> None:

@@ -412,13 +412,14 @@ class MpiExecutor:
                 dealer.serve(size - 1)
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
-        everything, compile_counts = _gather(self.comm, results, compiles)
+        everything, compiled = _gather(self.comm, results, compiles)
         everything = _merge_split_shards(dealer.keep_winners(everything, out_dir), out_dir)
         gathered = time.perf_counter()
         self.timings = {
             "scatter": dealer.send_seconds,
             "gather": gathered - gather_started,
-            "compiles_per_process": compile_counts,
+            "compiles_per_process": [count for count, _ in compiled],
+            "compile_seconds_per_process": [seconds for _, seconds in compiled],
             "speculative_retries": dealer.speculation_counts(),
         }
         return everything
@@ -724,16 +725,16 @@ def idle_barrier(comm: MPI.Comm) -> None:
 
 def _gather(
     comm: MPI.Comm, results: list[tuple[ShardResult, bool]], compiles: dict[str, float]
-) -> tuple[list[tuple[ShardResult, bool]], list[int]]:
-    """Every rank's (result, undecided) pairs (see ``Dealer.keep_winners``) and compile
-    count on rank 0 (empty lists elsewhere)."""
+) -> tuple[list[tuple[ShardResult, bool]], list[tuple[int, float]]]:
+    """Every rank's (result, undecided) pairs (see ``Dealer.keep_winners``) and (compiles,
+    compile seconds) on rank 0 (empty lists elsewhere)."""
     from hetmpi.executors.buffers import pack_result, unpack_result
 
     packed = [(pack_result(result), undecided) for result, undecided in results]
     payload = np.concatenate([p for (_, p), _ in packed]) if packed else np.zeros(0)
     metas = comm.gather(
         ([(m, undecided) for (m, _), undecided in packed], payload.size,
-         int(compiles["compiles"])),
+         (int(compiles["compiles"]), float(compiles["seconds"]))),
         root=0,
     )  # fmt: skip
     receive = None
@@ -752,4 +753,4 @@ def _gather(
             size = sum(int(np.prod(shape)) for shape, _ in meta["arrays"])
             everything.append((unpack_result(meta, receive[start : start + size]), undecided))
             start += size
-    return everything, [count for _, _, count in metas]
+    return everything, [compiled for _, _, compiled in metas]

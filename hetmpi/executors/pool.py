@@ -45,7 +45,6 @@ class _Worker:
     row: int | None = None  # the shard row it runs
     started: float = 0.0
     last_beat: float = field(default_factory=time.monotonic)
-    compiles: int = 0
 
 
 @contextmanager
@@ -91,7 +90,11 @@ class PoolExecutor:
                 dispatch.run()
             finally:
                 dispatch.stop()
-        self.timings = {"compiles_per_process": dispatch.compile_counts()}
+        compiled = [dispatch.compiles[slot] for slot in sorted(dispatch.compiles)]
+        self.timings = {
+            "compiles_per_process": [count for count, _ in compiled],
+            "compile_seconds_per_process": [seconds for _, seconds in compiled],
+        }
         return dispatch.results
 
 
@@ -115,7 +118,7 @@ class _Dispatch:
         self.pending = longest_first(shards)
         self.attempts = dict.fromkeys(range(len(shards)), 0)
         self.results: list[ShardResult] = []
-        self.compiles: dict[int, int] = {}
+        self.compiles: dict[int, tuple[int, float]] = {}  # slot -> (compiles, seconds)
         self.context = multiprocessing.get_context("spawn")
         self.cores = available_cores()
         self.pool = {slot: self.start(slot) for slot in range(self.count)}
@@ -204,6 +207,3 @@ class _Dispatch:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()
-
-    def compile_counts(self) -> list[int]:
-        return [self.compiles[slot] for slot in sorted(self.compiles)]

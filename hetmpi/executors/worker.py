@@ -65,7 +65,7 @@ def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
                     return
                 shard = shard_from_block(arrays, message[1])
                 result = sample_and_save(shard, task, seed, out_dir)
-                send(("done", result, int(compiles["compiles"])))
+                send(("done", result, (int(compiles["compiles"]), float(compiles["seconds"]))))
     except EOFError:
         return
     finally:
