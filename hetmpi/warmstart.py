@@ -100,9 +100,10 @@ def weak_identification_note(ratios: dict[str, float], weak: list[str]) -> str:
     listed = ", ".join(f"{name} ({ratios[name]:.0%})" for name in weak)
     return (
         f"the data barely inform {listed} (Laplace sd as a share of the prior sd): their "
-        "posterior is mostly their prior, which each of K shards samples at prior^(1/K), "
-        "along curved ridges and slowly; fix them or narrow their priors "
-        "(model.parameters), or use fewer shards"
+        "posterior is mostly their prior; where that prior is wide, each of K shards samples "
+        "it at prior^(1/K) along curved ridges, slowly. Fix them "
+        "(model.parameters.NAME.fixed), give them informative priors (.prior) or use "
+        "fewer shards"
     )
 
 
