@@ -8,13 +8,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hetmpi import __version__
 from hetmpi.errors import InputError, RunError
 from hetmpi.runtime import launcher_rank, launcher_world_size
+
+if TYPE_CHECKING:
+    from hetmpi.warmstart import WarmStart
 
 log = logging.getLogger("hetmpi")
 
@@ -196,7 +199,7 @@ def validate(config: str, fit: bool) -> None:
         click.echo(_identification_table(pipeline.prepare(cfg, dataset).task.warm))
 
 
-def _identification_table(warm: Any) -> str:
+def _identification_table(warm: WarmStart) -> str:
     """The warm start's mode, Laplace sd and sd over prior sd per parameter."""
     from hetmpi.warmstart import PRIOR_DOMINATED
 

@@ -71,6 +71,11 @@ class WarmStart:
     def parameter_sd(self) -> np.ndarray:
         """Laplace sd of each parameter in its own units (delta method), (d,)."""
         jacobian = self.problem.model.value_jacobian(self.sampler_center, self.problem.consts)
+        return self._propagated_sd(jacobian)
+
+    def _propagated_sd(self, jacobian: np.ndarray) -> np.ndarray:
+        """sqrt(diag(J C J^T)): the Laplace sd of the coordinates whose derivatives with
+        respect to w are the rows of ``jacobian``."""
         return np.sqrt(np.einsum("ij,jk,ik->i", jacobian, self.covariance, jacobian))
 
     @cached_property
@@ -81,10 +86,9 @@ class WarmStart:
         and its prior^(1/K) both widen by sqrt(K)."""
         model, consts = self.problem.model, self.problem.consts
         to_u = jax.jacfwd(lambda w: model.sampler_to_u(w, consts)[0])
-        jacobian = np.asarray(to_u(jnp.asarray(self.sampler_center)))
-        variance = np.einsum("ij,jk,ik->i", jacobian, self.covariance, jacobian)
-        bounded = model.names[: model.num_bounded]
-        return {name: float(np.sqrt(v)) for name, v in zip(bounded, variance, strict=False)}
+        jacobian = np.asarray(to_u(jnp.asarray(self.sampler_center)))[: model.num_bounded]
+        sd = self._propagated_sd(jacobian)
+        return dict(zip(model.names[: model.num_bounded], sd.tolist(), strict=True))
 
     @property
     def weakly_identified(self) -> list[str]:
