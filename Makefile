@@ -12,9 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[mpi,test]'
 	touch $@
 
-## demo: simulate the reference dataset and run the consensus fit on it with 2 MPI ranks
+## demo: simulate a small standard-job dataset and run the consensus fit on it with 2 MPI ranks
 demo: $(BIN)/.installed
-	$(BIN)/hetmpi simulate jobs/reference_truth.yaml --n-frames 30 -o demo/reference.h5
+	$(BIN)/hetmpi simulate jobs/standard_truth.yaml --n-frames 80 -o demo/standard.h5
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mpiexec -n 2 $(BIN)/hetmpi run jobs/laptop.yaml --overwrite
 
 ## test: the test suite (real HDF5, NumPyro, mpiexec; Slurm tests need a running Slurm)

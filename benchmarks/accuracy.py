@@ -3,7 +3,7 @@
     python benchmarks/accuracy.py [--frames 50] [--start truth|default] [--sample] [--shards 4]
     python benchmarks/accuracy.py --against-full [--frames 100] [--fix NAME,...]
 
-The data are the reference job's (shared/spec/reference_job.md, jobs/reference_truth.yaml),
+The data are the reference job's (shared/spec/reference_job.md, jobs/stress_truth.yaml),
 simulated in process at N frames, and the model is configured as benchmarks/reference_job.py
 configures it (per-angle scaling sampled per angle, f2 fixed, noise sd estimated and sampled);
 ``--start default`` starts the warm start from the parameter table's defaults instead of the
@@ -31,13 +31,13 @@ from typing import Any
 
 import yaml
 
-from hetmpi.config import config_from_dict
+from hetmpi.config import ModeSearchConfig, config_from_dict
 from hetmpi.data import Dataset, load_truth, simulate_dataset, write_dataset
 from hetmpi.sharding import pool_points
 from hetmpi.warmstart import WarmStart, fit_warm_start
 
 HERE = Path(__file__).resolve().parent
-TRUTH_FILE = HERE.parent / "jobs" / "reference_truth.yaml"
+TRUTH_FILE = HERE.parent / "jobs" / "stress_truth.yaml"
 
 
 def reference_dataset(truth: dict[str, Any], n_frames: int) -> Dataset:
@@ -164,7 +164,7 @@ def main() -> None:
         return
     config = run_config(truth, args.start, args.shards, fixed)
     model = config_from_dict(config, HERE).model
-    warm = fit_warm_start(model, dataset, pool_points(dataset), args.shards)
+    warm = fit_warm_start(model, dataset, pool_points(dataset), args.shards, ModeSearchConfig())
     print(f"reference job N={args.frames}, start {args.start}: warm start {warm.seconds:.1f} s, "
           f"noise sd {warm.noise_sigma:.5g}, reduced chi2 {warm.reduced_chi2:.4f}")  # fmt: skip
     posterior: dict[str, dict] = {}

@@ -37,7 +37,7 @@ from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import pool_points
 
 HERE = Path(__file__).resolve().parent
-TRUTH = load_truth(HERE.parent / "jobs" / "reference_truth.yaml")
+TRUTH = load_truth(HERE.parent / "jobs" / "stress_truth.yaml")
 
 
 def compiled(n_frames: int) -> tuple[Callable[[], object], int, float]:

@@ -6,7 +6,7 @@ Runs under the peer's venv (benchmarks/setup_peer.sh), not hetmpi's:
         [--samples 300]
 
 Without --data, the reference data set is simulated first with hetmpi's venv
-(`hetmpi simulate jobs/reference_truth.yaml`, N = 50) into a temporary directory.
+(`hetmpi simulate jobs/stress_truth.yaml`, N = 50) into a temporary directory.
 
 The fit is the peer's own public entry point ``heterodyne.optimization.cmc.fit_mcmc_jax`` (which
 routes to its joint multi-angle CMC engine, as its CLI does): f2 fixed at 0, 13 physics
@@ -97,7 +97,7 @@ def main() -> None:
     if data is None:
         data = Path(tempfile.mkdtemp(prefix="peer-reference-")) / "data.h5"
         subprocess.run(
-            [args.hetmpi_python, "-m", "hetmpi", "simulate", "jobs/reference_truth.yaml",
+            [args.hetmpi_python, "-m", "hetmpi", "simulate", "jobs/stress_truth.yaml",
              "-o", str(data), "--n-frames", "50"], cwd=MAIN, check=True,
         )  # fmt: skip
     arrays, truth = load(data)

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-TRUTH_FILE = HERE.parent / "jobs" / "reference_truth.yaml"
+TRUTH_FILE = HERE.parent / "jobs" / "stress_truth.yaml"
 
 
 def write_reference_job(

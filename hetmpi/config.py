@@ -16,7 +16,13 @@ import yaml
 
 from hetmpi import _validate as v
 from hetmpi.errors import InputError
-from hetmpi.model.parameters import DEFAULT_SPECS, PER_ANGLE_MODES, PHYSICS_NAMES, SCALING_NAMES
+from hetmpi.model.parameters import (
+    DEFAULT_SPECS,
+    LABELLINGS,
+    PER_ANGLE_MODES,
+    PHYSICS_NAMES,
+    SCALING_NAMES,
+)
 
 DATA_FORMATS: tuple[str, ...] = ("auto", "hetmpi", "aps")
 SHARDING_STRATEGIES: tuple[str, ...] = ("random", "contiguous", "angle_balanced")
@@ -94,6 +100,7 @@ class ModelConfig:
     )
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     fraction_coordinates: bool = False  # sample (f0, f1, f3) in hetmpi.model.coordinates
+    labelling: str = "free"  # free | reference_slower | sample_slower (an order of the rates)
 
     def __post_init__(self) -> None:
         names = tuple(p.name for p in self.parameters)
@@ -111,6 +118,17 @@ class ModelConfig:
     def free_physics(self) -> tuple[str, ...]:
         """Names of the physics parameters that are sampled, in canonical order."""
         return tuple(p.name for p in self.parameters if p.name in PHYSICS_NAMES and not p.fixed)
+
+
+@dataclass(frozen=True)
+class ModeSearchConfig:
+    """How widely the warm start searches for the posterior's basins (hetmpi.modesearch)."""
+
+    starts: int = 32  # design points over the prior, besides the configured start
+    cheap_points: int = 6000  # points of the cheap data version the starts are fitted on
+    refine: int = 4  # best distinct cheap optima refined on the full data, each with its swap
+    mass_threshold: float = 0.01  # Laplace share of the mass from which a basin competes
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,6 +210,7 @@ class Config:
 
     data: DataConfig
     model: ModelConfig = field(default_factory=ModelConfig)
+    mode_search: ModeSearchConfig = field(default_factory=ModeSearchConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
@@ -290,6 +309,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
     "model": {
         "per_angle_mode": v.Choice(PER_ANGLE_MODES),
         "fraction_coordinates": v.Bool(),
+        "labelling": v.Choice(LABELLINGS),
         "parameters": _Parameters(),
         "noise": v.Section(
             {"sigma": v.Float(low=0, low_open=True, auto=True), "sample": v.Bool()},
@@ -322,6 +342,13 @@ _KEYS: dict[str, dict[str, v.Field]] = {
         "seed": v.Int(low=0),
         "progress_bar": v.Bool(),
     },
+    "mode_search": {
+        "starts": v.Int(low=0),
+        "cheap_points": v.Int(low=100),
+        "refine": v.Int(low=1),
+        "mass_threshold": _UNIT_OPEN,
+        "seed": v.Int(low=0),
+    },
     "consensus": {
         "method": v.Choice(CONSENSUS_METHODS),
         "max_divergence_rate": _UNIT_CLOSED,
@@ -347,6 +374,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
 _BUILDERS = {
     "data": _build_data,
     "model": _build_model,
+    "mode_search": _build(ModeSearchConfig),
     "sharding": _build_sharding,
     "sampler": _build_sampler,
     "consensus": _build(ConsensusConfig),

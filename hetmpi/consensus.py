@@ -18,7 +18,12 @@ from hetmpi.errors import RunError
 from hetmpi.sampling import ShardResult
 
 CONSENSUS_METHODS = ("consensus", "gaussian", "average")
-SKEW_LIMIT = 1.0  # |sample skewness| of a shard's draws above which it is clearly not Gaussian
+SKEW_LIMIT = 1.0
+BASIN_HINT = (
+    "The posterior has several basins and shards do not agree on one: where they are the "
+    "two labellings of reference and sample, choose one with model.labelling "
+    "(reference_slower or sample_slower); the mode search's basins are in the log. "
+)  # |sample skewness| of a shard's draws above which it is clearly not Gaussian
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,41 @@ class ShardVerdict:
     reason: str
 
 
-def judge_shard(result: ShardResult, cfg: ConsensusConfig) -> ShardVerdict:
-    """Explicit exclusion rules, in order: failed, non-finite draws, too many divergences."""
+@dataclass(frozen=True)
+class BasinCheck:
+    """The basins of the full-data posterior (u, best first; row 0 is the run's basin) and
+    the metric that assigns a chain to the nearest: the precision of a shard's posterior in
+    u by Laplace (the full-data one over K)."""
+
+    centers: np.ndarray  # (n_basins, d)
+    precision: np.ndarray  # (d, d)
+
+    def chain_basins(self, draws: np.ndarray) -> np.ndarray:
+        """For each chain of ``draws`` (chains, draws, d), the basin nearest its mean draw."""
+        delta = draws.mean(axis=1)[:, None, :] - self.centers[None, :, :]
+        distance = np.einsum("cbi,ij,cbj->cb", delta, self.precision, delta)
+        return np.argmin(distance, axis=1)
+
+
+def basin_reason(result: ShardResult, check: BasinCheck | None) -> str:
+    """Why a shard's chains cannot enter the consensus by where they sit ("" if they can):
+    chains in different basins, or all in a basin other than the run's."""
+    if check is None or len(check.centers) < 2:
+        return ""
+    found = sorted({int(b) for b in check.chain_basins(result.draws)})
+    if len(found) > 1:
+        listed = " and ".join(str(b + 1) for b in found)
+        return f"its chains sit in different basins ({listed}) of the mode search"
+    if found[0] != 0:
+        return f"its chains sit in basin {found[0] + 1} of the mode search, not the run's basin 1"
+    return ""
+
+
+def judge_shard(
+    result: ShardResult, cfg: ConsensusConfig, basins: BasinCheck | None = None
+) -> ShardVerdict:
+    """Explicit exclusion rules, in order: failed, non-finite draws, too many divergences,
+    chains outside the run's basin (``basins``)."""
     if result.status != "ok":
         return ShardVerdict(result.index, False, f"sampling failed: {result.error}")
     if not np.all(np.isfinite(result.draws)):
@@ -43,21 +81,26 @@ def judge_shard(result: ShardResult, cfg: ConsensusConfig) -> ShardVerdict:
             f"divergence rate {result.divergence_rate:.3f} > "
             f"consensus.max_divergence_rate {cfg.max_divergence_rate}",
         )
+    elsewhere = basin_reason(result, basins)
+    if elsewhere:
+        return ShardVerdict(result.index, False, elsewhere)
     return ShardVerdict(result.index, True, "")
 
 
 def select_shards(
-    results: Sequence[ShardResult], cfg: ConsensusConfig
+    results: Sequence[ShardResult], cfg: ConsensusConfig, basins: BasinCheck | None = None
 ) -> tuple[list[ShardResult], list[ShardVerdict]]:
     """Shards that enter the consensus; RunError when fewer than min_success_rate remain."""
-    verdicts = [judge_shard(r, cfg) for r in results]
+    verdicts = [judge_shard(r, cfg, basins) for r in results]
     kept = [r for r, v in zip(results, verdicts, strict=True) if v.included]
     if len(kept) < cfg.min_success_rate * len(results) or not kept:
         reasons = "; ".join(f"shard {v.index}: {v.reason}" for v in verdicts if not v.included)
         raise RunError(
             f"only {len(kept)} of {len(results)} shards are usable, below "
             f"consensus.min_success_rate {cfg.min_success_rate} ({reasons}). "
-            "Look at the shard table in the log; more warmup (sampler.num_warmup), a higher "
+            + BASIN_HINT
+            * any("basin" in v.reason for v in verdicts)
+            + "Look at the shard table in the log; more warmup (sampler.num_warmup), a higher "
             "sampler.target_accept or fewer shards usually help."
         )
     return kept, verdicts

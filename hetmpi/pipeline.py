@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hetmpi.config import Config, config_to_dict
-from hetmpi.consensus import combine_draws, select_shards
+from hetmpi.consensus import BasinCheck, combine_draws, select_shards
 from hetmpi.data import Dataset, load_dataset
 from hetmpi.errors import InputError, RunError
 from hetmpi.problem import build_problem, scaling_mode
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
 from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask, sampler_outline
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
-from hetmpi.warmstart import fit_warm_start, weak_identification_note
+from hetmpi.warmstart import basin_note, fit_warm_start, rivals_note, weak_identification_note
 
 if TYPE_CHECKING:
     from hetmpi.executors import Executor
@@ -96,7 +96,7 @@ def prepare(
     plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
     if announce is not None:
         announce(outline(cfg, dataset, plan))
-    warm = fit_warm_start(cfg.model, dataset, points, num_shards)
+    warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
     fitted = time.perf_counter()
     log.info(
         "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
@@ -104,6 +104,9 @@ def prepare(
         len(dataset.phi), len(dataset.t), points.size, num_shards, plan.padded_length,
         cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
     )  # fmt: skip
+    log.info(basin_note(warm.basins, warm.search["starts"]))
+    if len(warm.chain_basins) > 1:
+        log.warning(rivals_note(warm.basins, cfg.mode_search.mass_threshold))
     if warm.weakly_identified:
         log.warning(weak_identification_note(warm.prior_sd_ratio, warm.weakly_identified))
     return Prepared(
@@ -165,6 +168,13 @@ def parameter_draws(prepared: Prepared, u_draws: np.ndarray) -> dict[str, np.nda
     return {name: values[..., k] for k, name in enumerate(problem.model.names)}
 
 
+def basin_check(task: ShardTask) -> BasinCheck:
+    """The mode search's basins and a shard posterior's Laplace precision in u."""
+    warm = task.warm
+    precision = np.linalg.inv(task.num_shards * warm.u_covariance)
+    return BasinCheck(warm.basin_centers, precision)
+
+
 def finalize(
     prepared: Prepared,
     results: Sequence[ShardResult],
@@ -179,12 +189,13 @@ def finalize(
     cfg = prepared.cfg
     started = time.perf_counter()
     results = sorted(results, key=lambda r: r.index)
-    kept, verdicts = select_shards(results, cfg.consensus)
+    kept, verdicts = select_shards(results, cfg.consensus, basin_check(prepared.task))
     u = combine_draws([r.draws for r in kept], cfg.consensus.method, seed=cfg.sampler.seed)
     draws = parameter_draws(prepared, u)
     combined = time.perf_counter()
+    fit = report.posterior_mean_c2(prepared, draws)
     summary = report.build_summary(
-        prepared, results, verdicts, draws, executor=executor, timings=timings
+        prepared, results, verdicts, draws, fit, executor=executor, timings=timings
     )
     summary["run"]["timings"]["consensus"] = combined - started
     diagnostics.write_inference_data(
@@ -194,7 +205,8 @@ def finalize(
         {"hetmpi_consensus_method": cfg.consensus.method, "num_shards": len(results)},
     )
     if cfg.output.plots:
-        report.write_plots(prepared, draws, out_dir / "plots")
+        flagged = [check["flagged"] for check in summary["fit_check"]]
+        report.write_plots(prepared, draws, fit, flagged, out_dir / "plots")
     return summary
 
 

@@ -7,7 +7,8 @@ only, no pickle, written atomically.
 
 Layout: attrs ``hetmpi_plan_format``, ``run_id``, ``num_shards``, ``padded_length``,
 ``strategy``, ``seed``, ``model`` (JSON of PosteriorModel); group ``warm`` (center,
-covariance, attrs noise_sigma, reduced_chi2, seconds); group ``consts`` (one dataset per
+covariance, basin_centers, attrs noise_sigma, reduced_chi2, seconds, chain_basins and JSON
+of basins and search); group ``consts`` (one dataset per
 ModelConstants field); group ``shards`` (one (K, L) dataset per field, see
 ``executors.buffers``).
 """
@@ -33,7 +34,7 @@ from hetmpi.sharding import Shard, ShardPlan
 from hetmpi.warmstart import WarmStart
 
 PLAN_NAME = "plan.h5"
-PLAN_FORMAT_VERSION = 2
+PLAN_FORMAT_VERSION = 3
 
 
 def plan_path(out_dir: Path) -> Path:
@@ -57,8 +58,11 @@ def write_plan(out_dir: Path, task: ShardTask, plan: ShardPlan) -> Path:
         group = f.create_group("warm")
         group.create_dataset("center", data=warm.center)
         group.create_dataset("covariance", data=warm.covariance)
-        for name in ("noise_sigma", "reduced_chi2", "seconds"):
+        group.create_dataset("basin_centers", data=warm.basin_centers)
+        for name in ("noise_sigma", "reduced_chi2", "seconds", "chain_basins"):
             group.attrs[name] = getattr(warm, name)
+        group.attrs["basins"] = json.dumps(warm.basins)
+        group.attrs["search"] = json.dumps(warm.search)
         consts = f.create_group("consts")
         for name, value in warm.problem.consts._asdict().items():
             consts.create_dataset(name, data=np.asarray(value))
@@ -96,6 +100,10 @@ def read_task(out_dir: Path, sampler: SamplerConfig) -> ShardTask:
             noise_sigma=float(f["warm"].attrs["noise_sigma"]),
             reduced_chi2=float(f["warm"].attrs["reduced_chi2"]),
             seconds=float(f["warm"].attrs["seconds"]),
+            basin_centers=f["warm"]["basin_centers"][()],
+            chain_basins=tuple(int(k) for k in f["warm"].attrs["chain_basins"]),
+            basins=tuple(json.loads(f["warm"].attrs["basins"])),
+            search=json.loads(f["warm"].attrs["search"]),
         )
         return ShardTask(
             warm=warm,

@@ -6,7 +6,7 @@ Drawn with plain matplotlib ``Figure`` objects (Agg canvas, no pyplot state) rat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +88,19 @@ def plot_forest(draws: Mapping[str, np.ndarray], path: Path, *, hdi_prob: float 
 
 
 def plot_c2_fit(
-    t: np.ndarray, data: np.ndarray, fit: np.ndarray, phi: np.ndarray, path: Path
+    t: np.ndarray,
+    data: np.ndarray,
+    fit: np.ndarray,
+    phi: np.ndarray,
+    path: Path,
+    flagged: Sequence[bool] = (),
 ) -> None:
     """Per angle a row of data, fit and residual (data - fit) images over (t1, t2).
 
     ``t`` (N,) in seconds, ``phi`` (n_phi,) in degrees, ``data`` and ``fit`` (n_phi, N, N)
     indexed [angle, t1, t2]; t1 runs up the image, t2 across. Colour scales span the 1-99
-    percentiles, so a bright diagonal does not wash out the rest.
+    percentiles, so a bright diagonal does not wash out the rest. Angles marked in
+    ``flagged`` (the fit check's) get red titles saying so.
     """
     t, data, fit, phi = (np.asarray(a, dtype=np.float64) for a in (t, data, fit, phi))
     expected = (phi.size, t.size, t.size)
@@ -115,10 +121,12 @@ def plot_c2_fit(
             ("fit", fit[row], "viridis", low, high),
             ("residual", residual, "RdBu_r", -span, span),
         )
+        marked = row < len(flagged) and flagged[row]
         for ax, (label, image, cmap, vmin, vmax) in zip(axes[row], panels, strict=True):
             shown = ax.imshow(image, origin="lower", extent=extent, cmap=cmap, vmin=vmin, vmax=vmax)
             figure.colorbar(shown, ax=ax, shrink=0.85)
-            ax.set_title(f"phi = {angle:g} deg: {label}")
+            title = f"phi = {angle:g} deg: {label}" + (" (fit check: flagged)" if marked else "")
+            ax.set_title(title, color="red" if marked else "black")
             ax.set_xlabel("t2 [s]")
             ax.set_ylabel("t1 [s]")
     _save(figure, path)

@@ -107,6 +107,7 @@ def build_problem(
         per_angle_mode=per_angle_mode,
         sample_sigma=sample_sigma,
         fraction_coordinates=span > 0.0,
+        labelling=cfg.labelling,
     )
 
     def arr(values: object) -> jnp.ndarray:

@@ -11,14 +11,16 @@ import numpy as np
 
 from hetmpi import __version__, diagnostics, plots
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
+from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
 from hetmpi.sampling import ShardResult
-from hetmpi.warmstart import weak_identification_note
+from hetmpi.warmstart import basin_note, rivals_note, weak_identification_note
 
 if TYPE_CHECKING:
     from hetmpi.pipeline import Prepared
 
 RHAT_LIMIT = 1.01
+SHARD_RHAT_LIMIT = 1.05  # a shard's chains disagree (2 chains of a few hundred draws)
 BFMI_LIMIT = 0.3
 
 
@@ -65,11 +67,12 @@ def build_summary(
     results: Sequence[ShardResult],
     verdicts: Sequence[ShardVerdict],
     draws: dict[str, np.ndarray],
+    fit: np.ndarray,
     *,
     executor: str,
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    """The content of summary.json."""
+    """The content of summary.json; ``fit`` (n_phi, N, N) is the posterior-mean model."""
     cfg = prepared.cfg
     parameters = diagnostics.summarize(draws, hdi_prob=cfg.output.hdi_prob)
     truth = (prepared.dataset.truth or {}).get("parameters", {})
@@ -90,11 +93,15 @@ def build_summary(
     kept = [r for r, v in zip(results, verdicts, strict=True) if v.included]
     shapes = shard_shapes([r.draws for r in kept], kept[0].names)
     convergence["non_gaussian_shards"] = skewed(shapes)
+    convergence["max_shard_r_hat"] = max(s["max_r_hat"] for s in included)
     convergence["converged"] = bool(
         convergence["max_r_hat"] <= RHAT_LIMIT
+        and convergence["max_shard_r_hat"] <= SHARD_RHAT_LIMIT
         and convergence["divergences"] == 0
         and convergence["min_bfmi"] >= BFMI_LIMIT
     )
+    sigma = float(draws["sigma"].mean()) if "sigma" in draws else warm.noise_sigma
+    checks = residual_checks(prepared.points, fit, sigma, prepared.dataset.phi)
     return {
         "hetmpi_version": __version__,
         "data": {
@@ -117,9 +124,11 @@ def build_summary(
                 "weakly_identified": warm.weakly_identified,
                 "seconds": warm.seconds,
             },
+            "mode_search": {**warm.search, "basins": list(warm.basins)},
             "timings": dict(timings),
         },
         "convergence": convergence,
+        "fit_check": checks,
         "parameters": parameters,
         "shard_shapes": shapes,
         "shards": shards,
@@ -136,14 +145,19 @@ def posterior_mean_c2(prepared: Prepared, draws: dict[str, np.ndarray]) -> np.nd
     return np.asarray(c2_grid(p, c.t, c.q, c.dt, c.phi, contrast, offset))
 
 
-def write_plots(prepared: Prepared, draws: dict[str, np.ndarray], plots_dir: Path) -> None:
-    """trace.png, forest.png and c2_fit.png (data vs posterior-mean fit per angle)."""
+def write_plots(
+    prepared: Prepared,
+    draws: dict[str, np.ndarray],
+    fit: np.ndarray,
+    flagged: Sequence[bool],
+    plots_dir: Path,
+) -> None:
+    """trace.png, forest.png and c2_fit.png (data vs the posterior-mean fit ``fit`` per
+    angle, the ``flagged`` angles marked)."""
     plots.plot_trace(draws, plots_dir / "trace.png")
     plots.plot_forest(draws, plots_dir / "forest.png", hdi_prob=prepared.cfg.output.hdi_prob)
     ds = prepared.dataset
-    plots.plot_c2_fit(
-        ds.t, ds.c2, posterior_mean_c2(prepared, draws), ds.phi, plots_dir / "c2_fit.png"
-    )
+    plots.plot_c2_fit(ds.t, ds.c2, fit, ds.phi, plots_dir / "c2_fit.png", flagged)
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -162,7 +176,7 @@ def format_table(summary: dict[str, Any]) -> str:
     run = summary["run"]
     lines.append(
         f"shards {run['shards_included']}/{run['num_shards']} used; "
-        f"max R-hat {c['max_r_hat']:.3f}, "
+        f"max R-hat {c['max_r_hat']:.3f} (shards {c['max_shard_r_hat']:.3f}), "
         f"min bulk ESS {c['min_ess_bulk']:.0f}, divergences {c['divergences']}, "
         f"min E-BFMI {c['min_bfmi']:.2f}, mean leapfrog steps {c['mean_leapfrog_steps']:.1f}: "
         + ("converged" if c["converged"] else "NOT converged (see summary.json)")
@@ -173,6 +187,13 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{', '.join(c['non_gaussian_shards'])}: their consensus is approximate; fewer "
             "shards (more data each), tighter priors or fixing them makes it exact again"
         )
+    search = run["mode_search"]
+    lines.append(basin_note(tuple(search["basins"]), search["starts"]))
+    if sum(b["competing"] for b in search["basins"]) > 1:
+        lines.append(rivals_note(tuple(search["basins"]), search["mass_threshold"]))
+    note = fit_check_note(summary["fit_check"])
+    if note:
+        lines.append(note)
     warm = run["warm_start"]
     if warm["weakly_identified"]:
         lines.append(weak_identification_note(warm["prior_sd_ratio"], warm["weakly_identified"]))

@@ -31,7 +31,7 @@ from hetmpi.sharding import Shard
 from hetmpi.warmstart import WarmStart
 
 REFERENCE_SHARD_SIZE = 10_000  # points at which the configured draw counts apply in full
-INIT_SPREAD = 0.5  # sd of chain starting points around the mode, in whitened units
+INIT_SPREAD = 1.5  # sd of chain starting points around their basin, in shard Laplace sd
 CHUNK_LIMIT = 50  # most NUTS iterations per compiled call (time limits are checked between)
 
 STAT_FIELDS = ("diverging", "energy", "accept_prob", "num_steps")
@@ -122,12 +122,17 @@ class ShardTask:
         d = self.warm.center.size
         return np.zeros(d), np.eye(d)
 
-    def initial_z(self, rng: np.random.Generator) -> np.ndarray:
-        """A chain's starting point (d,) in z, spread around the full-data mode."""
-        jitter = INIT_SPREAD * rng.standard_normal(self.warm.center.size)
-        if self.cfg.whiten:
-            return jitter
-        return self.warm.sampler_center + jitter @ self.laplace_scale.T
+    def initial_z(self, rng: np.random.Generator, chain: int) -> np.ndarray:
+        """Chain ``chain``'s starting point (d,) in z: overdispersed around the full-data
+        optimum of its basin (the competing basins taken in turn by chain number), by
+        ``INIT_SPREAD`` times a shard's Laplace sd."""
+        warm = self.warm
+        basin = warm.chain_basins[chain % len(warm.chain_basins)]
+        problem = warm.problem
+        w = problem.model.u_to_sampler(warm.basin_centers[basin], problem.consts)
+        w = w + INIT_SPREAD * self.laplace_scale @ rng.standard_normal(w.size)
+        center, chol = self.whitening
+        return np.linalg.solve(chol, w - center)
 
 
 @dataclass(frozen=True)
@@ -474,7 +479,8 @@ def _sample(
 
     def attempt_inputs() -> tuple[list[int], np.ndarray]:
         seeds = [int(rng.integers(2**31)) for rng in rngs]
-        return seeds, np.stack([task.initial_z(rng) for rng in rngs])
+        z0 = [task.initial_z(rng, chain) for rng, chain in zip(rngs, block, strict=True)]
+        return seeds, np.stack(z0)
 
     for _ in range(control.first - 1):  # the earlier attempts' draws from the streams
         attempt_inputs()

@@ -1,34 +1,44 @@
-"""Least-squares warm start on the full data, done once before sharding.
+"""The warm start on the full data, done once before sharding.
 
-It gives every shard (a) its starting point, (b) a robust noise estimate and (c) the Laplace
-covariance of the full-data posterior in the sampler coordinates, from which the sampler
-builds a whitened space. It also tells how much the data inform each parameter
-(``WarmStart.prior_sd_ratio``).
-
-The fit starts contrast and offset from the data, and then also tries the label-swapped
-solution (reference and sample roles exchanged), a separate basin of the posterior that no
-local optimiser or chain crosses to on its own; the lower negative log posterior wins.
+A global mode search (``hetmpi.modesearch``) from the configured start values finds the
+posterior's basins; the best one gives every shard (a) its starting point, (b) a robust
+noise estimate and (c) the Laplace covariance of the full-data posterior in the sampler
+coordinates, from which the sampler builds a whitened space. Basins holding at least
+``mode_search.mass_threshold`` of the posterior mass by Laplace compete: chains start in
+each of them, so that disagreement shows in R-hat and in the consensus's basin check. It also
+tells how much the data inform each parameter (``WarmStart.prior_sd_ratio``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 
-from hetmpi.config import ModelConfig
+from hetmpi.config import ModelConfig, ModeSearchConfig
 from hetmpi.data import Dataset
 from hetmpi.errors import InputError, RunError
 from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
 from hetmpi.model.physics import c2_pooled
 from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
+from hetmpi.modesearch import (
+    MapFn,
+    Optimum,
+    SearchResult,
+    basins_of,
+    clip_start,
+    difference_hessian,
+    labelling_holds,
+    local_optimum,
+    search_modes,
+)
+from hetmpi.modesearch import value_and_grad as u_value_and_grad
 from hetmpi.problem import Problem, build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import PooledPoints
 
@@ -37,18 +47,17 @@ log = logging.getLogger("hetmpi")
 _MAD_TO_SD = 1.4826
 GROWTH_DETECTION_Z = 3.0
 PRIOR_DOMINATED = 0.5  # Laplace sd / prior sd above which the data barely inform a parameter
-_START_LIMIT = 7.0  # |u| of a start, in prior sd: off the bounds, where u still moves y
-_TRANSPORT_PAIRS = (
-    ("D0_ref", "D0_sample"),
-    ("alpha_ref", "alpha_sample"),
-    ("D_offset_ref", "D_offset_sample"),
-)
 
 
 @dataclass(frozen=True)
 class WarmStart:
     """The sampling problem, its full-data mode in u and the Laplace covariance at that mode
-    in the sampler coordinates w."""
+    in the sampler coordinates w; the basins the mode search found.
+
+    ``basin_centers`` (n_basins, d) are the optima in u, best first (row 0 is ``center``);
+    ``chain_basins`` the rows chains start in, one after another (the competing basins);
+    ``basins`` a JSON-ready report of each basin (``basin_report``).
+    """
 
     problem: Problem
     center: np.ndarray  # (d,) u
@@ -56,6 +65,10 @@ class WarmStart:
     noise_sigma: float
     reduced_chi2: float
     seconds: float
+    basin_centers: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    chain_basins: tuple[int, ...] = (0,)
+    basins: tuple[dict[str, Any], ...] = ()
+    search: dict[str, Any] = field(default_factory=dict)
 
     @property
     def values(self) -> np.ndarray:
@@ -79,15 +92,26 @@ class WarmStart:
         return np.sqrt(np.einsum("ij,jk,ik->i", jacobian, self.covariance, jacobian))
 
     @cached_property
+    def _u_jacobian(self) -> np.ndarray:
+        """du/dw (d, d) at the mode."""
+        model, consts = self.problem.model, self.problem.consts
+        to_u = jax.jacfwd(lambda w: model.sampler_to_u(w, consts)[0])
+        return np.asarray(to_u(jnp.asarray(self.sampler_center)))
+
+    @cached_property
+    def u_covariance(self) -> np.ndarray:
+        """The Laplace covariance (d, d) in u."""
+        j = self._u_jacobian
+        return j @ self.covariance @ j.T
+
+    @cached_property
     def prior_sd_ratio(self) -> dict[str, float]:
         """Laplace sd of each prior-bounded parameter over its prior sd, both in u, where
         every such prior is Normal(0, 1): about 0 for a parameter the data pin down, about 1
         for one they leave to its prior. A shard sees the same ratio, since its likelihood
         and its prior^(1/K) both widen by sqrt(K)."""
-        model, consts = self.problem.model, self.problem.consts
-        to_u = jax.jacfwd(lambda w: model.sampler_to_u(w, consts)[0])
-        jacobian = np.asarray(to_u(jnp.asarray(self.sampler_center)))[: model.num_bounded]
-        sd = self._propagated_sd(jacobian)
+        model = self.problem.model
+        sd = self._propagated_sd(self._u_jacobian[: model.num_bounded])
         return dict(zip(model.names[: model.num_bounded], sd.tolist(), strict=True))
 
     @property
@@ -97,6 +121,11 @@ class WarmStart:
         ratios = self.prior_sd_ratio
         weak = [name for name, r in ratios.items() if r >= PRIOR_DOMINATED]
         return sorted(weak, key=lambda name: -ratios[name])
+
+    @property
+    def competing(self) -> list[dict[str, Any]]:
+        """The basins chains start in, best first (one: the search found no rival)."""
+        return [self.basins[k] for k in self.chain_basins] if self.basins else []
 
 
 def weak_identification_note(ratios: dict[str, float], weak: list[str]) -> str:
@@ -109,14 +138,6 @@ def weak_identification_note(ratios: dict[str, float], weak: list[str]) -> str:
         "(model.parameters.NAME.fixed), give them informative priors (.prior) or use "
         "fewer shards"
     )
-
-
-@dataclass(frozen=True)
-class Optimum:
-    """A local minimum of the negative log posterior (prior untempered), sigma fixed."""
-
-    u: np.ndarray  # (d,)
-    nlp: float  # inf when the optimiser diverged
 
 
 def robust_sd(x: np.ndarray) -> float:
@@ -133,81 +154,24 @@ def initial_noise_estimate(points: PooledPoints) -> float:
     return robust_sd(np.diff(c2)[neighbour]) / np.sqrt(2.0)
 
 
-def _objective(
-    model: PosteriorModel, u: jax.Array, data: ShardArrays, c: ModelConstants
-) -> jax.Array:
-    return -model.log_density(u, data, c, jnp.float64(1.0))
-
-
 def _sampler_objective(
     model: PosteriorModel, w: jax.Array, data: ShardArrays, c: ModelConstants
 ) -> jax.Array:
     return -model.sampler_log_density(w, data, c, jnp.float64(1.0))
 
 
-# Only first-order programs are compiled: the model is static (hashable), data and constants
-# are arguments (a new sigma needs no compile). On this model a Hessian program costs more to
-# compile than the whole fit takes, and ~50 gradients to evaluate, so the fit is
-# quasi-Newton and the Laplace Hessian comes from differences of exact gradients.
-_value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnums=0)
 _sampler_value_and_grad = jax.jit(
     jax.value_and_grad(_sampler_objective, argnums=1), static_argnums=0
 )
 _prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
 _pooled_c2 = jax.jit(c2_pooled)
 
-_PROBE_STEP = 1e-7  # first pass of the Hessian differences, in the coordinates' own units
-HESSIAN_RELATIVE_STEP = 1e-3  # second pass, in units of each coordinate's conditional sd
-
-
-def local_optimum(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
-    """BFGS from u0 on the full-data negative log posterior."""
-    model, consts = problem.model, problem.consts
-
-    def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = _value_and_grad(model, u, data, consts)
-        return float(value), np.asarray(grad)
-
-    result = scipy.optimize.minimize(
-        fun, u0, jac=True, method="BFGS", options={"maxiter": 5000, "gtol": 1e-6}
-    )
-    # status 2 (precision loss) is how BFGS usually stops at a mode this sharp; a NaN met
-    # on the way (3) or the iteration limit (1) is no optimum
-    finite = np.all(np.isfinite(result.x)) and np.isfinite(result.fun)
-    found = finite and result.status in (0, 2) and np.all(np.isfinite(result.jac))
-    return Optimum(result.x, float(result.fun) if found else np.inf)
-
-
-def difference_hessian(gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Hessian (d, d) at x, symmetrised, by central differences of an exact ``gradient``.
-
-    A first pass with a tiny step measures each coordinate's curvature; the second steps each
-    coordinate by ``HESSIAN_RELATIVE_STEP`` of its conditional sd 1/sqrt(H_ii). Near a mode,
-    where that sd is the coordinate's length scale, the truncation error of entry (i, j) is
-    then ~1e-6 of sqrt(H_ii H_jj) even where curvatures differ by 1e10 between coordinates
-    (as f1's and a prior-limited parameter's do), while round-off stays below it. Columns
-    whose gradients are not finite come out NaN.
-    """
-
-    def by_steps(steps: np.ndarray) -> np.ndarray:
-        columns = []
-        for i, step in enumerate(steps):
-            shift = np.zeros_like(x)
-            shift[i] = step
-            columns.append((gradient(x + shift) - gradient(x - shift)) / (2.0 * step))
-        h = np.stack(columns, axis=1)
-        return 0.5 * (h + h.T)
-
-    curvature = np.abs(np.diag(by_steps(np.full(x.size, _PROBE_STEP))))
-    # a flat coordinate (curvature below 1e-6) steps by at most 1
-    return by_steps(HESSIAN_RELATIVE_STEP / np.sqrt(np.fmax(curvature, 1e-6)))
-
 
 def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np.ndarray:
     """Inverse Hessian of the negative log posterior in sampler coordinates at w,
     eigenvalues floored to stay positive definite."""
     model, consts = problem.model, problem.consts
-    value_and_grad = _sampler_value_and_grad if model.fraction_map_on(consts) else _value_and_grad
+    value_and_grad = _sampler_value_and_grad if model.fraction_map_on(consts) else u_value_and_grad
 
     def gradient(x: np.ndarray) -> np.ndarray:
         return np.asarray(value_and_grad(model, x, data, consts)[1])
@@ -273,69 +237,6 @@ def _inside(x: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
     return np.clip(x, lo + margin, hi - margin)
 
 
-def swap_labels(physics: dict[str, float], t_mid: float) -> dict[str, float]:
-    """The 14 physics values with the reference and sample roles exchanged.
-
-    The transport triples are swapped; the sample fraction x(t) = f0 e^{f1 (t - f2)} + f3
-    becomes the curve of the same form that equals 1 - x(t) in value and slope at ``t_mid``
-    (seconds): f1 -> -f1, f0 -> f0 G^2, f3 -> 1 - f3 - 2 f0 G with G = e^{f1 (t_mid - f2)}.
-    Values may leave the bounds; the caller clips.
-    """
-    swapped = dict(physics)
-    for ref, sample in _TRANSPORT_PAIRS:
-        swapped[ref], swapped[sample] = physics[sample], physics[ref]
-    f0, f1, f2, f3 = (physics[name] for name in ("f0", "f1", "f2", "f3"))
-    growth = float(np.exp(np.clip(f1 * (t_mid - f2), -50.0, 50.0)))
-    swapped.update(f0=f0 * growth**2, f1=-f1, f3=1.0 - f3 - 2.0 * f0 * growth)
-    return swapped
-
-
-def label_swapped_start(problem: Problem, u: np.ndarray) -> np.ndarray | None:
-    """u with reference and sample exchanged (``swap_labels`` at the middle of the time grid).
-
-    None when the swap cannot matter: it would change a fixed physics parameter, or it
-    leaves the start where it is (e.g. both components alike).
-    """
-    model, consts = problem.model, problem.consts
-    values = model.to_values(u, consts)
-    free = list(model.free_physics)
-    physics = np.array(consts.physics, dtype=np.float64)
-    physics[free] = values[: len(free)]
-    t = np.asarray(consts.t)
-    swapped = swap_labels(dict(zip(PHYSICS_NAMES, physics, strict=True)), 0.5 * (t[0] + t[-1]))
-    new = np.array([swapped[name] for name in PHYSICS_NAMES])
-    fixed = np.setdiff1d(np.arange(len(PHYSICS_NAMES)), free)
-    if not np.allclose(new[fixed], physics[fixed], rtol=1e-12, atol=0.0):
-        return None
-    values = values.copy()
-    values[: len(free)] = new[free]
-    start = _clip_start(model.to_unconstrained(values, consts), model)
-    return None if np.allclose(start, u, rtol=0.0, atol=1e-6) else start
-
-
-def _clip_start(u: np.ndarray, model: PosteriorModel) -> np.ndarray:
-    """Keep bounded coordinates off their bounds, where the transform has no gradient."""
-    u = u.copy()
-    u[: model.num_bounded] = np.clip(u[: model.num_bounded], -_START_LIMIT, _START_LIMIT)
-    return u
-
-
-def best_labelling(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
-    """The optimum from u0, or from its label-swapped version when that one is lower."""
-    found = local_optimum(problem, data, u0)
-    start = label_swapped_start(problem, found.u) if np.isfinite(found.nlp) else None
-    if start is None:
-        return found
-    swapped = local_optimum(problem, data, start)
-    winner = "label-swapped" if swapped.nlp < found.nlp else "configured"
-    log.info(
-        "warm start: %s labelling kept (negative log posterior %.3f configured, "
-        "%.3f label-swapped)",
-        winner, found.nlp, swapped.nlp,
-    )  # fmt: skip
-    return swapped if swapped.nlp < found.nlp else found
-
-
 def _fit_config(cfg: ModelConfig) -> ModelConfig:
     """The config the fit uses: constant mode estimates contrast and offset, never fixed."""
     if cfg.per_angle_mode != "constant":
@@ -380,12 +281,23 @@ def growth_detected(
     return bool(abs(g) >= GROWTH_DETECTION_Z * shard_sd)
 
 
-def fit_warm_start(
-    cfg: ModelConfig, dataset: Dataset, points: PooledPoints, num_shards: int
-) -> WarmStart:
-    """Fit the full data, estimate the noise, and return the sampling problem around the fit
-    for ``num_shards`` shards."""
-    started = time.perf_counter()
+def _at_new_noise(problem: Problem, data: ShardArrays, optimum: Optimum) -> Optimum:
+    """The optimum's negative log posterior under ``problem`` (a new noise sd)."""
+    if not np.isfinite(optimum.nlp):
+        return optimum
+    value, _ = u_value_and_grad(problem.model, optimum.u, data, problem.consts)
+    return Optimum(optimum.u, float(value))
+
+
+def find_basins(
+    cfg: ModelConfig,
+    dataset: Dataset,
+    points: PooledPoints,
+    settings: ModeSearchConfig,
+    map_fn: MapFn,
+) -> tuple[Problem, SearchResult, float]:
+    """The fit's problem, the basins of its posterior (lowest first, those the labelling
+    rules out left out) and the noise sd they were found at."""
     data = pooled_arrays(points)
     estimate = cfg.noise.sigma is None
     sigma = initial_noise_estimate(points) if estimate else cfg.noise.sigma
@@ -393,14 +305,97 @@ def fit_warm_start(
     fit = _fit_problem(fit_cfg, dataset, sigma)
     contrast, offset = scaling_from_data(fit_cfg, dataset, points)
     start = initial_values(fit_cfg, fit.model, sigma, contrast=contrast, offset=offset)
-    u = _clip_start(fit.model.to_unconstrained(start, fit.consts), fit.model)
+    u = clip_start(fit.model.to_unconstrained(start, fit.consts), fit.model)
+    optima, reached, provisional = search_modes(fit, data, u, settings, map_fn)
+    if cfg.labelling != "free":
+        optima = [o if labelling_holds(fit, o.u) else Optimum(o.u, np.inf) for o in optima]
+    best = _converged(min(optima, key=lambda o: o.nlp))
     if estimate:
-        u = _converged(local_optimum(fit, data, u)).u
-        sigma = robust_sd(_residual(fit, data, u))
+        sigma = robust_sd(_residual(fit, data, best.u))
         fit = _fit_problem(fit_cfg, dataset, sigma)
-    optimum = _converged(best_labelling(fit, data, u))
-    values = fit.model.to_values(optimum.u, fit.consts)
-    reduced_chi2 = float(np.mean((_residual(fit, data, optimum.u) / sigma) ** 2))
+        optima = [_at_new_noise(fit, data, o) for o in optima]
+        best_at = int(np.argmin([o.nlp for o in optima]))
+        optima[best_at] = _converged(local_optimum(fit, data, optima[best_at].u))
+    return fit, basins_of(fit, data, optima, reached, provisional, map_fn), sigma
+
+
+def basin_report(fit: Problem, found: SearchResult, threshold: float) -> tuple[dict[str, Any], ...]:
+    """Per basin, best first: its negative log posterior over the best's (nats), Laplace
+    share of the mass, design starts that reached it, whether it competes (share at least
+    ``threshold``) and its parameter values."""
+    best = found.basins[0].nlp
+    report = []
+    for basin, share in zip(found.basins, found.shares, strict=True):
+        values = fit.model.to_values(basin.u, fit.consts)
+        report.append(
+            {
+                "delta_nlp": basin.nlp - best,
+                "mass_share": float(share),
+                "starts": basin.starts,
+                "competing": bool(share >= threshold),
+                "values": dict(zip(fit.model.names, values.tolist(), strict=True)),
+            }
+        )
+    return tuple(report)
+
+
+def basin_note(basins: tuple[dict[str, Any], ...], num_starts: int) -> str:
+    """One line on the basins found for the log."""
+    parts = [
+        f"{k + 1}: {b['delta_nlp']:+.1f} nats, {b['mass_share']:.0%} of the mass, "
+        f"{b['starts']} starts"
+        for k, b in enumerate(basins[:4])
+    ]
+    more = f" (+{len(basins) - 4} more)" if len(basins) > 4 else ""
+    return (
+        f"mode search: {len(basins)} basin(s) from {num_starts} starts; " + "; ".join(parts) + more
+    )
+
+
+def rivals_note(basins: tuple[dict[str, Any], ...], threshold: float) -> str:
+    """The warning when basins besides the best hold ``threshold`` of the mass or more."""
+    rivals = [k + 1 for k, b in enumerate(basins) if b["competing"] and k > 0]
+    listed = ", ".join(
+        f"{k} ({basins[k - 1]['delta_nlp']:+.1f} nats, {basins[k - 1]['mass_share']:.0%})"
+        for k in rivals
+    )
+    return (
+        f"the posterior has more than one basin: besides the best, basin(s) {listed} hold at "
+        f"least {threshold:.0%} of the mass (mode_search.mass_threshold). Chains start in "
+        "each, and shards or chains in different basins are never averaged; where the "
+        "basins are the two labellings of reference and sample, pick one with "
+        "model.labelling (reference_slower or sample_slower)"
+    )
+
+
+def _sampling_u(fit: Problem, problem: Problem, fit_u: np.ndarray, sigma: float) -> np.ndarray:
+    """A point of the fit's u in the sampling problem's u."""
+    values = fit.model.to_values(fit_u, fit.consts)
+    keep = [fit.model.names.index(n) for n in problem.model.names if n in fit.model.names]
+    start = values[keep]
+    if problem.model.sample_sigma:
+        start = np.append(start, sigma)
+    return problem.model.to_unconstrained(start, problem.consts)
+
+
+def fit_warm_start(
+    cfg: ModelConfig,
+    dataset: Dataset,
+    points: PooledPoints,
+    num_shards: int,
+    settings: ModeSearchConfig,
+    map_fn: MapFn = lambda fn, items: list(map(fn, items)),
+) -> WarmStart:
+    """Search the full data's basins, estimate the noise, and return the sampling problem
+    around the best basin for ``num_shards`` shards; ``map_fn`` runs the search's
+    independent local fits (in parallel where the caller has processes)."""
+    started = time.perf_counter()
+    data = pooled_arrays(points)
+    fit, found, sigma = find_basins(cfg, dataset, points, settings, map_fn)
+    best = found.basins[0]
+    values = fit.model.to_values(best.u, fit.consts)
+    reduced_chi2 = float(np.mean((_residual(fit, data, best.u) / sigma) ** 2))
+    report = basin_report(fit, found, settings.mass_threshold)
 
     contrast = offset = None
     if cfg.per_angle_mode == "constant":
@@ -417,11 +412,8 @@ def fit_warm_start(
         contrast=contrast,
         offset=offset,
     )
-    keep = [fit.model.names.index(n) for n in problem.model.names if n in fit.model.names]
-    start = values[keep]
-    if problem.model.sample_sigma:
-        start = np.append(start, sigma)
-    center = problem.model.to_unconstrained(start, problem.consts)
+    centers = np.stack([_sampling_u(fit, problem, b.u, sigma) for b in found.basins])
+    center = centers[0]
     w = problem.model.u_to_sampler(center, problem.consts)
     covariance = laplace_covariance(problem, data, w)
     if problem.model.fraction_indices is not None and not growth_detected(
@@ -432,11 +424,23 @@ def fit_warm_start(
         off = jnp.zeros_like(problem.consts.fraction_span)
         problem = Problem(problem.model, problem.consts._replace(fraction_span=off))
         covariance = laplace_covariance(problem, data, center)
+    seconds = time.perf_counter() - started
     return WarmStart(
         problem=problem,
         center=center,
         covariance=covariance,
         noise_sigma=sigma,
         reduced_chi2=reduced_chi2,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        basin_centers=centers,
+        chain_basins=(0, *(k for k, b in enumerate(report) if b["competing"] and k > 0)),
+        basins=report,
+        search={
+            "starts": found.num_starts,
+            "cheap_points": found.cheap_points,
+            "starts_not_refined": found.starts_elsewhere,
+            "mass_threshold": settings.mass_threshold,
+            "labelling": cfg.labelling,
+            "seconds": seconds,
+        },
     )

@@ -12,7 +12,7 @@ import yaml
 from hetmpi.data import load_truth, simulate_dataset, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_TRUTH = REPO / "jobs" / "reference_truth.yaml"
+REFERENCE_TRUTH = REPO / "jobs" / "stress_truth.yaml"
 TINY_SAMPLER = dict(num_chains=2, num_warmup=30, num_samples=30, adaptive=False,
                     max_tree_depth=5, max_retries=0)  # fmt: skip
 

@@ -501,7 +501,7 @@ def test_write_rejects_invalid_dataset(tmp_path: Path) -> None:
 
 
 def test_reference_truth_file() -> None:
-    truth = load_truth(REPO / "jobs" / "reference_truth.yaml")
+    truth = load_truth(REPO / "jobs" / "stress_truth.yaml")
     assert truth["parameters"] == TRUTH
     assert truth["contrast"] == [0.30, 0.35, 0.40]
     assert truth["offset"] == [1.00, 1.01, 0.99]

@@ -13,7 +13,8 @@ from hetmpi.model import c2, physics
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "spec" / "reference_c2.npz"
+# a copy of ../shared/spec/reference_c2.npz: values of the heterodyne 2.0.1 model
+REFERENCE = Path(__file__).parent / "data" / "reference_c2.npz"
 
 
 @pytest.fixture(scope="module")

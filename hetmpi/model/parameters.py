@@ -49,6 +49,7 @@ CONTRAST = ParameterSpec("contrast", "-", 0.5, (0.0, 1.0), 0.5, 0.25)
 OFFSET = ParameterSpec("offset", "-", 1.0, (0.5, 1.5), 1.0, 0.25)
 
 SCALING_NAMES: tuple[str, ...] = ("contrast", "offset")
+LABELLINGS: tuple[str, ...] = ("free", "reference_slower", "sample_slower")  # order of the rates
 PER_ANGLE_MODES: tuple[str, ...] = ("individual", "averaged", "constant")
 
 DEFAULT_SPECS: dict[str, ParameterSpec] = {

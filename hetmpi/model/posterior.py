@@ -45,6 +45,8 @@ from hetmpi.model.coordinates import (
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
 
+LABEL_SHARPNESS = 50.0
+
 
 class ShardArrays(NamedTuple):
     """Pooled points of one shard, padded; ``weight`` is 0 on padding."""
@@ -87,6 +89,7 @@ class PosteriorModel:
     per_angle_mode: str  # individual | averaged | constant
     sample_sigma: bool
     fraction_coordinates: bool = False  # (f0, f1, f3) can be sampled in fraction coordinates
+    labelling: str = "free"  # free | reference_slower | sample_slower (see ``log_prior``)
 
     @property
     def dim(self) -> int:
@@ -144,13 +147,31 @@ class PosteriorModel:
         return p, contrast, offset, sigma
 
     def log_prior(self, u: Array, consts: ModelConstants) -> Array:
-        """Log prior density of u (Jacobian included), untempered, up to a constant."""
+        """Log prior density of u (Jacobian included), untempered, up to a constant.
+
+        With a ``labelling`` other than free, the prior also holds the order of the two
+        transport rates at the first frame: log sigmoid(LABEL_SHARPNESS * gap), gap the
+        difference of the rates over their sum, signed so that it is positive when the
+        labelling holds (a soft wall: -0.007 at a gap of 0.1, -35 at -0.7).
+        """
         ub = u[: self.num_bounded]
         total = jnp.sum(-0.5 * ub * ub)
         if self.sample_sigma:
             sigma = jnp.exp(u[-1])
             total = total - 0.5 * (sigma / consts.sigma) ** 2 + u[-1]
+        if self.labelling != "free":
+            total = total + jax.nn.log_sigmoid(LABEL_SHARPNESS * self.labelling_gap(u, consts))
         return total
+
+    def labelling_gap(self, u: Array, consts: ModelConstants) -> Array:
+        """(J_s - J_r) / (J_s + J_r) at the first frame after t = 0, sign flipped for
+        ``sample_slower``: positive when the configured labelling holds."""
+        p, _, _, _ = self.unpack(u, consts)
+        t = jnp.where(consts.t[0] > 0.0, consts.t[0], consts.t[1])
+        j_r = jnp.maximum(p["D0_ref"] * t ** p["alpha_ref"] + p["D_offset_ref"], 0.0)
+        j_s = jnp.maximum(p["D0_sample"] * t ** p["alpha_sample"] + p["D_offset_sample"], 0.0)
+        gap = (j_s - j_r) / (j_s + j_r + 1e-300)
+        return -gap if self.labelling == "sample_slower" else gap
 
     def predict(self, u: Array, data: ShardArrays, consts: ModelConstants) -> Array:
         p, contrast, offset, _ = self.unpack(u, consts)

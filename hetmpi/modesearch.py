@@ -1,0 +1,412 @@
+"""Global search for the modes of the full-data posterior, before anything is sampled.
+
+The heterodyne c2 is symmetric under exchanging the reference and sample transports with
+f_s <-> 1 - f_s, so every dataset has a label-swapped basin, and the parameter table's
+defaults sit on the ridge between the two; other local optima exist too. One local fit from
+one start point is therefore no answer. The search:
+
+1. starts from the configured point and from a scrambled Sobol design over the prior of the
+   free physics coordinates (in u every prior is a standard normal), each start's per-angle
+   contrast and offset fitted to the data by linear least squares at its physics;
+2. runs a short BFGS from every start on a cheap version of the data (every k-th pooled
+   point, about ``cheap_points`` of them): the starts are independent, so they run in
+   parallel over the run's processes (``MapFn``) with results in start order, the same
+   whatever the process count;
+3. refines the best distinct end points, and the label-swapped counterpart of each, by BFGS
+   on the full data;
+4. groups the refined optima into basins (within 3 sd of each other by the better one's
+   Laplace curvature) and weighs each by its Laplace mass, exp(-nlp) sqrt(det Sigma).
+
+Everything here is in the u space of the fit's ``Problem`` with the noise sd held fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+import scipy.special
+import scipy.stats.qmc
+
+from hetmpi.config import ModeSearchConfig
+from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
+from hetmpi.problem import Problem
+
+MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+SAME_BASIN_SD = 3.0  # optima closer than this, in Laplace sd of the better one, are one basin
+DISTINCT_U = 0.05  # cheap end points closer than this in every physics u are one candidate
+CHEAP_MAXITER = 400
+REFINE_WITHIN = 1000.0  # nats (full-data scale) of the best cheap optimum a refined one lies in
+START_LIMIT = 7.0  # |u| of a start, in prior sd: off the bounds, where u still moves y
+_TRANSPORT_PAIRS = (
+    ("D0_ref", "D0_sample"),
+    ("alpha_ref", "alpha_sample"),
+    ("D_offset_ref", "D_offset_sample"),
+)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """A local minimum of the negative log posterior (prior untempered), sigma fixed."""
+
+    u: np.ndarray  # (d,)
+    nlp: float  # inf when the optimiser diverged
+
+
+@dataclass(frozen=True)
+class Basin:
+    """A distinct optimum of the full-data posterior."""
+
+    u: np.ndarray  # (d,)
+    nlp: float  # negative log posterior at u
+    hessian: np.ndarray  # (d, d) of the negative log posterior in u at u
+    starts: int  # design starts whose cheap search ended here
+
+    @property
+    def log_mass(self) -> float:
+        """Laplace log mass: -nlp + 1/2 log det(H^-1) (constants common to all basins
+        dropped)."""
+        sign, logdet = np.linalg.slogdet(self.hessian)
+        return -self.nlp - 0.5 * logdet if sign > 0 else -math.inf
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The basins found (lowest nlp first), with how the search ran."""
+
+    basins: tuple[Basin, ...]
+    num_starts: int
+    cheap_points: int
+    starts_elsewhere: int  # starts whose cheap end point was not refined (worse candidates)
+
+    @property
+    def shares(self) -> np.ndarray:
+        """Each basin's share of the posterior mass by Laplace, (n_basins,)."""
+        log_mass = np.array([b.log_mass for b in self.basins])
+        return np.exp(log_mass - scipy.special.logsumexp(log_mass))
+
+
+def _objective(
+    model: PosteriorModel, u: jax.Array, data: ShardArrays, c: ModelConstants
+) -> jax.Array:
+    return -model.log_density(u, data, c, jnp.float64(1.0))
+
+
+# The model is static (hashable); data and constants are arguments, so the cheap and full
+# data versions each compile once and a new sigma compiles nothing.
+value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnums=0)
+_prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
+
+
+def local_optimum(
+    problem: Problem,
+    data: ShardArrays,
+    u0: np.ndarray,
+    *,
+    maxiter: int = 5000,
+    gtol: float = 1e-6,
+) -> Optimum:
+    """BFGS from u0 on the negative log posterior of ``data``."""
+    model, consts = problem.model, problem.consts
+
+    def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = value_and_grad(model, u, data, consts)
+        return float(value), np.asarray(grad)
+
+    result = scipy.optimize.minimize(
+        fun, u0, jac=True, method="BFGS", options={"maxiter": maxiter, "gtol": gtol}
+    )
+    # status 2 (precision loss) is how BFGS usually stops at a mode this sharp; a NaN met
+    # on the way (3) is no optimum, nor is the iteration limit (1) of a full refinement
+    stopped = (0, 2, 1) if maxiter < 5000 else (0, 2)
+    finite = np.all(np.isfinite(result.x)) and np.isfinite(result.fun)
+    found = finite and result.status in stopped and np.all(np.isfinite(result.jac))
+    return Optimum(result.x, float(result.fun) if found else np.inf)
+
+
+def cheap_arrays(data: ShardArrays, target: int) -> ShardArrays:
+    """Every k-th point of ``data``, k = ceil(size / target): all angles and times, fewer
+    points."""
+    stride = max(1, math.ceil(data.c2.shape[0] / target))
+    return ShardArrays(*(a[::stride] for a in data))
+
+
+def clip_start(u: np.ndarray, model: PosteriorModel) -> np.ndarray:
+    """Keep bounded coordinates off their bounds, where the transform has no gradient."""
+    u = np.array(u, dtype=np.float64)
+    u[: model.num_bounded] = np.clip(u[: model.num_bounded], -START_LIMIT, START_LIMIT)
+    return u
+
+
+def fit_scaling(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
+    """u with its per-angle contrast and offset set by weighted linear least squares at its
+    physics (c2 ~ offset + contrast * g per angle); unchanged where the model samples no
+    scaling or an angle's g is flat."""
+    model, consts = problem.model, problem.consts
+    if model.num_scaling == 0:
+        return u
+    values = model.to_values(u, consts)
+    n_free, n_phi = len(model.free_physics), model.n_phi
+    _, contrast, offset, _ = model.unpack(jnp.asarray(u), consts)
+    contrast, offset = np.asarray(contrast), np.asarray(offset)
+    prediction = np.asarray(_prediction(model, u, data, consts))
+    angle = np.asarray(data.angle)
+    g = (prediction - offset[angle]) / contrast[angle]
+    weight = np.asarray(data.weight) / np.asarray(data.sigma) ** 2
+    c2 = np.asarray(data.c2)
+    fitted_contrast, fitted_offset = contrast.copy(), offset.copy()
+    for a in range(n_phi):
+        mine = (angle == a) & (weight > 0)
+        if mine.sum() < 2:
+            continue
+        w, x, y = weight[mine], g[mine], c2[mine]
+        x_mean, y_mean = np.average(x, weights=w), np.average(y, weights=w)
+        spread = np.average((x - x_mean) ** 2, weights=w)
+        if spread <= 1e-12:
+            continue
+        slope = np.average((x - x_mean) * (y - y_mean), weights=w) / spread
+        fitted_contrast[a], fitted_offset[a] = slope, y_mean - slope * x_mean
+    if model.per_angle_mode == "individual":
+        values[n_free : n_free + n_phi] = fitted_contrast
+        values[n_free + n_phi : n_free + 2 * n_phi] = fitted_offset
+    else:  # averaged
+        values[n_free : n_free + 2] = fitted_contrast.mean(), fitted_offset.mean()
+    return clip_start(model.to_unconstrained(_inside(values, problem), consts), model)
+
+
+def _inside(values: np.ndarray, problem: Problem) -> np.ndarray:
+    """Values moved a thousandth of their bounds' width inside the bounds."""
+    c = problem.consts
+    log_space = np.asarray(problem.model.log_space)
+    mean, sd = np.asarray(c.prior_mean), np.asarray(c.prior_sd)
+    lo = mean + sd * np.asarray(c.std_lower)
+    hi = mean + sd * np.asarray(c.std_upper)
+    lo = np.where(log_space, np.exp(np.where(log_space, lo, 0.0)), lo)
+    hi = np.where(log_space, np.exp(np.where(log_space, hi, 0.0)), hi)
+    margin = 1e-3 * (hi - lo)
+    bounded = values.copy()
+    n = problem.model.num_bounded
+    bounded[:n] = np.clip(values[:n], lo + margin, hi - margin)
+    return bounded
+
+
+def design_starts(
+    problem: Problem, data: ShardArrays, configured: np.ndarray, count: int, seed: int
+) -> list[np.ndarray]:
+    """The configured start, then ``count`` scrambled-Sobol points over the prior of the free
+    physics coordinates (u ~ Normal(0, 1)), each with its scaling fitted to ``data``."""
+    n_free = len(problem.model.free_physics)
+    starts = [configured]
+    if count and n_free:
+        sobol = scipy.stats.qmc.Sobol(n_free, scramble=True, seed=seed)
+        points = sobol.random_base2(max(0, math.ceil(math.log2(count))))[:count]
+        for row in points:
+            u = np.array(configured, dtype=np.float64)
+            u[:n_free] = scipy.special.ndtri(np.clip(row, 1e-6, 1 - 1e-6))
+            starts.append(fit_scaling(problem, data, u))
+    return starts
+
+
+def swap_labels(physics: dict[str, float], t_mid: float) -> dict[str, float]:
+    """The 14 physics values with the reference and sample roles exchanged.
+
+    The transport triples are swapped; the sample fraction x(t) = f0 e^{f1 (t - f2)} + f3
+    becomes the curve of the same form that equals 1 - x(t) in value and slope at ``t_mid``
+    (seconds): f1 -> -f1, f0 -> f0 G^2, f3 -> 1 - f3 - 2 f0 G with G = e^{f1 (t_mid - f2)}.
+    Values may leave the bounds; the caller clips.
+    """
+    swapped = dict(physics)
+    for ref, sample in _TRANSPORT_PAIRS:
+        swapped[ref], swapped[sample] = physics[sample], physics[ref]
+    f0, f1, f2, f3 = (physics[name] for name in ("f0", "f1", "f2", "f3"))
+    growth = float(np.exp(np.clip(f1 * (t_mid - f2), -50.0, 50.0)))
+    swapped.update(f0=f0 * growth**2, f1=-f1, f3=1.0 - f3 - 2.0 * f0 * growth)
+    return swapped
+
+
+def label_swapped(problem: Problem, u: np.ndarray) -> np.ndarray | None:
+    """u with reference and sample exchanged in its free physics (``swap_labels`` at the
+    middle of the time grid); fixed parameters keep their values, so the point is the
+    swapped basin's neighbourhood, for a local search to finish. None when the swap leaves
+    u where it is (both components alike)."""
+    model, consts = problem.model, problem.consts
+    values = model.to_values(u, consts)
+    free = list(model.free_physics)
+    physics = np.array(consts.physics, dtype=np.float64)
+    physics[free] = values[: len(free)]
+    t = np.asarray(consts.t)
+    swapped = swap_labels(dict(zip(PHYSICS_NAMES, physics, strict=True)), 0.5 * (t[0] + t[-1]))
+    values = values.copy()
+    values[: len(free)] = [swapped[PHYSICS_NAMES[k]] for k in free]
+    start = clip_start(model.to_unconstrained(_inside(values, problem), consts), model)
+    return None if np.allclose(start, u, rtol=0.0, atol=1e-6) else start
+
+
+def labelling_holds(problem: Problem, u: np.ndarray) -> bool:
+    """Whether the rates at u are in the order the model's labelling asks for (always, for
+    a free labelling)."""
+    if problem.model.labelling == "free":
+        return True
+    return float(problem.model.labelling_gap(jnp.asarray(u), problem.consts)) > 0.0
+
+
+def _distinct(optima: Sequence[Optimum], n_free: int) -> tuple[list[int], list[int]]:
+    """(positions of the distinct finite optima, lowest nlp first; for every optimum the
+    position of the distinct one it repeats, -1 if not finite)."""
+    order = sorted(
+        (k for k, o in enumerate(optima) if np.isfinite(o.nlp)), key=lambda k: optima[k].nlp
+    )
+    kept: list[int] = []
+    owner = [-1] * len(optima)
+    for k in order:
+        u = optima[k].u[:n_free]
+        match = next(
+            (j for j in kept if np.max(np.abs(optima[j].u[:n_free] - u), initial=0.0) < DISTINCT_U),
+            None,
+        )
+        if match is None:
+            kept.append(k)
+            match = k
+        owner[k] = match
+    return kept, owner
+
+
+def search_modes(
+    problem: Problem,
+    data: ShardArrays,
+    configured: np.ndarray,
+    settings: ModeSearchConfig,
+    map_fn: MapFn = lambda fn, items: list(map(fn, items)),
+) -> tuple[list[Optimum], list[int], SearchResult]:
+    """The cheap stage and the full-data refinement: (refined optima, how many design starts
+    reached each, and a provisional result without Hessians: see ``basins_of``)."""
+    cheap = cheap_arrays(data, settings.cheap_points)
+    starts = design_starts(problem, cheap, configured, settings.starts, settings.seed)
+    search = partial(_cheap_search, problem, cheap)
+    cheap_optima = map_fn(search, starts)
+    n_free = len(problem.model.free_physics)
+    kept, owner = _distinct(cheap_optima, n_free)
+    stride = data.c2.shape[0] / cheap.c2.shape[0]
+    hopeless = cheap_optima[kept[0]].nlp + REFINE_WITHIN / stride if kept else np.inf
+    chosen = [k for k in kept[: settings.refine] if cheap_optima[k].nlp <= hopeless]
+    counts = [sum(1 for o in owner if o == k) for k in chosen]
+    to_refine: list[np.ndarray] = []
+    reached: list[int] = []
+    for k, count in zip(chosen, counts, strict=True):
+        to_refine.append(cheap_optima[k].u)
+        reached.append(count)
+        swapped = label_swapped(problem, cheap_optima[k].u)
+        if swapped is not None:
+            to_refine.append(swapped)
+            reached.append(0)
+    refined = map_fn(partial(_full_search, problem, data), to_refine)
+    provisional = SearchResult(
+        basins=(),
+        num_starts=len(starts),
+        cheap_points=int(cheap.c2.shape[0]),
+        starts_elsewhere=len(starts) - sum(counts),
+    )
+    return refined, reached, provisional
+
+
+def _cheap_search(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
+    return local_optimum(problem, data, u0, maxiter=CHEAP_MAXITER, gtol=1e-4)
+
+
+def _full_search(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
+    return local_optimum(problem, data, u0)
+
+
+def difference_hessian(gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Hessian (d, d) at x, symmetrised, by central differences of an exact ``gradient``.
+
+    A first pass with a tiny step measures each coordinate's curvature; the second steps each
+    coordinate by ``HESSIAN_RELATIVE_STEP`` of its conditional sd 1/sqrt(H_ii). Near a mode,
+    where that sd is the coordinate's length scale, the truncation error of entry (i, j) is
+    then ~1e-6 of sqrt(H_ii H_jj) even where curvatures differ by 1e10 between coordinates
+    (as f1's and a prior-limited parameter's do), while round-off stays below it. Columns
+    whose gradients are not finite come out NaN.
+    """
+
+    def by_steps(steps: np.ndarray) -> np.ndarray:
+        columns = []
+        for i, step in enumerate(steps):
+            shift = np.zeros_like(x)
+            shift[i] = step
+            columns.append((gradient(x + shift) - gradient(x - shift)) / (2.0 * step))
+        h = np.stack(columns, axis=1)
+        return 0.5 * (h + h.T)
+
+    curvature = np.abs(np.diag(by_steps(np.full(x.size, PROBE_STEP))))
+    # a flat coordinate (curvature below 1e-6) steps by at most 1
+    return by_steps(HESSIAN_RELATIVE_STEP / np.sqrt(np.fmax(curvature, 1e-6)))
+
+
+PROBE_STEP = 1e-7  # first pass of the Hessian differences, in the coordinates' own units
+HESSIAN_RELATIVE_STEP = 1e-3  # second pass, in units of each coordinate's conditional sd
+
+
+def positive_definite(h: np.ndarray) -> np.ndarray:
+    """h with its eigenvalues floored at 1e-10 of the largest (and of 1)."""
+    eigval, eigvec = np.linalg.eigh(h)
+    eigval = np.maximum(eigval, max(eigval.max(), 1.0) * 1e-10)
+    return (eigvec * eigval) @ eigvec.T
+
+
+def u_hessian(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
+    """Hessian of the negative log posterior in u at u (differences of exact gradients)."""
+    model, consts = problem.model, problem.consts
+
+    def gradient(x: np.ndarray) -> np.ndarray:
+        return np.asarray(value_and_grad(model, x, data, consts)[1])
+
+    return difference_hessian(gradient, np.asarray(u, dtype=np.float64))
+
+
+def basins_of(
+    problem: Problem,
+    data: ShardArrays,
+    optima: Sequence[Optimum],
+    reached: Sequence[int],
+    provisional: SearchResult,
+    map_fn: MapFn = lambda fn, items: list(map(fn, items)),
+) -> SearchResult:
+    """Group full-data ``optima`` (each reached by ``reached`` design starts) into basins:
+    an optimum within ``SAME_BASIN_SD`` of a better one, by that one's Laplace curvature,
+    joins it."""
+    finite = sorted(
+        (k for k, o in enumerate(optima) if np.isfinite(o.nlp)), key=lambda k: optima[k].nlp
+    )
+    hessians = map_fn(partial(_finite_hessian, problem, data), [optima[k].u for k in finite])
+    basins: list[Basin] = []
+    for k, hessian in zip(finite, hessians, strict=True):
+        if hessian is None:
+            continue
+        o = optima[k]
+        for j, basin in enumerate(basins):
+            delta = o.u - basin.u
+            if delta @ basin.hessian @ delta < SAME_BASIN_SD**2:
+                basins[j] = Basin(basin.u, basin.nlp, basin.hessian, basin.starts + reached[k])
+                break
+        else:
+            basins.append(Basin(o.u, o.nlp, positive_definite(hessian), reached[k]))
+    return SearchResult(
+        basins=tuple(basins),
+        num_starts=provisional.num_starts,
+        cheap_points=provisional.cheap_points,
+        starts_elsewhere=provisional.starts_elsewhere,
+    )
+
+
+def _finite_hessian(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray | None:
+    h = u_hessian(problem, data, u)
+    return h if np.all(np.isfinite(h)) else None
