@@ -177,7 +177,7 @@ def combine(out: str) -> None:
 @click.option(
     "--fit",
     is_flag=True,
-    help="Also fit the warm start and show how much the data inform each parameter.",
+    help="Also search the posterior's basins and show how much the data inform each parameter.",
 )
 def validate(config: str, fit: bool) -> None:
     """Check CONFIG and its data file without sampling."""
@@ -196,7 +196,30 @@ def validate(config: str, fit: bool) -> None:
         f"{dim} sampled parameters, {shards} shards ({cfg.sharding.strategy})"
     )
     if fit:
-        click.echo(_identification_table(pipeline.prepare(cfg, dataset).task.warm))
+        warm = pipeline.prepare(cfg, dataset).task.warm
+        click.echo(_identification_table(warm))
+        click.echo()
+        click.echo(_basin_table(warm))
+
+
+def _basin_table(warm: WarmStart) -> str:
+    """The mode search's basins: nats above the best, Laplace share, starts, and the physics
+    values of each (one column per basin)."""
+    basins = warm.basins
+    search = warm.search
+    lines = [
+        f"mode search: {len(basins)} basin(s) from {search['starts']} starts on "
+        f"{search['cheap_points']} points, {search['seconds']:.1f} s "
+        f"(competing: at least {search['mass_threshold']:.0%} of the mass)",
+        f"{'basin':<18}" + "".join(f"{k + 1:>13}" for k in range(len(basins))),
+        f"{'+nats':<18}" + "".join(f"{b['delta_nlp']:>13.1f}" for b in basins),
+        f"{'mass share':<18}" + "".join(f"{b['mass_share']:>13.3g}" for b in basins),
+        f"{'starts':<18}" + "".join(f"{b['starts']:>13}" for b in basins),
+        f"{'competing':<18}" + "".join(f"{'yes' if b['competing'] else 'no':>13}" for b in basins),
+    ]
+    for name in warm.problem.model.names[: len(warm.problem.model.free_physics)]:
+        lines.append(f"{name:<18}" + "".join(f"{b['values'][name]:>13.6g}" for b in basins))
+    return "\n".join(lines)
 
 
 def _identification_table(warm: WarmStart) -> str:

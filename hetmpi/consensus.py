@@ -20,9 +20,10 @@ from hetmpi.sampling import ShardResult
 CONSENSUS_METHODS = ("consensus", "gaussian", "average")
 SKEW_LIMIT = 1.0
 BASIN_HINT = (
-    "The posterior has several basins and shards do not agree on one: where they are the "
-    "two labellings of reference and sample, choose one with model.labelling "
-    "(reference_slower or sample_slower); the mode search's basins are in the log. "
+    "The posterior has several basins and the chains do not agree on one (the log names "
+    "the basins and the parameters they differ in): where they are the two labellings of "
+    "reference and sample, choose one with model.labelling (reference_slower or "
+    "sample_slower); otherwise narrow the bounds or prior of the parameter they differ in. "
 )  # |sample skewness| of a shard's draws above which it is clearly not Gaussian
 
 

@@ -23,6 +23,7 @@ Everything here is in the u space of the fit's ``Problem`` with the noise sd hel
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -122,9 +123,12 @@ def local_optimum(
         value, grad = value_and_grad(model, u, data, consts)
         return float(value), np.asarray(grad)
 
-    result = scipy.optimize.minimize(
-        fun, u0, jac=True, method="BFGS", options={"maxiter": maxiter, "gtol": gtol}
-    )
+    # a line search that steps where the model overflows only backs off: not worth a warning
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = scipy.optimize.minimize(
+            fun, u0, jac=True, method="BFGS", options={"maxiter": maxiter, "gtol": gtol}
+        )
     # status 2 (precision loss) is how BFGS usually stops at a mode this sharp; a NaN met
     # on the way (3) is no optimum, nor is the iteration limit (1) of a full refinement
     stopped = (0, 2, 1) if maxiter < 5000 else (0, 2)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -65,7 +65,17 @@ def sampled_dimension(cfg: Config, num_angles: int) -> int:
     return len(cfg.model.free_physics) + scaling[mode] + cfg.model.noise.sample
 
 
-Announce = Callable[[SamplerOutline], None]
+class PrepareHelpers(Protocol):
+    """What the other processes of a run do for the one that prepares it (MPI ranks):
+    compile the sampler from its ``outline`` and run shares of the mode search
+    (``map_search`` has ``fn`` applied to every item, results in item order) until
+    ``search_done``."""
+
+    def announce(self, outline: SamplerOutline) -> None: ...
+
+    def map_search(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
+
+    def search_done(self) -> None: ...
 
 
 def outline(cfg: Config, dataset: Dataset, plan: ShardPlan) -> SamplerOutline:
@@ -82,10 +92,10 @@ def outline(cfg: Config, dataset: Dataset, plan: ShardPlan) -> SamplerOutline:
 
 
 def prepare(
-    cfg: Config, dataset: Dataset | None = None, *, announce: Announce | None = None
+    cfg: Config, dataset: Dataset | None = None, *, helpers: PrepareHelpers | None = None
 ) -> Prepared:
-    """Load and pool the data, cut the shards, and fit the warm start. ``announce`` gets the
-    sampler's outline before the fit (so other processes can compile meanwhile)."""
+    """Load and pool the data, cut the shards, and fit the warm start. ``helpers`` get the
+    sampler's outline before the fit and run shares of the mode search."""
     started = time.perf_counter()
     dataset = load_data(cfg) if dataset is None else dataset
     points = pool_points(dataset)
@@ -94,9 +104,14 @@ def prepare(
         points.size, len(dataset.phi), sampled_dimension(cfg, len(dataset.phi)), cfg.sharding
     )
     plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
-    if announce is not None:
-        announce(outline(cfg, dataset, plan))
-    warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
+    if helpers is None:
+        warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
+    else:
+        helpers.announce(outline(cfg, dataset, plan))
+        warm = fit_warm_start(
+            cfg.model, dataset, points, num_shards, cfg.mode_search, helpers.map_search
+        )
+        helpers.search_done()
     fitted = time.perf_counter()
     log.info(
         "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
@@ -258,12 +273,12 @@ def run(
     select: SelectExecutor,
     overwrite: bool = False,
     resume: bool = False,
-    announce: Announce | None = None,
+    helpers: PrepareHelpers | None = None,
 ) -> dict[str, Any]:
     """A whole run: returns the summary written to summary.json.
 
     ``select(num_shards)`` gives the executor and the reason it was chosen (logged);
-    ``announce`` is passed to ``prepare``.
+    ``helpers`` are passed to ``prepare``.
     """
     from hetmpi.progress import ShardProgress
     from hetmpi.results import load_valid_shards, merge_chain_files
@@ -272,7 +287,7 @@ def run(
     started = time.perf_counter()
     out_dir = cfg.output.directory
     check_output_dir(out_dir, overwrite=overwrite, resume=resume)
-    prepared = prepare(cfg, announce=announce)  # bad input fails here, before any write
+    prepared = prepare(cfg, helpers=helpers)  # bad input fails here, before any write
     executor, reason = select(prepared.task.num_shards)
     dataset = prepared.dataset
     prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)

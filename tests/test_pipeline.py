@@ -83,7 +83,9 @@ def test_weakly_identified_parameters_are_named_by_the_run_and_by_validate(
     assert weak, "12 frames leave some of the 13 physics parameters to their priors"
     proc = hetmpi("validate", "--fit", "cfg.yaml", cwd=finished_run)
     assert proc.returncode == 0, proc.stderr
-    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[3:]}
+    table, basins = proc.stdout.split("\n\n")
+    rows = {line.split()[0]: line for line in table.splitlines()[3:]}
+    assert basins.startswith("mode search: ")
     assert set(rows) == set(summary["parameters"])
     marked = {name for name, line in rows.items() if line.endswith("weakly identified")}
     assert marked == set(weak)

@@ -3,12 +3,16 @@
 Protocol, in order, on ``COMM_WORLD``:
 
 1. rank 0 loads the data and cuts the shards; the others wait in a broadcast that brings the
-   sampler's outline (model, settings, argument shapes), which they compile while rank 0 fits
-   the warm start;
-2. a second broadcast brings the run header (ShardTask, seed, output folder); either
+   sampler's outline (model, settings, argument shapes);
+2. the mode search's stages come as broadcasts of a ``SearchShare`` (a function and its
+   items): every rank runs the items at positions rank, rank + size, ... and ``gather``
+   returns the results to rank 0, which puts them back in item order (so the search is the
+   same for every rank count); ``SEARCH_DONE`` ends the search, and the others compile the
+   sampler while rank 0 finishes the warm start (noise, Laplace covariance);
+3. a second broadcast brings the run header (ShardTask, seed, output folder); either
    broadcast brings instead the error that stopped rank 0, which every rank then exits with
    (status 2 for bad input);
-3. work is dealt on demand, one chain block of a shard at a time: every shard's first block,
+4. work is dealt on demand, one chain block of a shard at a time: every shard's first block,
    longest shard first, then the other blocks, shard whose chains took longest first
    (``work_units``, ``costliest_first``). A rank asks rank 0 for work (the request carries
    the note of what it just finished, which feeds the progress bar) and gets a unit header
@@ -18,7 +22,7 @@ Protocol, in order, on ``COMM_WORLD``:
    sampler into the node's compilation cache, which rank 0 then loads instead of compiling
    it again. Each rank saves each result file itself as soon as it has it (the --resume
    checkpoint);
-4. speculative retries: when nothing is left to deal, a rank that asks gets attempt 2 of the
+5. speculative retries: when nothing is left to deal, a rank that asks gets attempt 2 of the
    chain block dealt last among those still on their first attempt elsewhere (``Dealer``).
    A rank whose first attempt fails the divergence check asks rank 0 before retrying; if a
    speculative retry has the block, it leaves the block to it (rank 0 tells the speculative
@@ -27,7 +31,7 @@ Protocol, in order, on ``COMM_WORLD``:
    speculative retry off. Its draws equal a retry run in place (``AttemptControl``), so
    speculation changes when a run ends, not its draws (its ``shard_timeout`` counts from its
    own start);
-5. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
+6. results come back with ``gather`` (metadata) and ``Gatherv`` (one float64 payload per
    rank); rank 0 merges each shard's chains into its shard file.
 
 Dealing on demand balances ranks whose work costs unequal time (NUTS cost varies between
@@ -126,6 +130,30 @@ def unit_key(unit: WorkUnit, num_chains: int) -> UnitKey:
 
 def result_key(result: ShardResult) -> UnitKey:
     return result.index, result.chains
+
+
+@dataclass(frozen=True)
+class SearchShare:
+    """A stage of the mode search, broadcast by rank 0: ``fn`` on every item, spread over
+    the ranks."""
+
+    fn: Callable[[Any], Any]
+    items: Sequence[Any]
+
+    def run(self, rank: int, size: int) -> list[Any]:
+        """``fn`` on this rank's items: positions rank, rank + size, ..."""
+        return [self.fn(item) for item in self.items[rank::size]]
+
+
+SEARCH_DONE = "search done"
+
+
+def in_item_order(parts: Sequence[Sequence[Any]], count: int) -> list[Any]:
+    """The results of ``SearchShare.run`` on every rank (``parts[rank]``) in item order."""
+    ordered: list[Any] = [None] * count
+    for rank, part in enumerate(parts):
+        ordered[rank :: len(parts)] = part
+    return ordered
 
 
 @dataclass(frozen=True)
@@ -230,7 +258,7 @@ def _lead(
             select=lambda _num_shards: (executor, reason),
             overwrite=overwrite,
             resume=resume,
-            announce=executor.announce,
+            helpers=executor,
         )
     except Exception as exc:
         if not executor.dispatched:  # the other ranks wait in a broadcast (outline or header)
@@ -272,6 +300,12 @@ def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
     with compile_monitor() as compiles:
         idle_barrier(comm)  # while rank 0 loads the data
         outline = _received(comm.bcast(None, root=0))
+        idle_barrier(comm)
+        while isinstance(stage := _received(comm.bcast(None, root=0)), SearchShare):
+            share = stage.run(comm.Get_rank(), comm.Get_size())
+            idle_barrier(comm)  # while the slower ranks finish their shares
+            comm.gather(share, root=0)
+            idle_barrier(comm)
         precompile(outline)
         idle_barrier(comm)  # while rank 0 fits the warm start
         header = _received(comm.bcast(None, root=0))
@@ -343,9 +377,30 @@ class MpiExecutor:
         self.timings: dict[str, Any] = {}
 
     def announce(self, outline: SamplerOutline) -> None:
-        """Send the sampler outline to the other ranks (they compile during the warm start)."""
+        """Send the sampler outline to the other ranks (they compile it after the search)."""
         idle_barrier(self.comm)
         self.comm.bcast(outline, root=0)
+
+    def map_search(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``fn`` on every item, spread over the ranks; results in item order."""
+        stage = SearchShare(fn, list(items))
+        idle_barrier(self.comm)
+        self.comm.bcast(stage, root=0)
+        failure: Exception | None = None
+        try:
+            mine = stage.run(0, self.comm.Get_size())
+        except Exception as exc:  # raised once the others are out of the collective
+            mine, failure = [], exc
+        idle_barrier(self.comm)
+        parts = self.comm.gather(mine, root=0)
+        if failure is not None:
+            raise failure
+        return in_item_order(parts, len(stage.items))
+
+    def search_done(self) -> None:
+        """Release the other ranks from the search (they compile the sampler next)."""
+        idle_barrier(self.comm)
+        self.comm.bcast(SEARCH_DONE, root=0)
 
     def run(
         self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report

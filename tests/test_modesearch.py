@@ -1,0 +1,197 @@
+"""The global mode search, the basins it reports, where chains start, the consensus's basin
+check, the labelling choice and the per-angle fit check."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hetmpi.config import ConsensusConfig, ModeSearchConfig, SamplerConfig, config_from_dict
+from hetmpi.consensus import BasinCheck, select_shards
+from hetmpi.data import Dataset, simulate_dataset
+from hetmpi.errors import RunError
+from hetmpi.fitcheck import fit_check_note, residual_checks
+from hetmpi.model.physics import c2_grid
+from hetmpi.modesearch import cheap_arrays, local_optimum, search_modes
+from hetmpi.problem import build_problem, initial_values, pooled_arrays
+from hetmpi.sampling import ShardResult, ShardTask
+from hetmpi.sharding import pool_points
+from hetmpi.warmstart import WarmStart, fit_warm_start, scaling_from_data
+
+SIGMA = 0.002
+SEARCH = ModeSearchConfig(starts=8, cheap_points=300, refine=2)
+
+
+def _model_config(**model: object):
+    raw = {
+        "data": {"path": "unused.h5"},
+        "model": {"parameters": {"f2": {"fixed": True}},
+                  "noise": {"sigma": SIGMA, "sample": False}, **model},
+    }  # fmt: skip
+    return config_from_dict(raw, Path(".")).model
+
+
+@pytest.fixture(scope="module")
+def dataset(truth: dict) -> Dataset:
+    """Stress-case physics on 2 angles x 30 frames: from the default start a plain local fit
+    lands in the label-swapped basin."""
+    return simulate_dataset(
+        truth["parameters"], n_frames=30, dt=0.2, q=0.005, phi=[0.0, 45.0],
+        contrast=truth["contrast"][:2], offset=truth["offset"][:2], sigma=SIGMA, seed=1,
+        t_start=0.2,
+    )  # fmt: skip
+
+
+def _configured_start(cfg, dataset: Dataset):
+    problem = build_problem(
+        cfg, dataset, per_angle_mode=cfg.per_angle_mode, sample_sigma=False, sigma=SIGMA
+    )
+    points = pool_points(dataset)
+    contrast, offset = scaling_from_data(cfg, dataset, points)
+    start = initial_values(cfg, problem.model, SIGMA, contrast=contrast, offset=offset)
+    return problem, pooled_arrays(points), problem.model.to_unconstrained(start, problem.consts)
+
+
+def test_the_search_finds_the_basin_one_local_fit_misses(dataset: Dataset, truth: dict) -> None:
+    """BFGS from the defaults ends with the fraction decaying (the swapped basin, f1 < 0); the
+    search, from the same defaults, centres the run on the growing one (truth f1 = 0.05)."""
+    cfg = _model_config()
+    problem, data, u0 = _configured_start(cfg, dataset)
+    plain = local_optimum(problem, data, u0)
+    f1 = problem.model.names.index("f1")
+    assert problem.model.to_values(plain.u, problem.consts)[f1] < 0.0
+    warm = fit_warm_start(cfg, dataset, pool_points(dataset), 2, SEARCH)
+    assert warm.values[f1] == pytest.approx(truth["parameters"]["f1"], abs=0.02)
+    assert warm.basins[0]["delta_nlp"] == 0.0
+    assert any(b["values"]["f1"] < 0.0 for b in warm.basins[1:])
+    shares = [b["mass_share"] for b in warm.basins]
+    assert sum(shares) == pytest.approx(1.0)
+    assert warm.chain_basins[0] == 0
+
+
+def test_the_search_is_the_same_however_its_starts_are_spread(dataset: Dataset) -> None:
+    """Starts dealt to 3 'processes' in blocks and run last block first give the same
+    optima, bit for bit, as one process running them in order."""
+    problem, data, u0 = _configured_start(_model_config(), dataset)
+
+    def spread(fn, items):
+        blocks = np.array_split(np.arange(len(items)), 3)
+        done = {int(k): fn(items[k]) for block in reversed(blocks) for k in block}
+        return [done[k] for k in range(len(items))]
+
+    ordered = search_modes(problem, data, u0, SEARCH)
+    dealt = search_modes(problem, data, u0, SEARCH, spread)
+    assert ordered[1] == dealt[1]
+    for a, b in zip(ordered[0], dealt[0], strict=True):
+        np.testing.assert_array_equal(a.u, b.u)
+        assert a.nlp == b.nlp or not (np.isfinite(a.nlp) or np.isfinite(b.nlp))
+
+
+def test_cheap_data_keep_every_angle(dataset: Dataset) -> None:
+    data = pooled_arrays(pool_points(dataset))
+    cheap = cheap_arrays(data, 100)
+    assert 50 < cheap.c2.shape[0] <= 100
+    assert set(np.asarray(cheap.angle).tolist()) == {0, 1}
+
+
+def test_a_labelling_keeps_the_basin_it_names(dataset: Dataset, truth: dict) -> None:
+    """In the stress truth the reference is the faster component at the first frame, so
+    sample_slower keeps the truth's basin and reference_slower the swapped one; either way
+    the order holds at the chosen optimum."""
+    f1 = truth["parameters"]["f1"]
+    for labelling, sign in (("sample_slower", 1.0), ("reference_slower", -1.0)):
+        warm = fit_warm_start(
+            _model_config(labelling=labelling), dataset, pool_points(dataset), 2, SEARCH
+        )
+        k = warm.problem.model.names.index("f1")
+        assert np.sign(warm.values[k]) == np.sign(sign * f1), labelling
+        gap = warm.problem.model.labelling_gap(warm.center, warm.problem.consts)
+        assert float(gap) > 0.0
+
+
+def _result(index: int, means: list[float]) -> ShardResult:
+    """A 2-chain result of one coordinate whose chains sit at ``means``."""
+    rng = np.random.default_rng(index)
+    draws = np.array(means)[:, None, None] + 0.1 * rng.standard_normal((2, 50, 1))
+    stats = {name: np.zeros((2, 50)) for name in ("energy", "accept_prob", "num_steps")}
+    return ShardResult(
+        index=index, status="ok", names=("a",), num_points=5, chains=(0, 1), draws=draws,
+        stats={**stats, "diverging": np.zeros((2, 50), dtype=bool)}, step_size=np.ones(2),
+        target_accept=np.full(2, 0.8), num_warmup=50, num_samples=50, attempts=1,
+        warmup_seconds=0.0, sample_seconds=0.0,
+    )  # fmt: skip
+
+
+def test_shards_outside_the_run_basin_are_never_averaged() -> None:
+    """Basins at 0 and 5 (shard sd 1): a shard with both chains near 0 enters; one whose
+    chains are split, or both near 5, is excluded and named; with all split the run stops
+    and says how to pick a labelling."""
+    check = BasinCheck(centers=np.array([[0.0], [5.0]]), precision=np.eye(1))
+    results = [_result(0, [0.2, -0.3]), _result(1, [0.1, 4.8]), _result(2, [5.1, 4.9])]
+    cfg = ConsensusConfig(min_success_rate=0.3)
+    kept, verdicts = select_shards(results, cfg, check)
+    assert [r.index for r in kept] == [0]
+    assert verdicts[1].reason == "its chains sit in different basins (1 and 2) of the mode search"
+    assert verdicts[2].reason == (
+        "its chains sit in basin 2 of the mode search, not the run's basin 1"
+    )
+    assert select_shards(results, cfg, BasinCheck(np.array([[0.0]]), np.eye(1)))[0] == results
+    with pytest.raises(RunError, match="model.labelling"):
+        select_shards(results[1:], cfg, check)
+
+
+def test_chains_start_in_each_competing_basin(dataset: Dataset) -> None:
+    """With two competing basins, chain 0 starts around the first and chain 1 around the
+    second, each within a few shard Laplace sd of its own basin."""
+    warm = fit_warm_start(_model_config(), dataset, pool_points(dataset), 2, SEARCH)
+    assert len(warm.basin_centers) >= 2
+    rival = dataclasses.replace(warm, chain_basins=(0, 1))
+    task = ShardTask(warm=rival, num_shards=2, cfg=SamplerConfig())
+    center, chol = task.whitening
+    precision = np.linalg.inv(2 * warm.covariance)
+    for chain in (0, 1, 2, 3):
+        z = task.initial_z(np.random.default_rng(chain), chain)
+        w = center + chol @ z
+        distance = [(w - c) @ precision @ (w - c) for c in warm.basin_centers[:2]]
+        assert np.argmin(distance) == chain % 2
+        assert distance[chain % 2] < (1.5 * 6) ** 2
+
+
+def _fit_grid(dataset: Dataset, physics: dict, contrast, offset) -> np.ndarray:
+    return np.asarray(
+        c2_grid(physics, dataset.t, dataset.q, dataset.dt, dataset.phi, np.asarray(contrast),
+                np.asarray(offset))
+    )  # fmt: skip
+
+
+def test_the_fit_check_flags_structure_the_model_misses(truth: dict) -> None:
+    """At the truth no angle is flagged (chi^2 ~ 1, no residual correlation); with the flow
+    angle off by 4 degrees the phase error leaves correlated residuals, flagged with a note."""
+    dataset = simulate_dataset(
+        truth["parameters"], n_frames=40, dt=0.1, q=0.005, phi=[0.0, 45.0, 90.0],
+        contrast=truth["contrast"], offset=truth["offset"], sigma=0.01, seed=4, t_start=0.1,
+    )  # fmt: skip
+    points = pool_points(dataset)
+    right = _fit_grid(dataset, truth["parameters"], truth["contrast"], truth["offset"])
+    checks = residual_checks(points, right, 0.01, dataset.phi)
+    assert not any(c["flagged"] for c in checks)
+    assert all(abs(c["reduced_chi2"] - 1.0) < 0.1 for c in checks)
+    assert fit_check_note(checks) is None
+    wrong_physics = {**truth["parameters"], "phi0": truth["parameters"]["phi0"] + 4.0}
+    wrong = _fit_grid(dataset, wrong_physics, truth["contrast"], truth["offset"])
+    checks = residual_checks(points, wrong, 0.01, dataset.phi)
+    assert any(c["flagged"] for c in checks)
+    assert "plots/c2_fit.png" in fit_check_note(checks)
+
+
+def test_warm_start_reports_its_search(dataset: Dataset) -> None:
+    warm: WarmStart = fit_warm_start(_model_config(), dataset, pool_points(dataset), 2, SEARCH)
+    assert warm.search["starts"] == SEARCH.starts + 1
+    assert warm.search["cheap_points"] <= 2 * SEARCH.cheap_points
+    assert sum(b["starts"] for b in warm.basins) + warm.search["starts_not_refined"] <= (
+        warm.search["starts"]
+    )
+    np.testing.assert_array_equal(warm.basin_centers[0], warm.center)
