@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[mpi,test]'
 	touch $@
 
-## demo: simulate a small standard-job dataset and run the consensus fit on it with 2 MPI ranks
+## demo: simulate a small standard-job dataset and fit it with 2 MPI ranks (one chain each)
 demo: $(BIN)/.installed
 	$(BIN)/hetmpi simulate jobs/standard_truth.yaml --n-frames 80 -o demo/standard.h5
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mpiexec -n 2 $(BIN)/hetmpi run jobs/laptop.yaml --overwrite

@@ -409,11 +409,6 @@ class MpiExecutor:
         from hetmpi.sampling import Superseded, chain_blocks, compile_monitor
 
         size = self.comm.Get_size()
-        if len(shards) < size:
-            log.warning(
-                "%d shards for %d ranks: %d ranks stay idle (num_shards: auto picks a "
-                "multiple of the rank count)", len(shards), size, size - len(shards),
-            )  # fmt: skip
         header = RunHeader(
             task=task,
             seed=seed,
@@ -429,6 +424,12 @@ class MpiExecutor:
         samplers = size if rank0_samples else size - 1
         ordered = [shards[k] for k in longest_first(shards)]
         units = work_units(ordered, chain_blocks(task.cfg), samplers)
+        if len(units) < samplers:
+            log.warning(
+                "%d work units (shards or chains) for %d sampling ranks: %d ranks stay idle "
+                "(num_shards: auto picks a multiple of the rank count)",
+                len(units), samplers, samplers - len(units),
+            )  # fmt: skip
         speculate = samplers > 1 and task.cfg.max_retries >= 1
         dealer = Dealer(self.notes, header, units, report, self.neighbours, speculate=speculate)
         results: list[tuple[ShardResult, bool]] = []
