@@ -220,12 +220,13 @@ def design_starts(
     return starts
 
 
-def swap_labels(physics: dict[str, float], t_mid: float) -> dict[str, float]:
+def swap_labels(physics: dict[str, float], t_mid: float, *, f3_free: bool = True) -> dict:
     """The 14 physics values with the reference and sample roles exchanged.
 
     The transport triples are swapped; the sample fraction x(t) = f0 e^{f1 (t - f2)} + f3
-    becomes the curve of the same form that equals 1 - x(t) in value and slope at ``t_mid``
-    (seconds): f1 -> -f1, f0 -> f0 G^2, f3 -> 1 - f3 - 2 f0 G with G = e^{f1 (t_mid - f2)}.
+    becomes a curve of the same form that equals 1 - x(t) in value and slope at ``t_mid``
+    (seconds). With f3 free: f1 -> -f1, f0 -> f0 G^2, f3 -> 1 - f3 - 2 f0 G, G = e^{f1 (t_mid
+    - f2)} (an involution); with f3 held, f3 stays and (f0, f1) match the value and slope.
     Values may leave the bounds; the caller clips.
     """
     swapped = dict(physics)
@@ -233,7 +234,13 @@ def swap_labels(physics: dict[str, float], t_mid: float) -> dict[str, float]:
         swapped[ref], swapped[sample] = physics[sample], physics[ref]
     f0, f1, f2, f3 = (physics[name] for name in ("f0", "f1", "f2", "f3"))
     growth = float(np.exp(np.clip(f1 * (t_mid - f2), -50.0, 50.0)))
-    swapped.update(f0=f0 * growth**2, f1=-f1, f3=1.0 - f3 - 2.0 * f0 * growth)
+    if f3_free:
+        swapped.update(f0=f0 * growth**2, f1=-f1, f3=1.0 - f3 - 2.0 * f0 * growth)
+        return swapped
+    # f0' e^{f1' tau} = A = 1 - x(t_mid) - f3 and f1' A = -f1 f0 G
+    level = max(1.0 - f0 * growth - 2.0 * f3, 1e-3)
+    rate = -f1 * f0 * growth / level
+    swapped.update(f0=level * float(np.exp(np.clip(-rate * (t_mid - f2), -50.0, 50.0))), f1=rate)
     return swapped
 
 
@@ -248,7 +255,10 @@ def label_swapped(problem: Problem, u: np.ndarray) -> np.ndarray | None:
     physics = np.array(consts.physics, dtype=np.float64)
     physics[free] = values[: len(free)]
     t = np.asarray(consts.t)
-    swapped = swap_labels(dict(zip(PHYSICS_NAMES, physics, strict=True)), 0.5 * (t[0] + t[-1]))
+    f3_free = PHYSICS_NAMES.index("f3") in free
+    swapped = swap_labels(
+        dict(zip(PHYSICS_NAMES, physics, strict=True)), 0.5 * (t[0] + t[-1]), f3_free=f3_free
+    )
     values = values.copy()
     values[: len(free)] = [swapped[PHYSICS_NAMES[k]] for k in free]
     start = clip_start(model.to_unconstrained(_inside(values, problem), consts), model)

@@ -128,6 +128,19 @@ def test_swap_complements_the_fraction_and_is_an_involution(truth: dict) -> None
                                [p[n] for n in PHYSICS_NAMES], rtol=1e-12, atol=1e-12)  # fmt: skip
 
 
+def test_swap_with_f3_held_complements_the_fraction_at_mid_window(truth: dict) -> None:
+    """With f3 held (at 0.05 here) only f0 and f1 move: the swapped fraction still equals
+    1 - x(t) in value and slope at t_mid, and f3 keeps its value."""
+    p = {**truth["parameters"], "f1": 0.3, "f2": 1.0}
+    t_mid, h = 2.5, 1e-5
+    q = swap_labels(p, t_mid, f3_free=False)
+    assert q["f3"] == p["f3"]
+    around = np.array([t_mid - h, t_mid, t_mid + h])
+    complement, swapped = 1.0 - _fraction(p, around), _fraction(q, around)
+    assert swapped[1] == pytest.approx(complement[1], abs=1e-12)
+    assert np.diff(swapped[::2]) == pytest.approx(np.diff(complement[::2]), abs=1e-9)
+
+
 def test_swap_leaves_c2_unchanged_for_a_constant_fraction(truth: dict) -> None:
     """With f1 = 0 the swap is exact, and c2 is symmetric in the two components."""
     p = {**truth["parameters"], "f1": 0.0}
