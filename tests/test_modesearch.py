@@ -139,7 +139,7 @@ def test_shards_outside_the_run_basin_are_never_averaged() -> None:
         "its chains sit in basin 2 of the mode search, not the run's basin 1"
     )
     assert select_shards(results, cfg, BasinCheck(np.array([[0.0]]), np.eye(1)))[0] == results
-    with pytest.raises(RunError, match="model.labelling"):
+    with pytest.raises(RunError, match=r"model\.labelling"):
         select_shards(results[1:], cfg, check)
 
 
