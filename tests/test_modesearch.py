@@ -191,7 +191,8 @@ def test_warm_start_reports_its_search(dataset: Dataset) -> None:
     warm: WarmStart = fit_warm_start(_model_config(), dataset, pool_points(dataset), 2, SEARCH)
     assert warm.search["starts"] == SEARCH.starts + 1
     assert warm.search["cheap_points"] <= 2 * SEARCH.cheap_points
-    assert sum(b["starts"] for b in warm.basins) + warm.search["starts_not_refined"] <= (
-        warm.search["starts"]
+    assert (
+        sum(b["starts"] for b in warm.basins) + warm.search["starts_not_refined"]
+        <= (warm.search["starts"])
     )
     np.testing.assert_array_equal(warm.basin_centers[0], warm.center)
