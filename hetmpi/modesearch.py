@@ -48,6 +48,8 @@ DISTINCT_U = 0.05  # cheap end points closer than this in every physics u are on
 CHEAP_MAXITER = 400
 REFINE_WITHIN = 1000.0  # nats (full-data scale) of the best cheap optimum a refined one lies in
 START_LIMIT = 7.0  # |u| of a start, in prior sd: off the bounds, where u still moves y
+PROBE_STEP = 1e-7  # first pass of the Hessian differences, in the coordinates' own units
+HESSIAN_RELATIVE_STEP = 1e-3  # second pass, in units of each coordinate's conditional sd
 _TRANSPORT_PAIRS = (
     ("D0_ref", "D0_sample"),
     ("alpha_ref", "alpha_sample"),
@@ -363,10 +365,6 @@ def difference_hessian(gradient: Callable[[np.ndarray], np.ndarray], x: np.ndarr
     curvature = np.abs(np.diag(by_steps(np.full(x.size, PROBE_STEP))))
     # a flat coordinate (curvature below 1e-6) steps by at most 1
     return by_steps(HESSIAN_RELATIVE_STEP / np.sqrt(np.fmax(curvature, 1e-6)))
-
-
-PROBE_STEP = 1e-7  # first pass of the Hessian differences, in the coordinates' own units
-HESSIAN_RELATIVE_STEP = 1e-3  # second pass, in units of each coordinate's conditional sd
 
 
 def positive_definite(h: np.ndarray) -> np.ndarray:
