@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+import scipy.stats
 from numpyro.infer.hmc_util import consensus, parametric_draws
 
 from hetmpi.config import ConsensusConfig
@@ -18,13 +19,13 @@ from hetmpi.errors import RunError
 from hetmpi.sampling import ShardResult
 
 CONSENSUS_METHODS = ("consensus", "gaussian", "average")
-SKEW_LIMIT = 1.0
+SKEW_LIMIT = 1.0  # |sample skewness| of a shard's draws above which it is clearly not Gaussian
 BASIN_HINT = (
     "The posterior has several basins and the chains do not agree on one (the log names "
     "the basins and the parameters they differ in): where they are the two labellings of "
     "reference and sample, choose one with model.labelling (reference_slower or "
     "sample_slower); otherwise narrow the bounds or prior of the parameter they differ in. "
-)  # |sample skewness| of a shard's draws above which it is clearly not Gaussian
+)
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,33 @@ class ShardVerdict:
 class BasinCheck:
     """The basins of the full-data posterior (u, best first; row 0 is the run's basin) and
     the metric that assigns a chain to the nearest: the precision of a shard's posterior in
-    u by Laplace (the full-data one over K)."""
+    u by Laplace (the full-data one over K). ``labels`` number the basins as the mode
+    search reported them (0 = basin 1)."""
 
-    centers: np.ndarray  # (n_basins, d)
+    centers: np.ndarray  # (n, d)
     precision: np.ndarray  # (d, d)
+    labels: tuple[int, ...] = ()  # default: 0, 1, ...
+
+    @classmethod
+    def distinct(cls, centers: np.ndarray, precision: np.ndarray) -> BasinCheck:
+        """The check on the basins a shard can tell apart: a basin within the 99.9% chi^2
+        radius of an earlier one, in a shard's metric, is left out (its chains would sit
+        among that one's)."""
+        radius = scipy.stats.chi2.ppf(0.999, centers.shape[1])
+        kept: list[int] = []
+        for k, center in enumerate(centers):
+            apart = [(center - centers[j]) @ precision @ (center - centers[j]) for j in kept]
+            if all(distance > radius for distance in apart):
+                kept.append(k)
+        return cls(centers[kept], precision, tuple(kept))
 
     def chain_basins(self, draws: np.ndarray) -> np.ndarray:
-        """For each chain of ``draws`` (chains, draws, d), the basin nearest its mean draw."""
+        """For each chain of ``draws`` (chains, draws, d), the label of the basin nearest its
+        mean draw."""
         delta = draws.mean(axis=1)[:, None, :] - self.centers[None, :, :]
         distance = np.einsum("cbi,ij,cbj->cb", delta, self.precision, delta)
-        return np.argmin(distance, axis=1)
+        labels = np.asarray(self.labels or range(len(self.centers)))
+        return labels[np.argmin(distance, axis=1)]
 
 
 def basin_reason(result: ShardResult, check: BasinCheck | None) -> str:

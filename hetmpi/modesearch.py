@@ -37,6 +37,7 @@ import scipy.special
 import scipy.stats.qmc
 
 from hetmpi.config import ModeSearchConfig
+from hetmpi.errors import RunError
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.problem import Problem
@@ -107,7 +108,7 @@ def _objective(
 # The model is static (hashable); data and constants are arguments, so the cheap and full
 # data versions each compile once and a new sigma compiles nothing.
 value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnums=0)
-_prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
+prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
 
 
 def local_optimum(
@@ -117,8 +118,10 @@ def local_optimum(
     *,
     maxiter: int = 5000,
     gtol: float = 1e-6,
+    short: bool = False,
 ) -> Optimum:
-    """BFGS from u0 on the negative log posterior of ``data``."""
+    """BFGS from u0 on the negative log posterior of ``data``; a ``short`` search also keeps
+    where it stood at ``maxiter``."""
     model, consts = problem.model, problem.consts
 
     def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
@@ -133,7 +136,7 @@ def local_optimum(
         )
     # status 2 (precision loss) is how BFGS usually stops at a mode this sharp; a NaN met
     # on the way (3) is no optimum, nor is the iteration limit (1) of a full refinement
-    stopped = (0, 2, 1) if maxiter < 5000 else (0, 2)
+    stopped = (0, 2, 1) if short else (0, 2)
     finite = np.all(np.isfinite(result.x)) and np.isfinite(result.fun)
     found = finite and result.status in stopped and np.all(np.isfinite(result.jac))
     return Optimum(result.x, float(result.fun) if found else np.inf)
@@ -164,9 +167,9 @@ def fit_scaling(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarra
     n_free, n_phi = len(model.free_physics), model.n_phi
     _, contrast, offset, _ = model.unpack(jnp.asarray(u), consts)
     contrast, offset = np.asarray(contrast), np.asarray(offset)
-    prediction = np.asarray(_prediction(model, u, data, consts))
+    predicted = np.asarray(prediction(model, u, data, consts))
     angle = np.asarray(data.angle)
-    g = (prediction - offset[angle]) / contrast[angle]
+    g = (predicted - offset[angle]) / contrast[angle]
     weight = np.asarray(data.weight) / np.asarray(data.sigma) ** 2
     c2 = np.asarray(data.c2)
     fitted_contrast, fitted_offset = contrast.copy(), offset.copy()
@@ -335,7 +338,7 @@ def search_modes(
 
 
 def _cheap_search(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
-    return local_optimum(problem, data, u0, maxiter=CHEAP_MAXITER, gtol=1e-4)
+    return local_optimum(problem, data, u0, maxiter=CHEAP_MAXITER, gtol=1e-4, short=True)
 
 
 def _full_search(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
@@ -401,6 +404,12 @@ def basins_of(
     hessians = map_fn(partial(_finite_hessian, problem, data), [optima[k].u for k in finite])
     basins: list[Basin] = []
     for k, hessian in zip(finite, hessians, strict=True):
+        if hessian is None and not basins:
+            raise RunError(
+                "mode search: the log posterior's gradient is not finite next to its best "
+                "optimum; give start values closer to the data (model.parameters.<name>.value) "
+                "or fix the parameters the data cannot see"
+            )
         if hessian is None:
             continue
         o = optima[k]

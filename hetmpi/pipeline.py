@@ -28,7 +28,14 @@ from hetmpi.problem import build_problem, scaling_mode
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
 from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask, sampler_outline
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
-from hetmpi.warmstart import basin_note, fit_warm_start, rivals_note, weak_identification_note
+from hetmpi.warmstart import (
+    basin_note,
+    find_basins,
+    fit_warm_start,
+    rivals_note,
+    warm_start_at,
+    weak_identification_note,
+)
 
 if TYPE_CHECKING:
     from hetmpi.executors import Executor
@@ -108,10 +115,12 @@ def prepare(
         warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
     else:
         helpers.announce(outline(cfg, dataset, plan))
-        warm = fit_warm_start(
-            cfg.model, dataset, points, num_shards, cfg.mode_search, helpers.map_search
+        search_started = time.perf_counter()
+        basins = find_basins(cfg.model, dataset, points, cfg.mode_search, helpers.map_search)
+        helpers.search_done()  # the others compile the sampler during the Laplace step
+        warm = warm_start_at(
+            basins, cfg.model, dataset, points, num_shards, cfg.mode_search, search_started
         )
-        helpers.search_done()
     fitted = time.perf_counter()
     log.info(
         "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
@@ -122,6 +131,12 @@ def prepare(
     log.info(basin_note(warm.basins, warm.search["starts"]))
     if len(warm.chain_basins) > 1:
         log.warning(rivals_note(warm.basins, cfg.mode_search.mass_threshold))
+    if len(warm.chain_basins) > cfg.sampler.num_chains:
+        log.warning(
+            "%d basins compete but each shard runs %d chains, so some basins get no chain; "
+            "raise sampler.num_chains to %d", len(warm.chain_basins),
+            cfg.sampler.num_chains, len(warm.chain_basins),
+        )  # fmt: skip
     if warm.weakly_identified:
         log.warning(weak_identification_note(warm.prior_sd_ratio, warm.weakly_identified))
     return Prepared(
@@ -187,7 +202,7 @@ def basin_check(task: ShardTask) -> BasinCheck:
     """The mode search's basins and a shard posterior's Laplace precision in u."""
     warm = task.warm
     precision = np.linalg.inv(task.num_shards * warm.u_covariance)
-    return BasinCheck(warm.basin_centers, precision)
+    return BasinCheck.distinct(warm.basin_centers, precision)
 
 
 def finalize(

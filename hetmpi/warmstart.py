@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, replace
+from functools import cached_property, partial
 from typing import Any
 
 import jax
@@ -38,6 +38,7 @@ from hetmpi.modesearch import (
     local_optimum,
     search_modes,
 )
+from hetmpi.modesearch import prediction as _prediction
 from hetmpi.modesearch import value_and_grad as u_value_and_grad
 from hetmpi.problem import Problem, build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import PooledPoints
@@ -65,10 +66,10 @@ class WarmStart:
     noise_sigma: float
     reduced_chi2: float
     seconds: float
-    basin_centers: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    chain_basins: tuple[int, ...] = (0,)
-    basins: tuple[dict[str, Any], ...] = ()
-    search: dict[str, Any] = field(default_factory=dict)
+    basin_centers: np.ndarray  # (n_basins, d) u
+    chain_basins: tuple[int, ...]
+    basins: tuple[dict[str, Any], ...]
+    search: dict[str, Any]
 
     @property
     def values(self) -> np.ndarray:
@@ -122,11 +123,6 @@ class WarmStart:
         weak = [name for name, r in ratios.items() if r >= PRIOR_DOMINATED]
         return sorted(weak, key=lambda name: -ratios[name])
 
-    @property
-    def competing(self) -> list[dict[str, Any]]:
-        """The basins chains start in, best first (one: the search found no rival)."""
-        return [self.basins[k] for k in self.chain_basins] if self.basins else []
-
 
 def weak_identification_note(ratios: dict[str, float], weak: list[str]) -> str:
     """One line for users on the ``weak`` parameters, given each one's ``prior_sd_ratio``."""
@@ -163,7 +159,6 @@ def _sampler_objective(
 _sampler_value_and_grad = jax.jit(
     jax.value_and_grad(_sampler_objective, argnums=1), static_argnums=0
 )
-_prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
 _pooled_c2 = jax.jit(c2_pooled)
 
 
@@ -253,15 +248,6 @@ def _fit_problem(cfg: ModelConfig, dataset: Dataset, sigma: float) -> Problem:
     )
 
 
-def _converged(optimum: Optimum) -> Optimum:
-    if not np.isfinite(optimum.nlp):
-        raise InputError(
-            "model.parameters: the least-squares warm start diverged; "
-            "give start values closer to the data (model.parameters.<name>.value)"
-        )
-    return optimum
-
-
 def _residual(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
     return np.asarray(_prediction(problem.model, u, data, problem.consts) - data.c2)
 
@@ -281,12 +267,9 @@ def growth_detected(
     return bool(abs(g) >= GROWTH_DETECTION_Z * shard_sd)
 
 
-def _at_new_noise(problem: Problem, data: ShardArrays, optimum: Optimum) -> Optimum:
-    """The optimum's negative log posterior under ``problem`` (a new noise sd)."""
-    if not np.isfinite(optimum.nlp):
-        return optimum
-    value, _ = u_value_and_grad(problem.model, optimum.u, data, problem.consts)
-    return Optimum(optimum.u, float(value))
+def _polished(problem: Problem, data: ShardArrays, optimum: Optimum) -> Optimum:
+    """The optimum refined under ``problem`` (a new noise sd); unchanged if not finite."""
+    return local_optimum(problem, data, optimum.u) if np.isfinite(optimum.nlp) else optimum
 
 
 def find_basins(
@@ -307,15 +290,23 @@ def find_basins(
     start = initial_values(fit_cfg, fit.model, sigma, contrast=contrast, offset=offset)
     u = clip_start(fit.model.to_unconstrained(start, fit.consts), fit.model)
     optima, reached, provisional = search_modes(fit, data, u, settings, map_fn)
+    if not any(np.isfinite(o.nlp) for o in optima):
+        raise InputError(
+            "model.parameters: every local fit of the mode search diverged; give start values "
+            "closer to the data (model.parameters.<name>.value) or more mode_search.starts"
+        )
     if cfg.labelling != "free":
         optima = [o if labelling_holds(fit, o.u) else Optimum(o.u, np.inf) for o in optima]
-    best = _converged(min(optima, key=lambda o: o.nlp))
+        if not any(np.isfinite(o.nlp) for o in optima):
+            raise InputError(
+                f"model.labelling: no optimum the mode search found has the order "
+                f"{cfg.labelling}; try the other labelling or free"
+            )
     if estimate:
+        best = min(optima, key=lambda o: o.nlp)
         sigma = robust_sd(_residual(fit, data, best.u))
         fit = _fit_problem(fit_cfg, dataset, sigma)
-        optima = [_at_new_noise(fit, data, o) for o in optima]
-        best_at = int(np.argmin([o.nlp for o in optima]))
-        optima[best_at] = _converged(local_optimum(fit, data, optima[best_at].u))
+        optima = map_fn(partial(_polished, fit, data), optima)
     return fit, basins_of(fit, data, optima, reached, provisional, map_fn), sigma
 
 
@@ -405,8 +396,24 @@ def fit_warm_start(
     around the best basin for ``num_shards`` shards; ``map_fn`` runs the search's
     independent local fits (in parallel where the caller has processes)."""
     started = time.perf_counter()
+    basins = find_basins(cfg, dataset, points, settings, map_fn)
+    return warm_start_at(basins, cfg, dataset, points, num_shards, settings, started)
+
+
+def warm_start_at(
+    basins: tuple[Problem, SearchResult, float],
+    cfg: ModelConfig,
+    dataset: Dataset,
+    points: PooledPoints,
+    num_shards: int,
+    settings: ModeSearchConfig,
+    started: float,
+) -> WarmStart:
+    """The sampling problem around the best of ``basins`` (``find_basins``' result) for
+    ``num_shards`` shards, its Laplace covariance, and where chains start; ``started`` is
+    the ``time.perf_counter()`` at which the search began."""
     data = pooled_arrays(points)
-    fit, found, sigma = find_basins(cfg, dataset, points, settings, map_fn)
+    fit, found, sigma = basins
     best = found.basins[0]
     values = fit.model.to_values(best.u, fit.consts)
     reduced_chi2 = float(np.mean((_residual(fit, data, best.u) / sigma) ** 2))

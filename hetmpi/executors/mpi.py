@@ -8,7 +8,7 @@ Protocol, in order, on ``COMM_WORLD``:
    items): every rank runs the items at positions rank, rank + size, ... and ``gather``
    returns the results to rank 0, which puts them back in item order (so the search is the
    same for every rank count); ``SEARCH_DONE`` ends the search, and the others compile the
-   sampler while rank 0 finishes the warm start (noise, Laplace covariance);
+   sampler while rank 0 finishes the warm start (the Laplace covariance at the best basin);
 3. a second broadcast brings the run header (ShardTask, seed, output folder); either
    broadcast brings instead the error that stopped rank 0, which every rank then exits with
    (status 2 for bad input);

@@ -147,21 +147,22 @@ class PosteriorModel:
         return p, contrast, offset, sigma
 
     def log_prior(self, u: Array, consts: ModelConstants) -> Array:
-        """Log prior density of u (Jacobian included), untempered, up to a constant.
-
-        With a ``labelling`` other than free, the prior also holds the order of the two
-        transport rates at the first frame: log sigmoid(LABEL_SHARPNESS * gap), gap the
-        difference of the rates over their sum, signed so that it is positive when the
-        labelling holds (a soft wall: -0.007 at a gap of 0.1, -35 at -0.7).
-        """
+        """Log prior density of u (Jacobian included), untempered, up to a constant."""
         ub = u[: self.num_bounded]
         total = jnp.sum(-0.5 * ub * ub)
         if self.sample_sigma:
             sigma = jnp.exp(u[-1])
             total = total - 0.5 * (sigma / consts.sigma) ** 2 + u[-1]
-        if self.labelling != "free":
-            total = total + jax.nn.log_sigmoid(LABEL_SHARPNESS * self.labelling_gap(u, consts))
         return total
+
+    def labelling_wall(self, u: Array, consts: ModelConstants) -> Array:
+        """The order a ``labelling`` other than free holds between the two transport rates at
+        the first frame: log sigmoid(LABEL_SHARPNESS * gap) (-0.007 at a gap of 0.1, -35 at
+        -0.7); 0 for a free labelling. Every shard applies it whole (it is a constraint, not
+        a prior belief to share out over K shards)."""
+        if self.labelling == "free":
+            return jnp.zeros((), dtype=u.dtype)
+        return jax.nn.log_sigmoid(LABEL_SHARPNESS * self.labelling_gap(u, consts))
 
     def labelling_gap(self, u: Array, consts: ModelConstants) -> Array:
         """(J_s - J_r) / (J_s + J_r) at the first frame after t = 0, sign flipped for
@@ -192,8 +193,10 @@ class PosteriorModel:
     def log_density(
         self, u: Array, data: ShardArrays, consts: ModelConstants, prior_weight: Array
     ) -> Array:
-        """Tempered log posterior density of u for one shard: prior^(prior_weight) * likelihood."""
-        return prior_weight * self.log_prior(u, consts) + self.log_likelihood(u, data, consts)
+        """Tempered log posterior density of u for one shard: prior^(prior_weight) *
+        likelihood * the labelling wall."""
+        tempered = prior_weight * self.log_prior(u, consts)
+        return tempered + self.log_likelihood(u, data, consts) + self.labelling_wall(u, consts)
 
     @property
     def fraction_indices(self) -> tuple[int, int, int] | None:
