@@ -156,6 +156,16 @@ def clip_start(u: np.ndarray, model: PosteriorModel) -> np.ndarray:
     return u
 
 
+def line_fit(g: np.ndarray, c2: np.ndarray, weight: np.ndarray) -> tuple[float, float] | None:
+    """Weighted least squares c2 ~ intercept + slope * g: (slope, intercept); None if g is flat."""
+    g_mean, c2_mean = np.average(g, weights=weight), np.average(c2, weights=weight)
+    spread = np.average((g - g_mean) ** 2, weights=weight)
+    if spread <= 1e-12:
+        return None
+    slope = np.average((g - g_mean) * (c2 - c2_mean), weights=weight) / spread
+    return float(slope), float(c2_mean - slope * g_mean)
+
+
 def fit_scaling(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
     """u with its per-angle contrast and offset set by weighted linear least squares at its
     physics (c2 ~ offset + contrast * g per angle); unchanged where the model samples no
@@ -177,13 +187,9 @@ def fit_scaling(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarra
         mine = (angle == a) & (weight > 0)
         if mine.sum() < 2:
             continue
-        w, x, y = weight[mine], g[mine], c2[mine]
-        x_mean, y_mean = np.average(x, weights=w), np.average(y, weights=w)
-        spread = np.average((x - x_mean) ** 2, weights=w)
-        if spread <= 1e-12:
-            continue
-        slope = np.average((x - x_mean) * (y - y_mean), weights=w) / spread
-        fitted_contrast[a], fitted_offset[a] = slope, y_mean - slope * x_mean
+        fit = line_fit(g[mine], c2[mine], weight[mine])
+        if fit is not None:
+            fitted_contrast[a], fitted_offset[a] = fit
     if model.per_angle_mode == "individual":
         values[n_free : n_free + n_phi] = fitted_contrast
         values[n_free + n_phi : n_free + 2 * n_phi] = fitted_offset

@@ -35,6 +35,7 @@ from hetmpi.modesearch import (
     clip_start,
     difference_hessian,
     labelling_holds,
+    line_fit,
     local_optimum,
     search_modes,
 )
@@ -186,16 +187,6 @@ def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np
     return (eigvec / eigval) @ eigvec.T
 
 
-def _line_fit(g: np.ndarray, c2: np.ndarray, weight: np.ndarray) -> tuple[float, float] | None:
-    """Weighted least squares c2 ~ intercept + slope * g: (slope, intercept); None if g is flat."""
-    g_mean, c2_mean = np.average(g, weights=weight), np.average(c2, weights=weight)
-    spread = np.average((g - g_mean) ** 2, weights=weight)
-    if spread <= 1e-12:
-        return None
-    slope = np.average((g - g_mean) * (c2 - c2_mean), weights=weight) / spread
-    return float(slope), float(c2_mean - slope * g_mean)
-
-
 def scaling_from_data(
     cfg: ModelConfig, dataset: Dataset, points: PooledPoints
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +211,7 @@ def scaling_from_data(
     offset = np.full(n_phi, offset_cfg.value)
     for a in range(n_phi):
         mine = points.angle == a
-        fit = _line_fit(g[mine], points.c2[mine], weight[mine]) if mine.any() else None
+        fit = line_fit(g[mine], points.c2[mine], weight[mine]) if mine.any() else None
         if fit is not None:
             contrast[a], offset[a] = fit
     return _inside(contrast, contrast_cfg.bounds), _inside(offset, offset_cfg.bounds)
