@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Final
 import yaml
 
 from hetmpi.model.parameters import STD_LIMIT, ParameterSpec, bounded_prior
+from hetmpi.paths import path_problem
 
 
 class _Invalid:
@@ -129,6 +130,19 @@ def as_int(value: Any) -> int | None:
     return int(number) if number is not None and number.is_integer() else None
 
 
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+def int64_problem(number: int) -> str | None:
+    """Why ``number`` does not fit a 64-bit integer (what numpy and JAX store), or None."""
+    if number > INT64_MAX:
+        return f"must be at most {INT64_MAX} (the largest 64-bit integer), got {number}"
+    if number < INT64_MIN:
+        return f"must be at least {INT64_MIN} (the smallest 64-bit integer), got {number}"
+    return None
+
+
 def range_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     """'must be >= 1', 'must be between 0 and 1 (exclusive)', 'must be > 0 and <= 1', ..."""
     low_op, high_op = (">" if low_open else ">="), ("<" if high_open else "<=")
@@ -157,8 +171,66 @@ def valid(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not INVALID}
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A YAML mapping gives one key twice (YAML forbids it; PyYAML would keep the last)."""
+
+    def __init__(self, key_path: str, first: yaml.Mark, second: yaml.Mark) -> None:
+        self.key_path = key_path
+        if first.line == second.line:
+            columns = f"columns {first.column + 1} and {second.column + 1}"
+            self.place = f"line {first.line + 1}, {columns}"
+        else:
+            self.place = f"lines {first.line + 1} and {second.line + 1}"
+        super().__init__(problem=self.text(""), problem_mark=second)
+
+    def text(self, where: str) -> str:
+        """One line: the key path, ``where`` (" in FILE") and both places."""
+        return f"{self.key_path}: given twice{where} ({self.place}); keep one"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that raises DuplicateKeyError for a key given twice in one mapping, at
+    any depth (keys brought in by a ``<<`` merge may still be overridden)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique(node, "", set())
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, path: str, seen: set[int]) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, f"{path}[{i}]", seen)
+        if not isinstance(node, yaml.MappingNode):
+            return
+        marks: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            merge = key_node.tag == "tag:yaml.org,2002:merge"
+            if merge or not isinstance(key_node, yaml.ScalarNode):
+                self._check_unique(value_node, path, seen)
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in marks:
+                raise DuplicateKeyError(join(path, key), marks[key], key_node.start_mark)
+            marks[key] = key_node.start_mark
+            self._check_unique(value_node, join(path, key), seen)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (DuplicateKeyError, a YAMLError)."""
+    loader = UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def yaml_error_text(exc: yaml.YAMLError) -> str:
     """A YAML parse error in one line: the problem and where it is."""
+    if isinstance(exc, DuplicateKeyError):
+        return exc.text("")
     mark = getattr(exc, "problem_mark", None)
     if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
         return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
@@ -232,6 +304,9 @@ class _Number(Field):
         if isinstance(number, float) and not math.isfinite(number):
             problems.add(path, f"must be a finite number, got {show(value)}")
             return INVALID
+        if isinstance(number, int) and int64_problem(number) is not None:
+            problems.add(path, f"{int64_problem(number)}{self._alternatives()}")
+            return INVALID
         too_low = self.low is not None and (
             number <= self.low if self.low_open else number < self.low
         )
@@ -301,6 +376,10 @@ class PathValue(Field):
         if value is None and self.nullable:
             return None
         if isinstance(value, str | os.PathLike) and str(value).strip():
+            problem = path_problem(str(value))
+            if problem is not None:
+                problems.add(path, problem)
+                return INVALID
             return Path(value).expanduser()
         alternative = " or null" if self.nullable else ""
         problems.add(path, f"must be a non-empty path string{alternative}, got {show(value)}")
@@ -317,6 +396,9 @@ def _int_list(value: Any, path: str, problems: Problems, what: str) -> list[int]
             problems.add(f"{path}[{i}]", f"must be an integer, got {show(raw)}")
         elif item < 0:
             problems.add(f"{path}[{i}]", f"must be >= 0, got {item}")
+        elif int64_problem(item) is not None:
+            problems.add(f"{path}[{i}]", str(int64_problem(item)))
+            items[i] = None
     ints = [i for i in items if i is not None]
     return ints if len(ints) == len(items) and all(i >= 0 for i in ints) else None
 

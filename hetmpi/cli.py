@@ -14,6 +14,7 @@ import click
 
 from hetmpi import __version__
 from hetmpi.errors import InputError, RunError
+from hetmpi.paths import CheckedPath, check_output_file
 from hetmpi.runtime import launcher_rank, launcher_world_size
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class _Group(click.Group):
 
 
 def _setup_logging() -> None:
+    from hetmpi.runlog import quiet_warnings
+
+    quiet_warnings()
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("hetmpi: %(message)s"))
@@ -67,11 +71,11 @@ def _load(config_path: str, output: str | None) -> Any:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=CheckedPath(dir_okay=False))
 @click.option(
     "--output",
     "-o",
-    type=click.Path(file_okay=False),
+    type=CheckedPath(file_okay=False),
     help="Output folder (overrides output.directory).",
 )
 @click.option(
@@ -89,14 +93,17 @@ def run(
 
     Under mpiexec/mpirun/srun with more than one rank the shards are spread over the ranks.
     """
+    from hetmpi import runlog
+
     cfg = _load(config, output)
     name = executor or cfg.executor.name
-    if name == "mpi" or launcher_world_size(os.environ) > 1:
-        from hetmpi.executors.mpi import launch
+    with runlog.journal(log):
+        if name == "mpi" or launcher_world_size(os.environ) > 1:
+            from hetmpi.executors.mpi import launch
 
-        summary = launch(cfg, executor_name=name, overwrite=overwrite, resume=resume)
-    else:
-        summary = _run_here(cfg, name, overwrite=overwrite, resume=resume)
+            summary = launch(cfg, executor_name=name, overwrite=overwrite, resume=resume)
+        else:
+            summary = _run_here(cfg, name, overwrite=overwrite, resume=resume)
     if summary is not None:
         from hetmpi import report
 
@@ -125,8 +132,8 @@ def _configure_whole_process(cfg: Any) -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--output", "-o", type=click.Path(file_okay=False), help="Output folder.")
+@click.argument("config", type=CheckedPath(dir_okay=False))
+@click.option("--output", "-o", type=CheckedPath(file_okay=False), help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the results in an existing folder.")
 def plan(config: str, output: str | None, overwrite: bool) -> None:
     """Prepare CONFIG for shard jobs: write OUT/config.yaml and OUT/plan.h5.
@@ -142,14 +149,14 @@ def plan(config: str, output: str | None, overwrite: bool) -> None:
 
 
 @main.command("run-shard")
-@click.argument("out", type=click.Path(file_okay=False, exists=True))
+@click.argument("out", type=CheckedPath(file_okay=False, exists=True))
 @click.option("--index", required=True, type=int, help="Shard index (0-based).")
 def run_shard(out: str, index: int) -> None:
     """Sample one shard of the run planned in OUT and write OUT/shards/shard_NNNN.h5."""
-    from hetmpi.config import load_config
+    from hetmpi.config import load_planned_config
 
     out_dir = Path(out).absolute()
-    _configure_whole_process(load_config(out_dir / "config.yaml"))
+    _configure_whole_process(load_planned_config(out_dir))
     from hetmpi import pipeline
 
     result = pipeline.run_shard(out_dir, index)
@@ -161,7 +168,7 @@ def run_shard(out: str, index: int) -> None:
 
 
 @main.command()
-@click.argument("out", type=click.Path(file_okay=False, exists=True))
+@click.argument("out", type=CheckedPath(file_okay=False, exists=True))
 def combine(out: str) -> None:
     """Combine the shard results of the run planned in OUT and write every output."""
     from hetmpi import pipeline, report
@@ -172,8 +179,21 @@ def combine(out: str) -> None:
     click.echo(f"results in {out_dir}")
 
 
+@main.command("report")
+@click.argument("out", type=CheckedPath(file_okay=False, exists=True))
+def report_command(out: str) -> None:
+    """Print the results table of the finished run in OUT and draw its plots again
+    (OUT/plots/); summary.json and posterior.nc stay as the run wrote them."""
+    out_dir = Path(out).absolute()
+    from hetmpi import pipeline, report
+
+    summary = pipeline.report_run(out_dir)
+    click.echo(report.format_table(summary))
+    click.echo(f"plots in {out_dir / 'plots'}")
+
+
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=CheckedPath(dir_okay=False))
 @click.option(
     "--fit",
     is_flag=True,
@@ -241,9 +261,14 @@ def _identification_table(warm: WarmStart) -> str:
 
 
 @main.command()
-@click.argument("truth", type=click.Path(dir_okay=False))
+@click.argument("truth", type=CheckedPath(dir_okay=False))
 @click.option(
-    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="HDF5 file to write."
+    "--output",
+    "-o",
+    required=True,
+    type=CheckedPath(),
+    metavar="FILE",
+    help="HDF5 file to write.",
 )
 @click.option("--n-frames", type=int, help="Frames N (default: truth file's n_frames).")
 @click.option("--dt", type=float, help="Frame step in seconds.")
@@ -258,6 +283,7 @@ def simulate(truth: str, output: str, **options: Any) -> None:
     """Write a synthetic dataset in hetmpi's HDF5 schema from a TRUTH file (YAML/JSON)."""
     from hetmpi.data import load_truth, simulate_dataset, write_dataset
 
+    check_output_file(output, "--output")
     spec = load_truth(truth)
     settings = {key: spec.get(key) for key in ("n_frames", "dt", "q", "phi", "contrast",
                                                 "offset", "sigma", "seed", "t_start")}  # fmt: skip
@@ -278,6 +304,7 @@ def simulate(truth: str, output: str, **options: Any) -> None:
         if len(values) != n_phi:
             raise InputError(f"simulate: --{key} needs 1 or {n_phi} values, got {len(values)}")
         settings[key] = values
+    _check_simulation_memory(settings["n_frames"], n_phi)
     dataset = simulate_dataset(
         spec["parameters"],
         n_frames=settings["n_frames"],
@@ -294,6 +321,38 @@ def simulate(truth: str, output: str, **options: Any) -> None:
     click.echo(
         f"wrote {output}: {n_phi} angles x {settings['n_frames']} frames, sigma {settings['sigma']}"
     )
+
+
+@main.command("inspect")
+@click.argument("file", type=CheckedPath())
+@click.option(
+    "--q-index",
+    type=int,
+    help="APS files: the q bin the config section fits (default: the first with two-time data).",
+)
+def inspect_file(file: str, q_index: int | None) -> None:
+    """Show what the data FILE holds and print a `data:` config section that fits it."""
+    from hetmpi.datainfo import describe
+
+    click.echo(describe(file, q_index=q_index))
+
+
+def _check_simulation_memory(n_frames: Any, n_phi: int) -> None:
+    """InputError naming n_frames when the simulated c2 (about four float64 arrays of
+    n_phi x N x N while it is made) would not fit in this machine's memory."""
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    if not isinstance(n_frames, int) or n_frames < 2 or have <= 0:
+        return
+    need = 4 * 8 * n_phi * n_frames**2
+    if need > have:
+        raise InputError(
+            f"n_frames: {n_frames} frames at {n_phi} angles need about {need / 2**30:.3g} GiB "
+            f"to simulate, more than this machine's {have / 2**30:.3g} GiB; give fewer with "
+            "--n-frames"
+        )
 
 
 def _register_scheduler_commands() -> None:

@@ -202,6 +202,8 @@ class OutputConfig:
     directory: Path = Path("out")
     plots: bool = True
     hdi_prob: float = 0.94
+    pointwise_max_values: int = 30_000_000  # draws x points above which posterior.nc has no
+    # log_likelihood / posterior_predictive group (each 8 bytes a value)
 
 
 @dataclass(frozen=True)
@@ -367,6 +369,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
         "directory": v.PathValue(),
         "plots": v.Bool(),
         "hdi_prob": _UNIT_OPEN,
+        "pointwise_max_values": v.Int(low=0),
     },
 }
 
@@ -444,7 +447,9 @@ def load_config(path: str | Path) -> Config:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"{path}: cannot read the config file ({reason}); check it") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = v.load_yaml(text)
+    except v.DuplicateKeyError as exc:
+        raise ConfigError(exc.text(f" in {path}")) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"{path}: not valid YAML, {v.yaml_error_text(exc)}; fix the syntax"
@@ -457,6 +462,18 @@ def load_config(path: str | Path) -> Config:
             "see docs/configuration.md"
         )
     return config_from_dict(raw, path.absolute().parent)
+
+
+def load_planned_config(out_dir: str | Path) -> Config:
+    """OUT/config.yaml of a run planned in ``out_dir``; a ConfigError saying how to plan one
+    when OUT holds none (``hetmpi run-shard`` and ``combine`` start here)."""
+    path = Path(out_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{out_dir}: no planned run here (no config.yaml); plan one first with "
+            f"`hetmpi plan CONFIG -o {out_dir}`"
+        )
+    return load_config(path)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -18,9 +18,11 @@ import h5py
 import numpy as np
 import yaml
 
+from hetmpi._validate import DuplicateKeyError, int64_problem, load_yaml, yaml_error_text
 from hetmpi.atomic import atomic_path
 from hetmpi.errors import InputError
 from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.paths import path_problem
 
 HETMPI_FORMAT = 1
 FORMATS = ("auto", "hetmpi", "aps")
@@ -90,12 +92,7 @@ def load_dataset(
     if format not in FORMATS:
         raise InputError(f"data.format: must be one of {', '.join(FORMATS)}, got {format!r}")
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"data.path: {p} does not exist")
-    try:
-        handle = h5py.File(p, "r")
-    except OSError as exc:
-        raise InputError(f"data.path: {p} is not an HDF5 file ({exc})") from exc
+    handle = open_data_file(p)
     where = f" in {p}"
     with handle as f:
         layout = _detect_format(f, where) if format == "auto" else format
@@ -107,6 +104,21 @@ def load_dataset(
         dataset = _crop(dataset, frames)
     _validate(dataset, names, where)
     return dataset
+
+
+def open_data_file(path: str | Path) -> h5py.File:
+    """``path`` opened read-only; InputError naming data.path when it is not a usable path,
+    does not exist or is not an HDF5 file (``hetmpi submit`` checks data files with it)."""
+    problem = path_problem(str(path))
+    if problem is not None:
+        raise InputError(f"data.path: {problem}")
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"data.path: {p} does not exist")
+    try:
+        return h5py.File(p, "r")
+    except OSError as exc:
+        raise InputError(f"data.path: {p} is not an HDF5 file ({exc})") from exc
 
 
 def write_dataset(path: str | Path, dataset: Dataset) -> None:
@@ -218,17 +230,43 @@ def load_truth(path: str | Path) -> dict[str, Any]:
     ``contrast``, ``offset`` and the grid keys ``n_frames``, ``dt``, ``q``, ``phi``,
     ``sigma``, ``seed``, ``t_start`` the file gives.
     """
+    problem = path_problem(str(path))
+    if problem is not None:
+        raise InputError(f"truth: {problem}")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"truth: {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise InputError(f"truth: cannot read {p} ({reason}); check it") from None
     is_json = p.suffix.lower() == ".json"
     try:
-        raw = json.loads(text) if is_json else yaml.safe_load(text)
+        raw = json.loads(text, object_pairs_hook=_unique_pairs) if is_json else load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise InputError(exc.text(f" in {p}")) from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         kind = "JSON" if is_json else "YAML"
-        raise InputError(f"truth: {p} is not valid {kind} ({exc})") from exc
+        reason = yaml_error_text(exc) if isinstance(exc, yaml.YAMLError) else str(exc)
+        raise InputError(f"truth: {p} is not valid {kind} ({reason}); fix the syntax") from None
+    except _DuplicateJsonKey as exc:
+        raise InputError(f"{exc.args[0]}: given twice in {p}; keep one") from None
     return _check_truth(raw, f" in {p}")
+
+
+class _DuplicateJsonKey(ValueError):
+    """A JSON object gives one key twice (args[0] is the key)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook that refuses a key given twice in one object."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateJsonKey(key)
+        out[key] = value
+    return out
 
 
 # --- readers ---------------------------------------------------------------------------
@@ -264,8 +302,8 @@ def _read_hetmpi(
     q_index: int,
     phi_indices: Sequence[int] | None,
 ) -> Dataset:
-    version = f.attrs.get("hetmpi_format")
-    if version is not None and int(version) != HETMPI_FORMAT:
+    version = _number_attr(f, "hetmpi_format", where, integer=True)
+    if version is not None and version != HETMPI_FORMAT:
         raise InputError(
             f"hetmpi_format: version {int(version)} is not supported{where} "
             f"(this hetmpi reads version {HETMPI_FORMAT})"
@@ -297,8 +335,8 @@ def _read_hetmpi(
     if q_index != 0:
         raise InputError(f"data.q_index: {q_index} out of range (file has 1 q bins){where}")
     dt = float(t[1] - t[0])
-    if "dt" in f.attrs:
-        dt_attr = float(np.asarray(f.attrs["dt"]).reshape(()))
+    dt_attr = _number_attr(f, "dt", where)
+    if dt_attr is not None:
         if not math.isclose(dt_attr, dt, rel_tol=DT_RTOL):
             raise InputError(
                 f"dt: attribute {dt_attr} does not match the spacing of t ({dt}){where}"
@@ -377,24 +415,64 @@ def _dataset_shape(f: h5py.File, name: str, where: str) -> tuple[int, ...]:
 def _read_hetmpi_q(f: h5py.File, where: str) -> float:
     if "q" in f:
         value = _read_array(f, "q", where)
-    elif "q" in f.attrs:
-        value = np.asarray(f.attrs["q"])
-    else:
+        if value.size != 1:
+            raise InputError(f"q: must be a single number, got {_shown(value)}{where}")
+        return float(value.reshape(()))
+    q = _number_attr(f, "q", where)
+    if q is None:
         raise InputError(f"q: missing{where}; add a scalar dataset q or a root attribute q")
-    if value.size != 1 or value.dtype.kind not in "iuf":
-        raise InputError(f"q: must be a single number, got {value!r}{where}")
-    return float(value.reshape(()))
+    return q
+
+
+def _shown(value: np.ndarray) -> str:
+    """An attribute or dataset value for a message: the value if one, else its shape."""
+    if value.size == 1 and value.dtype.kind in "SU":
+        item = value.reshape(()).item()
+        text = repr(item.decode("utf-8", "replace") if isinstance(item, bytes) else item)
+    elif value.size == 1:
+        text = repr(value.reshape(()).item())
+    else:
+        text = f"an array of shape {value.shape}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_ATTR_FIXES = {
+    "hetmpi_format": f"store the integer {HETMPI_FORMAT}",
+    "dt": "store the frame step in seconds as one number, or drop it (t gives the step)",
+    "q": "store the wavevector in 1/Angstrom as one number",
+}
+
+
+def _number_attr(f: h5py.File, name: str, where: str, *, integer: bool = False) -> Any:
+    """Root attribute ``name`` as one finite float (int when ``integer``), None if absent;
+    InputError naming the attribute and the file for text, an array, NaN/inf or a fraction."""
+    if name not in f.attrs:
+        return None
+    try:
+        value = np.asarray(f.attrs[name])
+    except (OSError, TypeError, ValueError) as exc:
+        raise InputError(f"{name}: cannot read the attribute{where} ({exc})") from None
+    number = float(value.reshape(())) if value.size == 1 and value.dtype.kind in "iuf" else None
+    finite = number is not None and math.isfinite(number)
+    if not finite or (integer and not number.is_integer()):
+        kind = "an integer" if integer else "a finite number"
+        raise InputError(
+            f"{name}: attribute must be {kind}, got {_shown(value)}{where}; {_ATTR_FIXES[name]}"
+        )
+    return int(number) if integer else number
 
 
 def _read_truth_attr(f: h5py.File, where: str) -> dict[str, Any] | None:
     text = f.attrs.get("truth_json")
     if text is None:
         return None
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
+    if isinstance(text, np.ndarray) and text.size == 1:
+        text = text.reshape(()).item()
+    if not isinstance(text, str | bytes):
+        raise InputError(f"truth_json: attribute must be one JSON string{where}")
     try:
-        truth = json.loads(str(text))
-    except json.JSONDecodeError as exc:
+        truth = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"truth_json: attribute is not valid JSON{where} ({exc})") from exc
     if not isinstance(truth, dict):
         raise InputError(f"truth_json: attribute must hold a JSON object{where}")
@@ -480,11 +558,24 @@ def _aps_frame_period(f: h5py.File, where: str) -> float:
             f"{APS_FRAME_TIME}: no time axis found{where} (looked for {APS_FRAME_TIME}, "
             f"scaled by {' and '.join(APS_FRAME_FACTORS)}); add the frame period in seconds"
         )
-    dt = float(np.ravel(_read_array(f, APS_FRAME_TIME, where))[0])
+    dt = _aps_scalar(f, APS_FRAME_TIME, where, "the frame period in seconds, > 0")
     for name in APS_FRAME_FACTORS:
         if name in f:
-            dt *= float(np.ravel(_read_array(f, name, where))[0])
+            dt *= _aps_scalar(f, name, where, "a whole number of frames, >= 1", integer=True)
     return dt
+
+
+def _aps_scalar(f: h5py.File, name: str, where: str, what: str, *, integer: bool = False) -> float:
+    """The one positive number the APS dataset ``name`` holds; InputError naming it for an
+    empty or longer array, text, NaN/inf, a value <= 0 or (``integer``) a fraction."""
+    value = _read_array(f, name, where)
+    if value.size != 1:
+        got = "an empty array" if value.size == 0 else _shown(value)
+        raise InputError(f"{name}: must hold one number ({what}), got {got}{where}")
+    number = float(value.reshape(()))
+    if not (math.isfinite(number) and number > 0) or (integer and not number.is_integer()):
+        raise InputError(f"{name}: must be {what}, got {_shown(value)}{where}")
+    return number
 
 
 # --- selection and validation ----------------------------------------------------------
@@ -636,6 +727,9 @@ def _as_float(value: Any, name: str, where: str) -> float:
 def _as_int(value: Any, name: str, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise InputError(f"{name}: must be an integer, got {value!r}{where}")
+    problem = int64_problem(int(value))
+    if problem is not None:
+        raise InputError(f"{name}: {problem}{where}")
     return int(value)
 
 

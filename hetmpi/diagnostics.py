@@ -1,22 +1,16 @@
-"""MCMC diagnostics (R-hat, ESS, HDI, E-BFMI, divergences) and the posterior NetCDF file.
+"""MCMC diagnostics: R-hat, ESS, HDI, E-BFMI, divergences.
 
 Statistics come from ArviZ calls with the same signature and result on ArviZ 0.23 and 1.x
-(``az.rhat``, ``az.ess``, ``az.hdi``, ``az.bfmi`` on plain numpy arrays). The NetCDF file is
-written and read with xarray directly, in the group layout both ArviZ versions read back
-(0.23 as InferenceData, 1.x as xarray DataTree), so no code here branches on the ArviZ version.
+(``az.rhat``, ``az.ess``, ``az.hdi``, ``az.bfmi`` on plain numpy arrays), so no code here
+branches on the ArviZ version.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import arviz as az
 import numpy as np
-import xarray as xr
-
-from hetmpi.atomic import atomic_path
-from hetmpi.errors import InputError
 
 TAIL_PROBS = (0.05, 0.95)
 """Quantiles whose ESS minimum is the tail ESS (Vehtari et al. 2021); passed explicitly
@@ -77,59 +71,3 @@ def bfmi(energy: np.ndarray) -> np.ndarray:
 def divergence_count(diverging: np.ndarray) -> int:
     """Number of divergent transitions over all chains and draws."""
     return int(np.count_nonzero(diverging))
-
-
-def _group(
-    arrays: Mapping[str, np.ndarray], shape: tuple[int, ...], attrs: Mapping[str, str | int | float]
-) -> xr.Dataset:
-    """Variables of dims (chain, draw), or (chain, draw, shard) for per-shard statistics."""
-    variables = {}
-    for name, values in arrays.items():
-        array = np.asarray(values)
-        if array.shape[:2] != shape or array.ndim > 3:
-            raise ValueError(
-                f"{name}: expected shape {shape} (chains, draws) or (chains, draws, shards), "
-                f"got {array.shape}"
-            )
-        variables[name] = ((*_DIMS, "shard")[: array.ndim], array)
-    coords = {"chain": np.arange(shape[0]), "draw": np.arange(shape[1])}
-    return xr.Dataset(variables, coords=coords, attrs=dict(attrs))
-
-
-def write_inference_data(
-    path: Path,
-    draws: Mapping[str, np.ndarray],
-    sample_stats: Mapping[str, np.ndarray],
-    attrs: Mapping[str, str | int | float],
-) -> None:
-    """Write "posterior" (dims chain, draw) and "sample_stats" (chain, draw[, shard]) atomically.
-
-    Names are kept as given (e.g. "contrast[0]"); ``attrs`` go on both groups. Booleans such as
-    ``diverging`` read back as booleans.
-    """
-    if not draws:
-        raise ValueError("draws: at least one parameter is needed")
-    shape = _as_chains(next(iter(draws)), next(iter(draws.values()))).shape
-    posterior = _group(draws, shape, attrs)
-    stats = _group(sample_stats, shape, attrs)
-    with atomic_path(Path(path)) as tmp:
-        posterior.to_netcdf(tmp, mode="w", group="posterior", engine="h5netcdf")
-        stats.to_netcdf(tmp, mode="a", group="sample_stats", engine="h5netcdf")
-
-
-def read_posterior(path: Path) -> dict[str, np.ndarray]:
-    """Read the "posterior" group of :func:`write_inference_data`: name -> (chains, draws)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such posterior file; give the posterior.nc of a finished run")
-    try:
-        posterior = xr.open_dataset(path, group="posterior", engine="h5netcdf")
-    except (OSError, ValueError) as error:
-        raise InputError(
-            f"{path}: group 'posterior' cannot be read ({error}); give a posterior.nc written by "
-            "hetmpi"
-        ) from error
-    with posterior:
-        return {
-            str(name): posterior[name].transpose(*_DIMS).to_numpy() for name in posterior.data_vars
-        }

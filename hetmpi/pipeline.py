@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from hetmpi import __version__, runlog
 from hetmpi.config import Config, config_to_dict
-from hetmpi.consensus import BasinCheck, combine_draws, select_shards
+from hetmpi.consensus import BasinCheck, ShardVerdict, combine_draws, select_shards
 from hetmpi.data import Dataset, load_dataset
 from hetmpi.errors import InputError, RunError
+from hetmpi.paths import path_problem
 from hetmpi.problem import build_problem, scaling_mode
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
 from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask, sampler_outline
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hetmpi")
 
 JOBS_DIR = "jobs"
-OUTPUT_FILES = ("config.yaml", "posterior.nc", "summary.json", "run.log")
+OUTPUT_FILES = ("config.yaml", "plan.h5", "posterior.nc", "summary.json", "run.log")
 
 
 @dataclass(frozen=True)
@@ -149,23 +152,39 @@ def prepare(
     )
 
 
-def check_output_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse an unusable output folder before any work is done; writes nothing."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output.directory: {out_dir} exists and is not a folder; choose another")
-    # OUT/jobs/ holds job scripts `hetmpi submit` rendered for this very run
-    if (
-        out_dir.exists()
-        and any(p.name != JOBS_DIR for p in out_dir.iterdir())
-        and not (overwrite or resume)
-    ):
+RUN_FIX = (
+    "pass --overwrite to replace its results, --resume to continue the run, "
+    "or choose another --output"
+)
+PLAN_FIX = "pass --overwrite to replace its results, or choose another --output"
+
+
+def check_output_dir(out_dir: Path, *, overwrite: bool, resume: bool, fix: str = RUN_FIX) -> None:
+    """Refuse an unusable output folder before any work is done; writes nothing. ``fix`` says
+    what to do about a folder that is not empty with the options of the command at hand."""
+    problem = path_problem(out_dir)
+    if problem is not None:
+        raise InputError(f"output.directory: {problem}")
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(
+                f"output.directory: {out_dir} exists and is not a folder; choose another"
+            )
+        # OUT/jobs/ holds job scripts `hetmpi submit` rendered for this very run
+        if (
+            out_dir.exists()
+            and any(p.name != JOBS_DIR for p in out_dir.iterdir())
+            and not (overwrite or resume)
+        ):
+            raise InputError(f"output.directory: {out_dir} already exists and is not empty; {fix}")
+        ancestor = out_dir
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+    except OSError as exc:
         raise InputError(
-            f"output.directory: {out_dir} already exists and is not empty; pass --overwrite to "
-            "replace its results, --resume to continue the run, or choose another --output"
-        )
-    ancestor = out_dir
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+            f"output.directory: cannot use {out_dir} ({exc.strerror or exc}); "
+            "choose a folder you can write to with --output"
+        ) from None
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(
             f"output.directory: cannot create {out_dir} ({ancestor} is not a writable folder); "
@@ -205,6 +224,26 @@ def basin_check(task: ShardTask) -> BasinCheck:
     return BasinCheck.distinct(warm.basin_centers, precision)
 
 
+@dataclass(frozen=True)
+class Consensus:
+    """The consensus of a run's shard results (sorted by index): the shards kept, a verdict
+    per shard, the draws ``u`` (chains, draws, d) and the same in parameter units."""
+
+    results: tuple[ShardResult, ...]
+    kept: tuple[ShardResult, ...]
+    verdicts: tuple[ShardVerdict, ...]
+    u: np.ndarray
+    draws: dict[str, np.ndarray]
+
+
+def consensus_of(prepared: Prepared, results: Sequence[ShardResult]) -> Consensus:
+    cfg = prepared.cfg
+    ordered = sorted(results, key=lambda r: r.index)
+    kept, verdicts = select_shards(ordered, cfg.consensus, basin_check(prepared.task))
+    u = combine_draws([r.draws for r in kept], cfg.consensus.method, seed=cfg.sampler.seed)
+    return Consensus(tuple(ordered), tuple(kept), tuple(verdicts), u, parameter_draws(prepared, u))
+
+
 def finalize(
     prepared: Prepared,
     results: Sequence[ShardResult],
@@ -214,30 +253,64 @@ def finalize(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Consensus, diagnostics, posterior.nc and plots; returns the summary (caller writes it)."""
-    from hetmpi import diagnostics, report
+    from hetmpi import report
 
-    cfg = prepared.cfg
     started = time.perf_counter()
-    results = sorted(results, key=lambda r: r.index)
-    kept, verdicts = select_shards(results, cfg.consensus, basin_check(prepared.task))
-    u = combine_draws([r.draws for r in kept], cfg.consensus.method, seed=cfg.sampler.seed)
-    draws = parameter_draws(prepared, u)
+    found = consensus_of(prepared, results)
     combined = time.perf_counter()
-    fit = report.posterior_mean_c2(prepared, draws)
+    fit = report.posterior_mean_c2(prepared, found.draws)
     summary = report.build_summary(
-        prepared, results, verdicts, draws, fit, executor=executor, timings=timings
-    )
-    summary["run"]["timings"]["consensus"] = combined - started
-    diagnostics.write_inference_data(
-        out_dir / "posterior.nc",
-        draws,
-        report.consensus_sample_stats(kept),
-        {"hetmpi_consensus_method": cfg.consensus.method, "num_shards": len(results)},
-    )
-    if cfg.output.plots:
-        flagged = [check["flagged"] for check in summary["fit_check"]]
-        report.write_plots(prepared, draws, fit, flagged, out_dir / "plots")
+        prepared, found.results, found.verdicts, found.draws, fit, executor=executor,
+        timings=timings,
+    )  # fmt: skip
+    seconds = summary["run"]["timings"]
+    seconds["consensus"] = combined - started
+    written = time.perf_counter()
+    write_posterior_file(prepared, found.kept, found.u, found.draws, out_dir / "posterior.nc")
+    seconds["posterior_file"] = time.perf_counter() - written
+    if prepared.cfg.output.plots:
+        drawn = time.perf_counter()
+        report.write_plots(prepared, found, fit, summary, out_dir / "plots")
+        seconds["plots"] = time.perf_counter() - drawn
     return summary
+
+
+def write_posterior_file(
+    prepared: Prepared,
+    kept: Sequence[ShardResult],
+    u: np.ndarray,
+    draws: dict[str, np.ndarray],
+    path: Path,
+) -> None:
+    """posterior.nc of the consensus draws ``u`` (chains, draws, d) and their ``draws`` in
+    parameter units; pointwise groups only within ``output.pointwise_max_values``."""
+    from hetmpi import inference_data as idata
+
+    cfg, ds = prepared.cfg, prepared.dataset
+    groups = {"posterior": idata.posterior_group(draws, ds.phi)}
+    groups["sample_stats"], groups["shard_sample_stats"] = idata.sample_stats_groups(kept)
+    groups["observed_data"] = idata.observed_group(prepared.points, ds.t, ds.phi)
+    values = u.shape[0] * u.shape[1] * prepared.points.size
+    pointwise = None
+    if values <= cfg.output.pointwise_max_values:
+        problem = prepared.task.warm.problem
+        pointwise = idata.Pointwise(problem, prepared.points, u, cfg.sampler.seed)
+    else:
+        log.info(
+            "posterior.nc without log_likelihood and posterior_predictive: %d draws x %d points "
+            "= %.3g values, over output.pointwise_max_values (%d); raise it to include them",
+            u.shape[0] * u.shape[1], prepared.points.size, values,
+            cfg.output.pointwise_max_values,
+        )  # fmt: skip
+    attrs = {
+        "inference_library": "numpyro",
+        "creation_library": "hetmpi",
+        "creation_library_version": __version__,
+        "hetmpi_consensus_method": cfg.consensus.method,
+        "num_shards": prepared.task.num_shards,
+        "shards_used": len(kept),
+    }
+    idata.write_inference_data(path, groups, attrs, pointwise)
 
 
 def conclude(
@@ -272,13 +345,6 @@ def run_fingerprint(cfg: Config, dataset: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def attach_log_file(out_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(out_dir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    return handler
-
-
 SelectExecutor = Callable[[int], tuple["Executor", str]]
 
 
@@ -295,6 +361,25 @@ def run(
     ``select(num_shards)`` gives the executor and the reason it was chosen (logged);
     ``helpers`` are passed to ``prepare``.
     """
+
+    with runlog.journal(log) as journal:
+        try:
+            return _run(cfg, select, overwrite, resume, helpers, journal)
+        except (InputError, RunError) as exc:
+            journal.write(f"error: {exc}")
+            raise
+
+
+def _run(
+    cfg: Config,
+    select: SelectExecutor,
+    overwrite: bool,
+    resume: bool,
+    helpers: PrepareHelpers | None,
+    journal: runlog.RunLogHandler,
+) -> dict[str, Any]:
+    from hetmpi import report
+    from hetmpi.planfile import write_plan
     from hetmpi.progress import ShardProgress
     from hetmpi.results import load_valid_shards, merge_chain_files
     from hetmpi.sampling import compile_monitor
@@ -302,56 +387,70 @@ def run(
     started = time.perf_counter()
     out_dir = cfg.output.directory
     check_output_dir(out_dir, overwrite=overwrite, resume=resume)
+    log.info("hetmpi %s: %s", __version__, runtime_versions())
     prepared = prepare(cfg, helpers=helpers)  # bad input fails here, before any write
     executor, reason = select(prepared.task.num_shards)
     dataset = prepared.dataset
     prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
-    handler = attach_log_file(out_dir)
-    try:
-        log.info("executor %s (%s); output in %s", executor.name, reason, out_dir)
-        write_resolved_config(cfg, out_dir)
-        task = dataclasses.replace(prepared.task, run_id=run_fingerprint(cfg, dataset))
-        prepared = dataclasses.replace(prepared, task=task)
-        done: dict[int, ShardResult] = {}
-        if resume:
-            every_chain = tuple(range(cfg.sampler.num_chains))
+    journal.open(out_dir)
+    log.info("executor %s (%s); output in %s", executor.name, reason, out_dir)
+    write_resolved_config(cfg, out_dir)
+    task = dataclasses.replace(prepared.task, run_id=run_fingerprint(cfg, dataset))
+    prepared = dataclasses.replace(prepared, task=task)
+    write_plan(out_dir, task, prepared.plan)
+    done: dict[int, ShardResult] = {}
+    if resume:
+        every_chain = tuple(range(cfg.sampler.num_chains))
 
-            def reusable(result: ShardResult) -> bool:
-                same_run = result.extra.get("run_id") == task.run_id
-                return result.status == "ok" and same_run and result.chains == every_chain
+        def reusable(result: ShardResult) -> bool:
+            same_run = result.extra.get("run_id") == task.run_id
+            return result.status == "ok" and same_run and result.chains == every_chain
 
-            merge_chain_files(out_dir, reusable)
-            done = load_valid_shards(out_dir, reusable)
-            log.info("resume: %d of %d shards already done", len(done), task.num_shards)
-        todo = [s for s in prepared.plan.shards if s.index not in done]
-        progress = ShardProgress(
-            task.num_shards, already_done=len(done), enabled=cfg.sampler.progress_bar
-        )
-        sampling_started = time.perf_counter()
-        with compile_monitor() as compiles:
-            results = executor.run(todo, task, cfg.sampler.seed, out_dir, progress.advance)
-        progress.close()
-        timings = {
-            **prepared.seconds,
-            "sampling": time.perf_counter() - sampling_started,
-            "compile": compiles["seconds"],
-            "compiles": compiles["compiles"],
-            **executor.timings,
-        }
-        return conclude(
-            prepared, [*done.values(), *results], out_dir, executor.name, timings, started
-        )
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+        merge_chain_files(out_dir, reusable)
+        done = load_valid_shards(out_dir, reusable)
+        log.info("resume: %d of %d shards already done", len(done), task.num_shards)
+    todo = [s for s in prepared.plan.shards if s.index not in done]
+    progress = ShardProgress(
+        task.num_shards, already_done=len(done), enabled=cfg.sampler.progress_bar
+    )
+    sampling_started = time.perf_counter()
+    with compile_monitor() as compiles:
+        results = executor.run(todo, task, cfg.sampler.seed, out_dir, progress.advance)
+    progress.close()
+    timings = {
+        **prepared.seconds,
+        "sampling": time.perf_counter() - sampling_started,
+        "compile": compiles["seconds"],
+        "compiles": compiles["compiles"],
+        **executor.timings,
+    }
+    summary = conclude(
+        prepared, [*done.values(), *results], out_dir, executor.name, timings, started
+    )
+    journal.write(report.format_table(summary))
+    return summary
 
 
-def plan_run(cfg: Config, out_dir: Path, *, overwrite: bool = False) -> int:
+def runtime_versions() -> str:
+    """Python, JAX, NumPyro and ArviZ versions, and JAX's platform, for the log."""
+    import platform
+
+    import arviz
+    import jax
+    import numpyro
+
+    return (
+        f"Python {platform.python_version()}, JAX {jax.__version__} "
+        f"({jax.default_backend()}), NumPyro {numpyro.__version__}, ArviZ {arviz.__version__}"
+    )
+
+
+def plan_run(cfg: Config, out_dir: Path, *, overwrite: bool = False, fix: str = PLAN_FIX) -> int:
     """Prepare a run for independent shard jobs: OUT/config.yaml and OUT/plan.h5 (array
-    mode). Returns the number of shards."""
+    mode). Returns the number of shards. ``fix`` as for check_output_dir."""
     from hetmpi.planfile import write_plan
 
-    check_output_dir(out_dir, overwrite=overwrite, resume=False)
+    check_output_dir(out_dir, overwrite=overwrite, resume=False, fix=fix)
     prepared = prepare(cfg)
     prepare_output_dir(out_dir, overwrite=overwrite, resume=False)
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, directory=out_dir))
@@ -365,11 +464,11 @@ def plan_run(cfg: Config, out_dir: Path, *, overwrite: bool = False) -> int:
 def run_shard(out_dir: Path, index: int) -> ShardResult:
     """Sample shard ``index`` of a planned run and save its result file; RunError when the
     shard failed (so a job array marks the task failed and --retry-failed picks it up)."""
-    from hetmpi.config import load_config
+    from hetmpi.config import load_planned_config
     from hetmpi.executors.cpu import sample_and_save
     from hetmpi.planfile import read_shard, read_task
 
-    cfg = load_config(out_dir / "config.yaml")
+    cfg = load_planned_config(out_dir)
     shard = read_shard(out_dir, index)
     task = read_task(out_dir, cfg.sampler)
     try:
@@ -381,29 +480,52 @@ def run_shard(out_dir: Path, index: int) -> ShardResult:
     return result
 
 
+def submitted_array(out_dir: Path) -> bool:
+    """True when `hetmpi submit --mode array` planned the run in OUT and submitted its jobs
+    (so `hetmpi submit --retry-failed OUT` can run shards again)."""
+    from hetmpi.scheduler.commands import has_array_submission
+
+    return has_array_submission(out_dir)
+
+
+def rerun_hint(out_dir: Path, indices: Sequence[int]) -> str:
+    """The command that runs shards ``indices`` of the run planned in OUT, as it was planned:
+    `hetmpi submit --retry-failed OUT` after a submitted array, else `hetmpi run-shard`."""
+    out = shlex.quote(str(out_dir))
+    if submitted_array(out_dir):
+        return f"`hetmpi submit --retry-failed {out}`"
+    if len(indices) == 1:
+        return f"`hetmpi run-shard {out} --index {indices[0]}`"
+    listed = ", ".join(map(str, indices))
+    return f"`hetmpi run-shard {out} --index K` for K = {listed}"
+
+
 def combine(out_dir: Path) -> dict[str, Any]:
     """Consensus and outputs of a planned run from its shard files; returns the summary."""
-    from hetmpi.config import load_config
+    from hetmpi import report
+    from hetmpi.config import load_planned_config
     from hetmpi.planfile import read_shard_plan, read_task
     from hetmpi.results import load_valid_shards
 
     started = time.perf_counter()
-    cfg = load_config(out_dir / "config.yaml")
+    cfg = load_planned_config(out_dir)
     task = read_task(out_dir, cfg.sampler)
     dataset = load_data(cfg)
     if run_fingerprint(cfg, dataset) != task.run_id:
+        by_submit = submitted_array(out_dir) or (out_dir / JOBS_DIR / "array.sh").exists()
+        planner = "hetmpi submit" if by_submit else "hetmpi plan"
         raise InputError(
-            f"{out_dir}: the config or data changed since `hetmpi plan`; plan again into a new "
-            "output folder"
+            f"{out_dir}: the config or data changed since `{planner}` planned this run; plan "
+            f"again with `{planner}` into a new output folder"
         )
-    handler = attach_log_file(out_dir)
-    try:
+    with runlog.journal(log) as journal:
+        journal.open(out_dir)
         results = load_valid_shards(out_dir, lambda r: r.extra.get("run_id") == task.run_id)
         missing = sorted(set(range(task.num_shards)) - set(results))
         if missing:
             raise RunError(
                 f"{out_dir}: no result for shards {', '.join(map(str, missing))}; run them "
-                f"(`hetmpi submit --retry-failed {out_dir}`) and combine again"
+                f"({rerun_hint(out_dir, missing)}) and combine again"
             )
         prepared = Prepared(
             cfg=cfg,
@@ -415,7 +537,41 @@ def combine(out_dir: Path) -> dict[str, Any]:
         )
         sampled = [r.warmup_seconds + r.sample_seconds for r in results.values()]
         timings = {**prepared.seconds, "sampling": float(sum(sampled))}
-        return conclude(prepared, list(results.values()), out_dir, "array", timings, started)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+        summary = conclude(prepared, list(results.values()), out_dir, "array", timings, started)
+        journal.write(report.format_table(summary))
+        return summary
+
+
+def report_run(out_dir: Path) -> dict[str, Any]:
+    """The summary of a finished run in ``out_dir``, computed again from its config, data,
+    plan and shard files, and its plots drawn again; summary.json and posterior.nc are left
+    as the run wrote them. Returns the summary (timings: the run's)."""
+    from hetmpi import report
+    from hetmpi.config import ConfigError, load_config
+    from hetmpi.planfile import read_shard_plan, read_task
+    from hetmpi.results import load_valid_shards
+
+    if not (out_dir / "config.yaml").is_file():
+        raise ConfigError(f"{out_dir}: no hetmpi run here (no config.yaml); give a run's folder")
+    cfg = load_config(out_dir / "config.yaml")
+    task = read_task(out_dir, cfg.sampler)
+    dataset = load_data(cfg)
+    if run_fingerprint(cfg, dataset) != task.run_id:
+        raise InputError(
+            f"{out_dir}: the config or data changed since the run; its results no longer "
+            f"belong to {cfg.data.path}, so run again into a new output folder"
+        )
+    results = load_valid_shards(out_dir, lambda r: r.extra.get("run_id") == task.run_id)
+    if not any(r.status == "ok" for r in results.values()):
+        raise InputError(f"{out_dir / SHARD_DIR}: no finished shard of this run to report on")
+    saved = out_dir / "summary.json"
+    timings = json.loads(saved.read_text())["run"]["timings"] if saved.is_file() else {}
+    prepared = Prepared(cfg, dataset, pool_points(dataset), read_shard_plan(out_dir), task, {})
+    found = consensus_of(prepared, list(results.values()))
+    fit = report.posterior_mean_c2(prepared, found.draws)
+    summary = report.build_summary(
+        prepared, found.results, found.verdicts, found.draws, fit, executor="report",
+        timings=timings,
+    )  # fmt: skip
+    report.write_plots(prepared, found, fit, summary, out_dir / "plots")
+    return summary

@@ -2,34 +2,48 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hetmpi import __version__, diagnostics, plots
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
+from hetmpi.data import Dataset
 from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
+from hetmpi.model.posterior import PosteriorModel, ShardArrays
+from hetmpi.problem import Problem
 from hetmpi.sampling import ShardResult
 from hetmpi.warmstart import basin_note, rivals_note, weak_identification_note
 
 if TYPE_CHECKING:
-    from hetmpi.pipeline import Prepared
+    from hetmpi.pipeline import Consensus, Prepared
 
 RHAT_LIMIT = 1.01
 SHARD_RHAT_LIMIT = 1.05  # a shard's chains disagree (2 chains of a few hundred draws)
 BFMI_LIMIT = 0.3
 
 
-def consensus_sample_stats(kept: Sequence[ShardResult]) -> dict[str, np.ndarray]:
-    """Per-shard NUTS statistics stacked as (chain, draw, shard), shards in index order."""
-    return {
-        name: np.stack([r.stats[name] for r in kept], axis=-1)
-        for name in ("diverging", "energy", "accept_prob", "num_steps")
-    }
+def simulated_values(truth: dict[str, Any] | None, plain_noise: bool) -> dict[str, float]:
+    """name -> value a simulation used: physics, ``contrast[k]``, ``offset[k]``, and
+    ``sigma`` where the data carry no per-point sd (then sigma is the noise sd itself)."""
+    if not truth:
+        return {}
+    values = {name: float(v) for name, v in truth.get("parameters", {}).items()}
+    for name in ("contrast", "offset"):
+        per_angle = [float(v) for v in truth.get(name, ())]
+        values |= {f"{name}[{k}]": v for k, v in enumerate(per_angle)}
+        if per_angle and max(per_angle) == min(per_angle):
+            values[name] = per_angle[0]
+    if plain_noise and "sigma" in truth:
+        values["sigma"] = float(truth["sigma"])
+    return values
 
 
 def shard_row(result: ShardResult, verdict: ShardVerdict) -> dict[str, Any]:
@@ -75,10 +89,10 @@ def build_summary(
     """The content of summary.json; ``fit`` (n_phi, N, N) is the posterior-mean model."""
     cfg = prepared.cfg
     parameters = diagnostics.summarize(draws, hdi_prob=cfg.output.hdi_prob)
-    truth = (prepared.dataset.truth or {}).get("parameters", {})
+    truth = simulated_values(prepared.dataset.truth, prepared.points.sigma is None)
     for name, entry in parameters.items():
         if name in truth:
-            entry["truth"] = float(truth[name])
+            entry["truth"] = truth[name]
     shards = [shard_row(r, v) for r, v in zip(results, verdicts, strict=True)]
     included = [s for s in shards if s["included"]]
     warm = prepared.task.warm
@@ -145,19 +159,119 @@ def posterior_mean_c2(prepared: Prepared, draws: dict[str, np.ndarray]) -> np.nd
     return np.asarray(c2_grid(p, c.t, c.q, c.dt, c.phi, contrast, offset))
 
 
+CUT_DRAWS = 100  # posterior draws the c2 cut bands are made of
+CUT_ROWS = 3  # t1 values cut per angle
+
+
+def truth_values(summary: dict[str, Any]) -> dict[str, float]:
+    """name -> true value of every parameter summary.json holds a truth for."""
+    return {n: p["truth"] for n, p in summary["parameters"].items() if "truth" in p}
+
+
+def prior_densities(problem: Problem) -> dict[str, tuple[Any, tuple[float, float], bool]]:
+    """name -> (prior density in parameter units, its range mean +- 3 sd within the bounds,
+    whether the prior is log-normal) for every bounded coordinate."""
+    c = problem.consts
+    found = {}
+    for k, name in enumerate(problem.model.names[: problem.model.num_bounded]):
+        mean, sd = float(c.prior_mean[k]), float(c.prior_sd[k])
+        low, high = float(c.std_lower[k]), float(c.std_upper[k])
+        mass = math.exp(float(c.log_mass[k]))
+        log_space = problem.model.log_space[k]
+
+        def density(x, mean=mean, sd=sd, low=low, high=high, mass=mass, log_space=log_space):
+            x = np.asarray(x, dtype=np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                y = np.log(x) if log_space else x
+                z = (y - mean) / sd
+                pdf = np.exp(-0.5 * z * z) / (sd * math.sqrt(2 * math.pi) * mass)
+                pdf = np.where((z >= low) & (z <= high), pdf, 0.0)
+                return np.nan_to_num(pdf / x if log_space else pdf)
+
+        span = (mean + sd * max(low, -3.0), mean + sd * min(high, 3.0))
+        found[name] = (density, tuple(math.exp(v) for v in span) if log_space else span, log_space)
+    return found
+
+
+@partial(jax.jit, static_argnums=0)
+def _predictions(model: PosteriorModel, u: jax.Array, data: ShardArrays, consts) -> jax.Array:
+    return jax.vmap(lambda one: model.predict(one, data, consts))(u)
+
+
+def c2_cuts(
+    problem: Problem, dataset: Dataset, u: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(lag, data, band, t1) of ``plots.plot_c2_cuts``: rows t1 at the first frame after
+    t = 0 and at a third and two thirds of the window, the band from CUT_DRAWS of the
+    draws ``u`` (chains, draws, d)."""
+    t = np.asarray(dataset.t)
+    first = int(np.argmax(t > 0.0))
+    rows = np.unique(np.linspace(first, t.size - 2, CUT_ROWS + 1).astype(int)[:CUT_ROWS])
+    width = t.size - 1 - rows[0]
+    n_phi = len(dataset.phi)
+    lag = np.full((rows.size, width), np.nan)
+    data = np.full((n_phi, rows.size, width), np.nan)
+    angle, i1, i2, where = [], [], [], []
+    for c, row in enumerate(rows):
+        cols = np.arange(row + 1, t.size)
+        lag[c, : cols.size] = t[cols] - t[row]
+        for a in range(n_phi):
+            data[a, c, : cols.size] = dataset.c2[a, row, cols]
+            angle.append(np.full(cols.size, a))
+            i1.append(np.full(cols.size, row))
+            i2.append(cols)
+            where.append((a, c, cols.size))
+    points = ShardArrays(
+        c2=jnp.zeros(sum(x.size for x in i2)),
+        i1=jnp.asarray(np.concatenate(i1)),
+        i2=jnp.asarray(np.concatenate(i2)),
+        angle=jnp.asarray(np.concatenate(angle)),
+        weight=jnp.ones(1),
+        sigma=jnp.ones(1),
+    )
+    flat = u.reshape(-1, u.shape[-1])
+    chosen = flat[np.linspace(0, len(flat) - 1, min(CUT_DRAWS, len(flat))).astype(int)]
+    model_c2 = np.asarray(_predictions(problem.model, jnp.asarray(chosen), points, problem.consts))
+    quantiles = np.quantile(model_c2, [0.05, 0.5, 0.95], axis=0)
+    band = np.full((3, n_phi, rows.size, width), np.nan)
+    start = 0
+    for a, c, size in where:
+        band[:, a, c, :size] = quantiles[:, start : start + size]
+        start += size
+    return lag, data, band, t[rows]
+
+
 def write_plots(
-    prepared: Prepared,
-    draws: dict[str, np.ndarray],
-    fit: np.ndarray,
-    flagged: Sequence[bool],
-    plots_dir: Path,
+    prepared: Prepared, found: Consensus, fit: np.ndarray, summary: dict[str, Any], plots_dir: Path
 ) -> None:
-    """trace.png, forest.png and c2_fit.png (data vs the posterior-mean fit ``fit`` per
-    angle, the ``flagged`` angles marked)."""
-    plots.plot_trace(draws, plots_dir / "trace.png")
-    plots.plot_forest(draws, plots_dir / "forest.png", hdi_prob=prepared.cfg.output.hdi_prob)
+    """Every plot of a run (docs/outputs.md) from its consensus, the posterior-mean model
+    ``fit`` (n_phi, N, N) and its summary."""
+    draws, results, verdicts = found.draws, found.results, found.verdicts
+    truth = truth_values(summary)
+    hdi_prob = prepared.cfg.output.hdi_prob
+    problem = prepared.task.warm.problem
+    plots.plot_trace(draws, plots_dir / "trace.png", truth)
+    parts = None
+    if len(results) > 1:
+        parts = {
+            f"shard {r.index}" + ("" if v.included else " (excluded)"): {
+                name: r.values[..., k] for k, name in enumerate(r.names)
+            }
+            for r, v in zip(results, verdicts, strict=True)
+            if r.status == "ok"
+        }
+    plots.plot_forest(draws, plots_dir / "forest.png", hdi_prob=hdi_prob, parts=parts,
+                      truth=truth)  # fmt: skip
+    plots.plot_pair(draws, plots_dir / "pair.png", truth=truth)
+    ratios = summary["run"]["warm_start"]["prior_sd_ratio"]
+    plots.plot_prior_posterior(
+        draws, prior_densities(problem), ratios, plots_dir / "prior_posterior.png", truth=truth
+    )
     ds = prepared.dataset
+    flagged = [check["flagged"] for check in summary["fit_check"]]
     plots.plot_c2_fit(ds.t, ds.c2, fit, ds.phi, plots_dir / "c2_fit.png", flagged)
+    lag, data, band, t1 = c2_cuts(problem, ds, found.u)
+    plots.plot_c2_cuts(lag, data, band, t1, ds.phi, plots_dir / "c2_cuts.png", flagged)
 
 
 def format_table(summary: dict[str, Any]) -> str:

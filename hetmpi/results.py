@@ -2,10 +2,13 @@
 
 out/
   config.yaml           resolved config actually used
-  shards/shard_0007.h5  one ShardResult per shard, all its chains (the --resume checkpoint)
+  shards/shard_0007.h5  one ShardResult per shard, all its chains (the --resume checkpoint):
+                        draws (chains, draws, d) in parameter units, u_draws the same in the
+                        sampler's coordinates, stats/ NumPyro's statistics, attrs
+                        names (JSON) and the run's settings
   shards/shard_0007_chains_1.h5  while a run deals a shard's chains to different MPI ranks
                         (merged into shard_0007.h5 at the end)
-  posterior.nc          ArviZ InferenceData (posterior + sample_stats), NetCDF
+  posterior.nc          ArviZ InferenceData, NetCDF (see hetmpi.inference_data)
   summary.json          per-parameter summary, shard table, timings
   plots/*.png
   run.log
@@ -26,7 +29,7 @@ from hetmpi.atomic import atomic_path
 from hetmpi.sampling import ShardResult, merge_results
 
 SHARD_DIR = "shards"
-SHARD_FORMAT_VERSION = 2
+SHARD_FORMAT_VERSION = 3
 _SCALARS = (
     "index", "status", "num_points", "num_warmup", "num_samples", "attempts",
     "warmup_seconds", "sample_seconds", "error",
@@ -74,7 +77,10 @@ def save_shard_result(out_dir: Path, result: ShardResult, *, part: bool = False)
         f.attrs["names"] = json.dumps(list(result.names))
         f.attrs["chains"] = json.dumps(list(result.chains))
         f.attrs["extra"] = json.dumps(result.extra)
-        f.create_dataset("draws", data=result.draws)
+        f.create_dataset("draws", data=result.values)
+        f["draws"].attrs["units"] = "parameter units (those of the parameter table)"
+        f.create_dataset("u_draws", data=result.draws)
+        f["u_draws"].attrs["units"] = "the sampler's unconstrained coordinates u"
         for name in _PER_CHAIN:
             f.create_dataset(name, data=getattr(result, name))
         stats = f.create_group("stats")
@@ -93,7 +99,8 @@ def load_shard_result(path: Path) -> ShardResult:
             **scalars,
             names=tuple(json.loads(f.attrs["names"])),
             chains=tuple(json.loads(f.attrs["chains"])),
-            draws=f["draws"][()],
+            draws=f["u_draws"][()],
+            values=f["draws"][()],
             stats={key: f["stats"][key][()] for key in f["stats"]},
             **{name: f[name][()] for name in _PER_CHAIN},
             extra=json.loads(f.attrs["extra"]),

@@ -34,7 +34,7 @@ REFERENCE_SHARD_SIZE = 10_000  # points at which the configured draw counts appl
 INIT_SPREAD = 1.5  # sd of chain starting points around their basin, in shard Laplace sd
 CHUNK_LIMIT = 50  # most NUTS iterations per compiled call (time limits are checked between)
 
-STAT_FIELDS = ("diverging", "energy", "accept_prob", "num_steps")
+STAT_FIELDS = ("diverging", "energy", "potential_energy", "accept_prob", "num_steps")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ class ShardResult:
     saved without pickle.
 
     draws: (chains, draws, d) in the unconstrained u-space of the run's PosteriorModel.
-    stats: name -> (chains, draws) for diverging, energy, accept_prob, num_steps.
+    values: the same draws in parameter units (what ``names`` name).
+    stats: name -> (chains, draws) for each of STAT_FIELDS (energies in nats of the shard's
+    tempered posterior in the sampler's coordinates).
     """
 
     index: int
@@ -75,6 +77,7 @@ class ShardResult:
     num_points: int
     chains: tuple[int, ...]  # the shard's chains held here, in order (all unless split)
     draws: np.ndarray
+    values: np.ndarray
     stats: dict[str, np.ndarray]
     step_size: np.ndarray  # (chains,)
     target_accept: np.ndarray  # (chains,) of the attempt kept
@@ -226,7 +229,8 @@ def _compiled_sampler(model: PosteriorModel, settings: ChainSettings):
         def step(st, _):
             st = kernel(st, model_args=args)
             u = model.sampler_to_u(center + chol @ st.z, consts)[0]
-            return st, (u, st.diverging, st.energy, st.accept_prob, st.num_steps)
+            stats = (st.diverging, st.energy, st.potential_energy, st.accept_prob, st.num_steps)
+            return st, (u, *stats)
 
         return jax.lax.scan(step, state, None, length=settings.chunk)
 
@@ -434,6 +438,7 @@ def merge_results(parts: Sequence[ShardResult]) -> ShardResult:
         first,
         chains=chains,
         draws=np.concatenate([part.draws for part in parts]),
+        values=np.concatenate([part.values for part in parts]),
         stats={k: np.concatenate([part.stats[k] for part in parts]) for k in STAT_FIELDS},
         step_size=np.concatenate([part.step_size for part in parts]),
         target_accept=np.concatenate([part.target_accept for part in parts]),
@@ -504,16 +509,12 @@ def _sample(
         finished = time.perf_counter()
         warmup_seconds += warmed - started
         sample_seconds += finished - warmed
-        # chunks: per call, (u, diverging, energy, accept_prob, num_steps) of (chains, chunk, ..)
-        u, diverging, energy, accept_prob, num_steps = (
-            np.concatenate([np.asarray(chunk[k]) for chunk in chunks], axis=1) for k in range(5)
+        # chunks: per call, (u, *STAT_FIELDS) each of (chains, chunk, ...)
+        u, *collected = (
+            np.concatenate([np.asarray(chunk[k]) for chunk in chunks], axis=1)
+            for k in range(1 + len(STAT_FIELDS))
         )
-        stats = {
-            "diverging": diverging,
-            "energy": energy,
-            "accept_prob": accept_prob,
-            "num_steps": num_steps,
-        }
+        stats = dict(zip(STAT_FIELDS, collected, strict=True))
         result = ShardResult(
             index=shard.index,
             status="ok",
@@ -521,6 +522,7 @@ def _sample(
             num_points=shard.num_points,
             chains=block,
             draws=u,
+            values=problem.model.to_values(u, problem.consts),
             stats=stats,
             step_size=np.asarray(states.adapt_state.step_size),
             target_accept=np.full(len(block), target_accept),
@@ -559,6 +561,7 @@ def failed_result(
         num_points=shard.num_points,
         chains=chains,
         draws=np.zeros((0, 0, d)),
+        values=np.zeros((0, 0, d)),
         stats={name: np.zeros((0, 0)) for name in STAT_FIELDS},
         step_size=np.zeros(0),
         target_accept=np.zeros(0),

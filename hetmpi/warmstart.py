@@ -142,13 +142,16 @@ def robust_sd(x: np.ndarray) -> float:
 
 
 def initial_noise_estimate(points: PooledPoints) -> float:
-    """Noise sd from differences of neighbouring pairs (t2 -> t2 + 1), model-free."""
+    """Noise sd from differences of neighbouring pairs (t2 -> t2 + 1), model-free: in c2
+    units, or where the data carry a per-point sd, as the factor on it the likelihood uses."""
     order = np.lexsort((points.i2, points.i1, points.angle))
     c2, i1, i2, angle = (a[order] for a in (points.c2, points.i1, points.i2, points.angle))
+    point_sd = np.ones_like(c2) if points.sigma is None else points.sigma[order]
     neighbour = (angle[1:] == angle[:-1]) & (i1[1:] == i1[:-1]) & (i2[1:] == i2[:-1] + 1)
     if neighbour.sum() < 10:
-        return robust_sd(c2)
-    return robust_sd(np.diff(c2)[neighbour]) / np.sqrt(2.0)
+        return robust_sd(c2 / point_sd)
+    pair_sd = np.hypot(point_sd[1:], point_sd[:-1])
+    return robust_sd((np.diff(c2) / pair_sd)[neighbour])
 
 
 def _sampler_objective(
@@ -240,7 +243,8 @@ def _fit_problem(cfg: ModelConfig, dataset: Dataset, sigma: float) -> Problem:
 
 
 def _residual(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
-    return np.asarray(_prediction(problem.model, u, data, problem.consts) - data.c2)
+    """(model - data) / the per-point sd (1 where the data carry none)."""
+    return np.asarray((_prediction(problem.model, u, data, problem.consts) - data.c2) / data.sigma)
 
 
 def growth_detected(

@@ -3,11 +3,13 @@ traceback, and no output folder left behind."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import click
 import h5py
 import numpy as np
 import pytest
@@ -85,7 +87,23 @@ CONFIG_CASES = [
     ("too-many-shards", {"sharding": {"num_shards": 100000}}, "sharding.num_shards"),
     ("phi-index-range", {"data": {"phi_indices": [0, 7]}}, "data.phi_indices"),
     ("frames-range", {"data": {"frames": [5, 500]}}, "data.frames"),
-]
+    ("chains-beyond-int64", {"sampler": {"num_chains": 10**20}},
+     "sampler.num_chains: must be at most 9223372036854775807 (the largest 64-bit integer), "
+     "got 100000000000000000000"),
+    ("chains-1e20", {"sampler": {"num_chains": "1e20"}}, "sampler.num_chains: must be at most"),
+    ("chains-fraction", {"sampler": {"num_chains": 2.5}},
+     "sampler.num_chains: must be an integer, got 2.5"),
+    ("seed-beyond-int64", {"sampler": {"seed": 2**64}}, "sampler.seed: must be at most"),
+    ("phi-index-beyond-int64", {"data": {"phi_indices": [10**20]}},
+     "data.phi_indices[0]: must be at most"),
+    ("nul-in-output", {"output": {"directory": "a\0b"}},
+     "output.directory: contains a NUL character (\\0), which no path can hold, got 'a\\x00b'"),
+    ("nul-in-data-path", {"data": {"path": "c2\0.h5"}}, "data.path: contains a NUL character"),
+    ("nul-in-compile-cache", {"executor": {"compile_cache": "xla\0"}},
+     "executor.compile_cache: contains a NUL character"),
+    ("long-name-output", {"output": {"directory": "x" * 300}},
+     "output.directory: has a name of 300 bytes"),
+]  # fmt: skip
 
 
 @pytest.fixture()
@@ -113,6 +131,7 @@ def test_bad_config(tmp_path: Path, tiny_h5: Path, runner: CliRunner, sections, 
     cfg.write_text(yaml.safe_dump(raw))
     result = runner.invoke(main, ["run", str(cfg)])
     _assert_clean_failure(result, expected, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]  # nothing else written
 
 
 DATA_CASES = [
@@ -124,7 +143,22 @@ DATA_CASES = [
     ("t-not-increasing", _replace("t", np.r_[0.1 * np.arange(1, 12), 0.5]), "increasing"),
     ("q-negative", lambda f: _set_q(f, -0.1), "q"),
     ("q-zero", lambda f: _set_q(f, 0.0), "q"),
-]
+    ("dt-with-unit", lambda f: f.attrs.__setitem__("dt", "0.1 s"),
+     "dt: attribute must be a finite number, got '0.1 s' in "),
+    ("dt-array", lambda f: f.attrs.__setitem__("dt", np.array([0.1, 0.1])),
+     "dt: attribute must be a finite number, got an array of shape (2,) in "),
+    ("q-as-text", lambda f: _set_q_attr_only(f, "0.005"),
+     "q: attribute must be a finite number, got '0.005' in "),
+    ("format-as-text", lambda f: f.attrs.__setitem__("hetmpi_format", "one"),
+     "hetmpi_format: attribute must be an integer, got 'one' in "),
+    ("format-fraction", lambda f: f.attrs.__setitem__("hetmpi_format", 1.5),
+     "hetmpi_format: attribute must be an integer, got 1.5 in "),
+]  # fmt: skip
+
+
+def _set_q_attr_only(f: h5py.File, value: object) -> None:
+    del f["q"]
+    f.attrs["q"] = value
 
 
 def _set_q(f: h5py.File, value: float) -> None:
@@ -141,6 +175,8 @@ def test_bad_data_file(tmp_path: Path, tiny_h5: Path, runner: CliRunner, edit, e
     cfg = write_config(tmp_path, data)
     result = runner.invoke(main, ["run", str(cfg)])
     _assert_clean_failure(result, expected, tmp_path / "out")
+    if expected.endswith(" in "):  # attribute problems name the file too
+        assert expected + str(data) in result.output
 
 
 def test_missing_data_file(tmp_path: Path, runner: CliRunner) -> None:
@@ -186,3 +222,293 @@ def test_real_process_exit_status_and_no_traceback(tmp_path: Path, tiny_h5: Path
     assert proc.stderr.strip().startswith("error: sampler.num_chains: must be >= 1, got 0")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# --- keys given twice, paths the OS cannot use, output files ---------------------------
+
+
+def test_config_key_given_twice(tmp_path: Path, tiny_h5: Path, runner: CliRunner) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"data:\n  path: {tiny_h5}\nsampler:\n  num_chains: 2\n  num_warmup: 30\n  num_chains: 3\n"
+    )
+    for command in ("validate", "run"):
+        result = runner.invoke(main, [command, str(cfg)])
+        assert result.exit_code == 2, result.output
+        assert result.output == (
+            f"error: sampler.num_chains: given twice in {cfg} (lines 4 and 6); keep one\n"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+def test_truth_key_given_twice(tmp_path: Path, runner: CliRunner) -> None:
+    truth = tmp_path / "truth.yaml"
+    reference = Path(__file__).parents[1] / "jobs" / "stress_truth.yaml"
+    truth.write_text(reference.read_text() + "sigma: 0.5\n")
+    result = runner.invoke(main, ["simulate", str(truth), "-o", str(tmp_path / "d.h5")])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: sigma: given twice in ")
+    assert not (tmp_path / "d.h5").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run", "{cfg}", "-o", "a\0b"], "error: --output: contains a NUL character (\\0)"),
+        (["run", "{cfg}", "--output", "x" * 300], "error: --output: has a name of 300 bytes"),
+        (["plan", "{cfg}", "-o", "a\0b"], "error: --output: contains a NUL character"),
+        (["validate", "c\0.yaml"], "error: CONFIG: contains a NUL character"),
+        (["run-shard", "o\0ut", "--index", "0"], "error: OUT: contains a NUL character"),
+        (["combine", "o" * 256], "error: OUT: has a name of 256 bytes"),
+        (["status", "o\0ut"], "error: OUT: contains a NUL character"),
+        (["submit", "{cfg}", "-o", "a\0b"], "error: --output: contains a NUL character"),
+        (["submit", "--retry-failed", "a\0b"], "error: --retry-failed: contains a NUL"),
+        (["submit", "{cfg}", "--profile", "p\0.yaml"], "error: --profile: contains a NUL"),
+        (["simulate", "t\0.yaml", "-o", "d.h5"], "error: TRUTH: contains a NUL character"),
+        (["simulate", "{truth}", "-o", "d\0.h5"], "error: --output: contains a NUL character"),
+    ],
+)
+def test_path_options_the_os_cannot_use(
+    tmp_path: Path,
+    tiny_h5: Path,
+    runner: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    expected: str,
+) -> None:
+    cfg = write_config(tmp_path, tiny_h5)
+    truth = Path(__file__).parents[1] / "jobs" / "stress_truth.yaml"
+    args = [a.format(cfg=cfg, truth=truth) for a in args]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(expected), result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert list(cwd.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_simulate_output_under_a_file(tmp_path: Path, runner: CliRunner) -> None:
+    """The output is checked before the truth file is read or anything is simulated."""
+    blocker = tmp_path / "X"
+    blocker.write_text("")
+    target = blocker / "y.h5"
+    result = runner.invoke(main, ["simulate", str(tmp_path / "no-truth.yaml"), "-o", str(target)])
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: --output: cannot create {target}: {blocker} is a file, not a folder; "
+        "choose another path\n"
+    )
+    folder = tmp_path / "D"
+    folder.mkdir()
+    result = runner.invoke(main, ["simulate", str(tmp_path / "no-truth.yaml"), "-o", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: --output: {folder} is a folder; give the file to write, "
+        f"e.g. {folder / 'data.h5'}\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D", "X"]
+    assert list(folder.iterdir()) == []
+
+
+def test_simulate_too_many_frames(tmp_path: Path, runner: CliRunner) -> None:
+    truth = Path(__file__).parents[1] / "jobs" / "stress_truth.yaml"
+    out = tmp_path / "d.h5"
+    args = ["simulate", str(truth), "-o", str(out), "--n-frames"]
+    result = runner.invoke(main, [*args, "1000000000"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: n_frames: 1000000000 frames at 3 angles need about ")
+    assert result.output.rstrip().endswith("give fewer with --n-frames")
+    result = runner.invoke(main, [*args, str(2**64)])
+    assert result.exit_code == 2, result.output
+    assert "n_frames" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+# --- APS files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("entry/instrument/detector_1/frame_time", np.array([]),
+         "error: entry/instrument/detector_1/frame_time: must hold one number (the frame period "
+         "in seconds, > 0), got an empty array in "),
+        ("xpcs/twotime/config/stride_frame", 0,
+         "error: xpcs/twotime/config/stride_frame: must be a whole number of frames, >= 1, "
+         "got 0 in "),
+        ("entry/instrument/detector_1/frame_time", "0.01",
+         "error: entry/instrument/detector_1/frame_time: must be numeric"),
+    ],
+)  # fmt: skip
+def test_bad_aps_time_axis(
+    tmp_path: Path, runner: CliRunner, name: str, value: object, expected: str
+) -> None:
+    from test_data import write_aps
+
+    data = tmp_path / "aps.h5"
+    write_aps(data)
+    with h5py.File(data, "a") as f:
+        del f[name]
+        f[name] = value
+    cfg = write_config(tmp_path, data)
+    result = runner.invoke(main, ["run", str(cfg)])
+    _assert_clean_failure(result, expected, tmp_path / "out")
+    assert f" in {data}" in result.output
+
+
+# --- hetmpi submit ---------------------------------------------------------------------
+
+SCHEDULER = {"walltime": "00:10:00"}
+
+
+@pytest.mark.parametrize("mode", ["mpi", "array", "sweep"])
+def test_submit_refuses_a_missing_data_file(tmp_path: Path, runner: CliRunner, mode: str) -> None:
+    """Every mode, --dry-run included, refuses a job over data that is not there."""
+    missing = tmp_path / "nowhere.h5"
+    sweep = {"sweep": [{"name": "q0", "overrides": {"data": {"q_index": 0}}}]}
+    cfg = write_config(tmp_path, missing, scheduler={**SCHEDULER, **sweep})
+    args = ["submit", str(cfg), "--scheduler", "slurm", "--mode", mode, "--dry-run"]
+    result = runner.invoke(main, args)
+    prefix = "scheduler.sweep[0] (q0): " if mode == "sweep" else ""
+    expected = f"error: {prefix}data.path: {missing} does not exist"
+    _assert_clean_failure(result, expected, tmp_path / "out")
+    assert result.output.count("\n") == 1
+
+
+def test_submit_sweep_checks_each_entry_data_file(
+    tmp_path: Path, tiny_h5: Path, runner: CliRunner
+) -> None:
+    sweep = [
+        {"name": "good", "overrides": {}},
+        {"name": "other", "overrides": {"data": {"path": "sample_b.h5"}}},
+    ]
+    cfg = write_config(tmp_path, tiny_h5, scheduler={**SCHEDULER, "sweep": sweep})
+    args = ["submit", str(cfg), "--scheduler", "pbs", "--mode", "sweep", "--dry-run"]
+    result = runner.invoke(main, args)
+    expected = f"error: scheduler.sweep[1] (other): data.path: {tmp_path / 'sample_b.h5'} does not"
+    _assert_clean_failure(result, expected, tmp_path / "out")
+
+
+def test_submit_mpi_refuses_an_output_folder_with_results(
+    tmp_path: Path, tiny_h5: Path, runner: CliRunner
+) -> None:
+    cfg = write_config(tmp_path, tiny_h5, scheduler=SCHEDULER)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    result = runner.invoke(main, ["submit", str(cfg), "--scheduler", "slurm", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: output.directory: {out} already exists and is not empty; the job's "
+        "`hetmpi run` would refuse it; choose another --output, or move its contents away\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    again = runner.invoke(
+        main, ["submit", str(cfg), "--scheduler", "slurm", "--dry-run", "-o", str(tmp_path / "o2")]
+    )
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "o2" / "jobs" / "mpi.sh").is_file()
+
+
+def test_output_folder_hints_fit_the_command(
+    tmp_path: Path, tiny_h5: Path, runner: CliRunner
+) -> None:
+    cfg = write_config(tmp_path, tiny_h5, scheduler=SCHEDULER)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    start = f"error: output.directory: {out} already exists and is not empty; "
+    result = runner.invoke(main, ["run", str(cfg)])
+    assert result.output == start + (
+        "pass --overwrite to replace its results, --resume to continue the run, "
+        "or choose another --output\n"
+    )
+    result = runner.invoke(main, ["plan", str(cfg)])
+    assert result.output == start + (
+        "pass --overwrite to replace its results, or choose another --output\n"
+    )
+    args = ["submit", str(cfg), "--scheduler", "slurm", "--mode", "array", "--dry-run"]
+    result = runner.invoke(main, args)
+    assert result.output == start + "choose another --output, or move its contents away\n"
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+def test_unreadable_submission_record(tmp_path: Path, runner: CliRunner) -> None:
+    jobs = tmp_path / "out" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "submitted.json").write_text("{not json")
+    for args in (["status", str(tmp_path / "out")], ["submit", "--retry-failed", str(jobs.parent)]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {jobs / 'submitted.json'}: not a submission")
+        assert "Traceback" not in result.output
+
+
+def test_output_options_are_spelled_o_output() -> None:
+    """Every option that names an output is -o/--output (CLI arguments such as OUT aside)."""
+    with_output = set()
+    for name, command in main.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name == "output":
+                assert sorted(param.opts) == ["--output", "-o"], name
+                with_output.add(name)
+            elif isinstance(param, click.Option):
+                assert "-o" not in param.opts and "--out" not in param.opts, name
+    assert {"run", "plan", "simulate", "submit"} <= with_output
+
+
+# --- suggested commands fit how the run was planned ------------------------------------
+
+
+def _hetmpi(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hetmpi", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def test_combine_suggests_the_command_the_run_was_planned_with(
+    tmp_path: Path, tiny_h5: Path
+) -> None:
+    write_config(tmp_path, tiny_h5)
+    out = tmp_path / "out"
+    planned = _hetmpi("plan", "cfg.yaml", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr
+    by_hand = _hetmpi("combine", str(out), cwd=tmp_path)
+    assert by_hand.returncode == 1
+    assert by_hand.stderr.strip().endswith(
+        f"error: {out}: no result for shards 0, 1; run them (`hetmpi run-shard {out} --index K` "
+        "for K = 0, 1) and combine again"
+    )
+    assert "--retry-failed" not in by_hand.stderr
+    retry = _hetmpi("submit", "--retry-failed", str(out), cwd=tmp_path)
+    assert retry.returncode == 2
+    assert f"not submitted as an array, so run the missing ones with `hetmpi run-shard {out}" in (
+        retry.stderr
+    )
+    record = {"submissions": [{"mode": "array", "num_shards": 2, "jobs": []}]}
+    (out / "jobs").mkdir()
+    (out / "jobs" / "submitted.json").write_text(json.dumps(record))
+    submitted = _hetmpi("combine", str(out), cwd=tmp_path)
+    assert submitted.returncode == 1
+    assert submitted.stderr.strip().endswith(
+        f"error: {out}: no result for shards 0, 1; run them "
+        f"(`hetmpi submit --retry-failed {out}`) and combine again"
+    )
+    assert "Traceback" not in by_hand.stderr + retry.stderr + submitted.stderr
+
+
+@pytest.mark.parametrize("args", [["combine"], ["run-shard", "--index", "0"]])
+def test_shard_commands_on_a_folder_that_was_never_planned(
+    tmp_path: Path, runner: CliRunner, args: list[str]
+) -> None:
+    result = runner.invoke(main, [args[0], str(tmp_path), *args[1:]])
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"error: {tmp_path}: no planned run here (no config.yaml); plan one first with "
+        f"`hetmpi plan CONFIG -o {tmp_path}`\n"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -226,6 +226,37 @@ def test_load_config_reports_yaml_position(tmp_path: Path) -> None:
         load_config(file)
 
 
+DUPLICATES = [
+    ("data:\n  path: a.h5\n  path: b.h5\n", "data.path: given twice in {file} (lines 2 and 3)"),
+    ("sampler: {num_chains: 2}\ndata: {path: a.h5}\nsampler: {num_warmup: 9}\n",
+     "sampler: given twice in {file} (lines 1 and 3)"),
+    ("data: {path: a.h5}\nmodel:\n  parameters:\n    f2: {value: 1, fixed: true, value: 2}\n",
+     "model.parameters.f2.value: given twice in {file} (line 4, columns 10 and 33)"),
+    ("data: {path: a.h5}\nscheduler:\n  sweep:\n    - {name: q0, name: q1}\n",
+     "scheduler.sweep[0].name: given twice in {file} (line 4, columns 8 and 18)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("content", "expected"), DUPLICATES)
+def test_a_key_given_twice_is_refused_at_any_depth(
+    tmp_path: Path, content: str, expected: str
+) -> None:
+    file = tmp_path / "cfg.yaml"
+    file.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert info.value.errors == (expected.format(file=file) + "; keep one",)
+
+
+def test_merged_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    file = tmp_path / "cfg.yaml"
+    file.write_text(
+        "data: {path: a.h5}\nsampler:\n  <<: {num_chains: 3, num_warmup: 10}\n  num_chains: 4\n"
+    )
+    cfg = load_config(file)
+    assert (cfg.sampler.num_chains, cfg.sampler.num_warmup) == (4, 10)
+
+
 def test_load_config_on_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config file"):
         load_config(tmp_path)
@@ -295,6 +326,56 @@ def test_integral_floats_are_integers_and_ints_are_floats() -> None:
 def test_wrong_types(section: str, key: str, value: Any, text: str) -> None:
     (error,) = errors_of(with_data(**{section: {key: value}}))
     assert error.startswith(f"{section}.{key}: {text}")
+
+
+INT64_TEXT = "must be at most 9223372036854775807 (the largest 64-bit integer), got "
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "text"),
+    [
+        ("sampler", "num_chains", 10**20, INT64_TEXT + "100000000000000000000"),
+        ("sampler", "num_chains", "1e20", INT64_TEXT + "100000000000000000000"),
+        ("sampler", "num_chains", 1e20, INT64_TEXT + "100000000000000000000"),
+        ("sampler", "seed", 2**63, INT64_TEXT + "9223372036854775808"),
+        ("sharding", "num_shards", "1e19", INT64_TEXT + "10000000000000000000 or auto"),
+        ("executor", "workers", 2**64, INT64_TEXT + "18446744073709551616 or null"),
+        ("sampler", "num_chains", 1e20 + 0.5, INT64_TEXT),  # 1e20 + 0.5 == 1e20 in floats
+        ("sampler", "num_warmup", "2.5e0", "must be an integer, got '2.5e0'"),
+    ],
+)
+def test_integers_must_fit_64_bits(section: str, key: str, value: Any, text: str) -> None:
+    (error,) = errors_of(with_data(**{section: {key: value}}))
+    assert error.startswith(f"{section}.{key}: {text}"), error
+
+
+def test_largest_64_bit_integer_is_accepted() -> None:
+    assert parse(with_data(sampler={"seed": 2**63 - 1})).sampler.seed == 2**63 - 1
+
+
+def test_index_lists_must_fit_64_bits() -> None:
+    (error,) = errors_of(with_data(data={"path": "a.h5", "phi_indices": [0, 10**20]}))
+    assert error == f"data.phi_indices[1]: {INT64_TEXT}100000000000000000000"
+    (error,) = errors_of(with_data(data={"path": "a.h5", "frames": [0, "1e20"]}))
+    assert error == f"data.frames[1]: {INT64_TEXT}100000000000000000000"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "text"),
+    [
+        ("data", "path", "c2\0.h5", "contains a NUL character (\\0), which no path can hold"),
+        ("output", "directory", "a\0b", "contains a NUL character (\\0)"),
+        ("executor", "compile_cache", "cache\0", "contains a NUL character (\\0)"),
+        ("output", "directory", "\ud800", "contains '\\ud800', which no file name can hold"),
+        ("output", "directory", "runs/" + "x" * 256, "has a name of 256 bytes"),
+        ("output", "directory", "/".join(["y" * 200] * 21), "is 4220 bytes long"),
+    ],
+)
+def test_paths_the_os_cannot_use_are_refused(section: str, key: str, value: str, text: str) -> None:
+    raw = with_data(**{section: {key: value}}) if section != "data" else {"data": {key: value}}
+    (error,) = errors_of(raw)
+    assert error.startswith(f"{section}.{key}: {text}"), error
+    assert "\n" not in error
 
 
 # --- the corpus of bad configs --------------------------------------------------------------

@@ -239,6 +239,43 @@ def test_aps_q_bin_without_processed_bins(tmp_path: Path) -> None:
         load_dataset(path)
 
 
+APS_FRAME_TIME = "entry/instrument/detector_1/frame_time"
+APS_STRIDE = "xpcs/twotime/config/stride_frame"
+APS_AVG = "xpcs/twotime/config/avg_frame"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (APS_FRAME_TIME, np.array([]), "frame_time: must hold one number (the frame period in "
+         "seconds, > 0), got an empty array in "),
+        (APS_FRAME_TIME, np.array([0.01, 0.02]), "frame_time: must hold one number (the frame "
+         "period in seconds, > 0), got an array of shape (2,) in "),
+        (APS_FRAME_TIME, 0.0, "frame_time: must be the frame period in seconds, > 0, got 0.0 in "),
+        (APS_FRAME_TIME, np.nan, "frame_time: must be the frame period in seconds, > 0, got nan"),
+        (APS_FRAME_TIME, "0.01 s", "frame_time: must be numeric"),
+        (APS_STRIDE, 0, "stride_frame: must be a whole number of frames, >= 1, got 0 in "),
+        (APS_STRIDE, 1.5, "stride_frame: must be a whole number of frames, >= 1, got 1.5 in "),
+        (APS_AVG, np.array([]), "avg_frame: must hold one number (a whole number of frames, "
+         ">= 1), got an empty array in "),
+        (APS_AVG, -2, "avg_frame: must be a whole number of frames, >= 1, got -2 in "),
+    ],
+)  # fmt: skip
+def test_aps_time_axis_values_name_the_dataset_at_fault(
+    tmp_path: Path, name: str, value: Any, message: str
+) -> None:
+    path = tmp_path / "aps.h5"
+    write_aps(path)
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f[name] = value
+    with pytest.raises(InputError) as info:
+        load_dataset(path)
+    assert str(info.value).startswith(name.rsplit("/", 1)[0]), info.value
+    assert message in str(info.value)
+    assert str(info.value).endswith(f" in {path}")
+
+
 def test_aps_asymmetric_full_matrix_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "aps.h5"
     write_aps(path)
@@ -317,6 +354,17 @@ BAD_FILES = [
         "c2: matrix of angle 0 is not",
     ),
     ({"attr:truth_json": "{not json"}, "truth_json: attribute is not valid JSON"),
+    ({"attr:truth_json": np.array([1, 2])}, "truth_json: attribute must be one JSON string"),
+    ({"attr:dt": "0.5 s"}, r"dt: attribute must be a finite number, got '0.5 s' in .*; store"),
+    ({"attr:dt": b"0.5"}, r"dt: attribute must be a finite number, got '0.5' in "),
+    ({"attr:dt": np.array([0.5, 0.5])}, r"dt: attribute .*got an array of shape \(2,\) in "),
+    ({"attr:dt": np.nan}, r"dt: attribute must be a finite number, got nan in "),
+    ({"q": None, "attr:q": "0.004"}, r"q: attribute must be a finite number, got '0.004' in "),
+    ({"q": None, "attr:q": np.array([0.004, 0.005])}, r"q: attribute .*array of shape \(2,\)"),
+    ({"q": np.array([0.004, 0.005])}, r"q: must be a single number, got an array of shape"),
+    ({"attr:hetmpi_format": "1"}, r"hetmpi_format: attribute must be an integer, got '1' in "),
+    ({"attr:hetmpi_format": 1.5}, r"hetmpi_format: attribute must be an integer, got 1.5 in "),
+    ({"attr:hetmpi_format": np.array([1, 1])}, r"hetmpi_format: attribute must be an integer"),
 ]
 
 
@@ -536,6 +584,8 @@ def test_truth_json_and_plain_exponents(tmp_path: Path) -> None:
         ({"parameters": TRUTH, "n_frames": 2.5}, "n_frames: must be an integer"),
         ({"parameters": TRUTH, "dt": 0}, "dt: must be > 0"),
         ({"parameters": TRUTH, "seed": -1}, "seed: must be >= 0"),
+        ({"parameters": TRUTH, "n_frames": 10**20}, "n_frames: must be at most 9223372036"),
+        ({"parameters": TRUTH, "seed": 2**64}, "seed: must be at most 9223372036854775807"),
         ([1, 2], "truth: must be a mapping"),
     ],
 )
@@ -554,6 +604,33 @@ def test_truth_file_problems(tmp_path: Path) -> None:
     path.write_text("parameters: [unclosed\n")
     with pytest.raises(InputError, match=r"is not valid YAML"):
         load_truth(path)
+
+
+def test_truth_keys_given_twice_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    lines = [f"  {k}: {v}" for k, v in TRUTH.items()]
+    path.write_text("dt: 0.1\nparameters:\n" + "\n".join(lines) + "\ndt: 0.2\n")
+    with pytest.raises(InputError) as info:
+        load_truth(path)
+    assert str(info.value) == f"dt: given twice in {path} (lines 1 and 17); keep one"
+    path.write_text("parameters:\n" + "\n".join(lines) + "\n  v0: 2.0\n")
+    with pytest.raises(InputError) as info:
+        load_truth(path)
+    assert str(info.value) == f"parameters.v0: given twice in {path} (lines 8 and 16); keep one"
+    path = tmp_path / "t.json"
+    path.write_text('{"parameters": {}, "sigma": 0.1, "sigma": 0.2}')
+    with pytest.raises(InputError) as info:
+        load_truth(path)
+    assert str(info.value) == f"sigma: given twice in {path}; keep one"
+
+
+def test_unreadable_truth_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_bytes(b"parameters: \xff\xfe\n")
+    with pytest.raises(InputError, match=r"truth: cannot read .*t\.yaml \(not UTF-8 text\)"):
+        load_truth(path)
+    with pytest.raises(InputError, match=r"truth: contains a NUL character"):
+        load_truth("t\0.yaml")
 
 
 def test_physics_names_are_the_truth_keys() -> None:

@@ -1,23 +1,21 @@
-"""Diagnostics, the posterior NetCDF file and the PNG plots, on ArviZ 0.23 and 1.x alike."""
+"""Diagnostics and the PNG plots, on ArviZ 0.23 and 1.x alike."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from hetmpi.diagnostics import (
-    bfmi,
-    divergence_count,
-    read_posterior,
-    summarize,
-    write_inference_data,
+from hetmpi.diagnostics import bfmi, divergence_count, summarize
+from hetmpi.plots import (
+    most_correlated,
+    plot_c2_fit,
+    plot_forest,
+    plot_prior_posterior,
+    plot_trace,
 )
-from hetmpi.errors import InputError
-from hetmpi.plots import plot_c2_fit, plot_forest, plot_trace
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -93,84 +91,13 @@ def test_divergence_count() -> None:
     assert divergence_count(np.zeros((2, 50), dtype=bool)) == 0
 
 
-def _run_output(chains: int = 2, draws: int = 60) -> tuple[dict, dict]:
-    rng = np.random.default_rng(6)
-    posterior = {
-        "D0_ref": rng.normal(1e4, 50.0, (chains, draws)),
+def _posterior(chains: int = 2, draws: int = 60) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    return {
+        "D0_ref": rng.lognormal(np.log(1e4), 0.05, (chains, draws)),
         "contrast[0]": rng.normal(0.3, 0.01, (chains, draws)),
         "contrast[1]": rng.normal(0.4, 0.01, (chains, draws)),
     }
-    stats = {
-        "diverging": rng.random((chains, draws)) < 0.05,
-        "energy": rng.normal(size=(chains, draws)),
-        "accept_prob": rng.uniform(0.6, 1.0, (chains, draws)),
-        "num_steps": rng.integers(1, 64, (chains, draws)),
-        "tree_depth": rng.integers(1, 7, (chains, draws)),
-        "step_size": np.broadcast_to(np.array([[0.1], [0.2]]), (chains, draws)),
-    }
-    return posterior, stats
-
-
-def test_write_inference_data_is_read_by_arviz_and_round_trips(tmp_path: Path) -> None:
-    posterior, stats = _run_output()
-    path = tmp_path / "posterior.nc"
-    write_inference_data(path, posterior, stats, {"inference_library": "numpyro", "shards": 4})
-
-    assert [p.name for p in tmp_path.iterdir()] == ["posterior.nc"]
-    idata = az.from_netcdf(path)  # InferenceData on ArviZ 0.23, xarray DataTree on 1.x
-    for name, values in posterior.items():
-        assert idata.posterior[name].dims == ("chain", "draw")
-        np.testing.assert_array_equal(idata.posterior[name].values, values)
-    for name, values in stats.items():
-        np.testing.assert_array_equal(idata.sample_stats[name].values, values)
-    assert idata.sample_stats["diverging"].dtype == bool
-    assert idata.posterior.attrs["inference_library"] == "numpyro"
-    assert int(idata.sample_stats.attrs["shards"]) == 4
-
-    back = read_posterior(path)
-    assert list(back) == list(posterior)
-    for name, values in posterior.items():
-        assert back[name].dtype == np.float64
-        np.testing.assert_array_equal(back[name], values)
-
-
-def test_write_inference_data_replaces_existing_file(tmp_path: Path) -> None:
-    path = tmp_path / "posterior.nc"
-    posterior, stats = _run_output()
-    write_inference_data(path, posterior, stats, {})
-    shifted = {name: values + 1.0 for name, values in posterior.items()}
-    write_inference_data(path, shifted, stats, {})
-    assert [p.name for p in tmp_path.iterdir()] == ["posterior.nc"]
-    np.testing.assert_array_equal(read_posterior(path)["D0_ref"], shifted["D0_ref"])
-
-
-def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
-    path = tmp_path / "posterior.nc"
-    posterior, stats = _run_output()
-    write_inference_data(path, posterior, stats, {})
-    before = path.read_bytes()
-    # NetCDF cannot store a None attribute, so writing fails after the temporary file exists.
-    with pytest.raises(TypeError):
-        write_inference_data(path, posterior, stats, {"note": None})  # type: ignore[dict-item]
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["posterior.nc"]
-
-
-def test_write_inference_data_rejects_mismatched_stats(tmp_path: Path) -> None:
-    posterior, stats = _run_output()
-    stats["energy"] = stats["energy"][:, :10]
-    with pytest.raises(ValueError, match=r"energy: expected shape \(2, 60\)"):
-        write_inference_data(tmp_path / "posterior.nc", posterior, stats, {})
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_read_posterior_reports_unusable_files(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="no such posterior file"):
-        read_posterior(tmp_path / "missing.nc")
-    not_netcdf = tmp_path / "notes.nc"
-    not_netcdf.write_text("not a NetCDF file")
-    with pytest.raises(InputError, match="group 'posterior' cannot be read"):
-        read_posterior(not_netcdf)
 
 
 def _assert_png(path: Path) -> None:
@@ -186,7 +113,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_plot_trace_and_forest(tmp_path: Path) -> None:
-    posterior, _ = _run_output()
+    posterior = _posterior()
     posterior["f3"] = 1e-6 * posterior.pop("contrast[1]")
     for plot, folder in ((plot_trace, "trace"), (plot_forest, "forest")):
         (tmp_path / folder).mkdir()
@@ -208,4 +135,49 @@ def test_plot_c2_fit(tmp_path: Path) -> None:
     assert _png_size(path) == (1200, 680)
     with pytest.raises(ValueError, match="n_phi, N, N"):
         plot_c2_fit(t, data[:1], fit, np.array([0.0, 45.0]), path)
+    assert plt.get_fignums() == []
+
+
+def test_most_correlated_takes_the_strongest_pairs_first() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(2, 500))
+    draws = {
+        "a": base,
+        "b": rng.normal(size=(2, 500)),
+        "c": -base + 0.05 * rng.normal(size=(2, 500)),  # |r| ~ 0.999 with a
+        "d": np.full((2, 500), 3.0),  # does not vary
+        "e": base + 1.0 * rng.normal(size=(2, 500)),  # |r| ~ 0.7 with a and c
+    }
+    assert most_correlated(draws, 2) == ["c", "a"]
+    assert most_correlated(draws, 3) == ["c", "a", "e"]
+    assert "d" not in most_correlated(draws, 5)
+
+
+def test_prior_plots_and_densities_integrate_to_one(tmp_path: Path) -> None:
+    from hetmpi.config import config_from_dict
+    from hetmpi.data import simulate_dataset
+    from hetmpi.model.parameters import DEFAULT_SPECS, PHYSICS_NAMES
+    from hetmpi.problem import build_problem
+    from hetmpi.report import prior_densities
+
+    cfg = config_from_dict({"data": {"path": "unused.h5"}}, Path(".")).model
+    dataset = simulate_dataset(
+        {name: DEFAULT_SPECS[name].default for name in PHYSICS_NAMES}, n_frames=8, dt=0.1,
+        q=0.005, phi=[0.0], contrast=[0.3], offset=[1.0], sigma=0.0, seed=0,
+    )  # fmt: skip
+    problem = build_problem(cfg, dataset, per_angle_mode="individual", sample_sigma=False,
+                            sigma=0.01)  # fmt: skip
+    densities = prior_densities(problem)
+    for name in ("D0_ref", "alpha_ref", "f0", "contrast[0]"):
+        density, _, log_space = densities[name]
+        low, high = {"D0_ref": (100.0, 1e6), "alpha_ref": (-5.0, 5.0)}.get(name, (0.0, 1.0))
+        grid = np.geomspace(low, high, 200_001) if log_space else np.linspace(low, high, 200_001)
+        assert np.trapezoid(density(grid), grid) == pytest.approx(1.0, abs=2e-3), name
+    posterior = {"D0_ref": np.full((2, 50), 1e4) * np.exp(0.1 * np.random.default_rng(1)
+                                                           .normal(size=(2, 50))),
+                 "f0": np.random.default_rng(2).uniform(0.3, 0.5, (2, 50))}  # fmt: skip
+    path = tmp_path / "prior_posterior.png"
+    plot_prior_posterior(posterior, densities, {"D0_ref": 0.1, "f0": 0.6}, path,
+                         truth={"f0": 0.4})  # fmt: skip
+    _assert_png(path)
     assert plt.get_fignums() == []

@@ -97,12 +97,14 @@ def test_result_pack_round_trip() -> None:
     stats = {
         "diverging": rng.uniform(size=(2, 5)) < 0.3,
         "energy": rng.normal(size=(2, 5)),
+        "potential_energy": rng.normal(size=(2, 5)),
         "accept_prob": rng.uniform(size=(2, 5)),
         "num_steps": rng.integers(1, 64, size=(2, 5)),
     }
     result = ShardResult(
         index=3, status="ok", names=("a", "b", "c"), num_points=17, chains=(0, 1),
-        draws=rng.normal(size=(2, 5, 3)), stats=stats, step_size=np.array([0.1, 0.2]),
+        draws=rng.normal(size=(2, 5, 3)), values=rng.normal(size=(2, 5, 3)), stats=stats,
+        step_size=np.array([0.1, 0.2]),
         target_accept=np.array([0.8, 0.95]), num_warmup=4, num_samples=5, attempts=2,
         warmup_seconds=1.5, sample_seconds=2.5, error="", extra={"run_id": "abc"},
     )  # fmt: skip
@@ -110,6 +112,7 @@ def test_result_pack_round_trip() -> None:
     assert payload.dtype == np.float64
     back = unpack_result(meta, payload)
     np.testing.assert_array_equal(back.draws, result.draws)
+    np.testing.assert_array_equal(back.values, result.values)
     for name in STAT_FIELDS:
         np.testing.assert_array_equal(back.stats[name], result.stats[name])
         assert back.stats[name].dtype == result.stats[name].dtype
@@ -123,7 +126,8 @@ def _chain_result(index: int, chain: int, run_id: str = "r") -> ShardResult:
     stats = {name: rng.uniform(size=(1, 4)) for name in STAT_FIELDS}
     return ShardResult(
         index=index, status="ok", names=("a",), num_points=9, chains=(chain,),
-        draws=rng.normal(size=(1, 4, 1)), stats=stats, step_size=np.array([0.1]),
+        draws=rng.normal(size=(1, 4, 1)), values=rng.normal(size=(1, 4, 1)), stats=stats,
+        step_size=np.array([0.1]),
         target_accept=np.array([0.8]), num_warmup=4, num_samples=4, attempts=1,
         warmup_seconds=1.0, sample_seconds=1.0, error="", extra={"run_id": run_id, "devices": 1},
     )  # fmt: skip

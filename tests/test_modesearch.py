@@ -116,10 +116,14 @@ def _result(index: int, means: list[float]) -> ShardResult:
     """A 2-chain result of one coordinate whose chains sit at ``means``."""
     rng = np.random.default_rng(index)
     draws = np.array(means)[:, None, None] + 0.1 * rng.standard_normal((2, 50, 1))
-    stats = {name: np.zeros((2, 50)) for name in ("energy", "accept_prob", "num_steps")}
+    stats = {
+        name: np.zeros((2, 50))
+        for name in ("energy", "potential_energy", "accept_prob", "num_steps")
+    }
     return ShardResult(
         index=index, status="ok", names=("a",), num_points=5, chains=(0, 1), draws=draws,
-        stats={**stats, "diverging": np.zeros((2, 50), dtype=bool)}, step_size=np.ones(2),
+        values=draws, stats={**stats, "diverging": np.zeros((2, 50), dtype=bool)},
+        step_size=np.ones(2),
         target_accept=np.full(2, 0.8), num_warmup=50, num_samples=50, attempts=1,
         warmup_seconds=0.0, sample_seconds=0.0,
     )  # fmt: skip

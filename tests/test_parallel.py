@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import shard_draws, write_config
 
-from hetmpi.diagnostics import read_posterior
+from hetmpi.inference_data import read_posterior
 
 BIN = Path(sys.executable).parent
 MPIEXEC = shutil.which("mpiexec", path=str(BIN))

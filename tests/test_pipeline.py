@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 from conftest import write_config
 
-from hetmpi.diagnostics import read_posterior
+from hetmpi import report
+from hetmpi.inference_data import read_posterior
 from hetmpi.warmstart import PRIOR_DOMINATED
+
+PLOTS = ("trace.png", "forest.png", "pair.png", "prior_posterior.png", "c2_fit.png",
+         "c2_cuts.png")  # fmt: skip
 
 
 def hetmpi(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -43,12 +47,13 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     for name in ("config.yaml", "posterior.nc", "summary.json", "run.log"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard_0000.h5", "shard_0001.h5"]
-    for name in ("trace.png", "forest.png", "c2_fit.png"):
+    for name in PLOTS:
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp"))
     idata = az.from_netcdf(out / "posterior.nc")
     assert idata.posterior["phi0"].shape == (2, 30)
-    assert idata.sample_stats["diverging"].shape == (2, 30, 2)
+    assert idata.sample_stats["diverging"].shape == (2, 30)
+    assert idata.shard_sample_stats["diverging"].shape == (2, 30, 2)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["parameters"]) >= {"D0_ref", "contrast[2]", "offset[0]", "sigma"}
     assert set(summary["shard_shapes"]) == set(summary["parameters"])
@@ -57,6 +62,91 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     assert all(s["status"] == "ok" for s in summary["shards"])
     for entry in summary["parameters"].values():
         assert entry["hdi_low"] <= entry["mean"] <= entry["hdi_high"]
+
+
+def test_report_prints_the_run_table_and_draws_the_plots_again(finished_run: Path) -> None:
+    out = finished_run / "out"
+    for path in (out / "plots").iterdir():
+        path.unlink()
+    summary_before = (out / "summary.json").read_bytes()
+    proc = hetmpi("report", str(out), cwd=finished_run)
+    assert proc.returncode == 0, proc.stderr
+    table = report.format_table(json.loads(summary_before))
+    assert proc.stdout == f"{table}\nplots in {out / 'plots'}\n"
+    assert sorted(p.name for p in (out / "plots").iterdir()) == sorted(PLOTS)
+    assert (out / "summary.json").read_bytes() == summary_before
+    proc = hetmpi("report", str(finished_run), cwd=finished_run)
+    assert proc.returncode == 2 and "config.yaml" in proc.stderr, proc.stderr
+
+
+def test_posterior_file_serves_arviz(finished_run: Path, tiny_h5: Path) -> None:
+    """posterior.nc follows ArviZ's conventions: its own functions run on it, per-angle
+    parameters are one variable over the angles, every value is in parameter units, and the
+    pointwise groups belong to the draws and points they are labelled with."""
+    import matplotlib.pyplot as plt
+
+    from hetmpi.config import load_config
+    from hetmpi.data import load_dataset
+    from hetmpi.problem import build_problem
+
+    out = finished_run / "out"
+    idata = az.from_netcdf(out / "posterior.nc")
+    summary = json.loads((out / "summary.json").read_text())
+    post = idata.posterior
+    np.testing.assert_array_equal(post["angle"].values, [0.0, 45.0, 90.0])
+    assert post["contrast"].dims == ("chain", "draw", "angle")
+    for k in range(3):
+        mean = summary["parameters"][f"contrast[{k}]"]["mean"]
+        assert float(post["contrast"][..., k].mean()) == pytest.approx(mean, rel=1e-12)
+    assert float(post["D0_ref"].min()) > 100.0  # Angstrom^2/s^alpha, not its log
+    stats = idata.sample_stats
+    for name in ("lp", "acceptance_rate", "n_steps", "tree_depth", "step_size", "diverging",
+                 "energy"):  # fmt: skip
+        assert stats[name].dims == ("chain", "draw"), name
+    per_shard = idata.shard_sample_stats
+    np.testing.assert_array_equal(stats["energy"], per_shard["energy"].sum("shard"))
+    assert int(stats["diverging"].sum()) <= summary["convergence"]["divergences"]
+    assert (stats["tree_depth"] <= 10).all() and (stats["n_steps"] >= 1).all()  # max depth 10
+
+    table = az.summary(idata, var_names=["D0_ref", "contrast"])
+    assert len(table) == 4 and np.isfinite(table["mean"]).all()
+    assert az.bfmi(idata).shape == (2,)
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo) and loo.n_data_points == summary["data"]["num_points"]
+    for axes in (
+        az.plot_ppc(idata, num_pp_samples=5),
+        az.plot_pair(idata, var_names=["D0_ref", "alpha_ref"]),
+    ):
+        plt.close(np.ravel(axes)[0].figure)
+
+    # the log likelihood of one draw, from the model matrices of its values
+    cfg = load_config(finished_run / "cfg.yaml")
+    dataset = load_dataset(tiny_h5)
+    problem = build_problem(cfg.model, dataset, per_angle_mode="individual",
+                            sample_sigma=True, sigma=0.01)  # fmt: skip
+    chain, draw = 1, 17
+    values = np.array(
+        [float(post[name.split("[")[0]][chain, draw][int(name[-2])]) if "[" in name
+         else float(post[name][chain, draw]) for name in problem.model.names]
+    )  # fmt: skip
+    u = problem.model.to_unconstrained(values, problem.consts)
+    p, contrast, offset, sigma = problem.model.unpack(u, problem.consts)
+    from hetmpi.model.physics import c2_grid
+
+    c = problem.consts
+    matrices = np.asarray(c2_grid(p, c.t, c.q, c.dt, c.phi, contrast, offset))
+    observed = idata.observed_data
+    angle = np.searchsorted(dataset.phi, observed["phi"].values)
+    i1 = np.searchsorted(dataset.t, observed["t1"].values)
+    i2 = np.searchsorted(dataset.t, observed["t2"].values)
+    np.testing.assert_array_equal(observed["c2"].values, dataset.c2[angle, i1, i2])
+    mean = matrices[angle, i1, i2]
+    expected = -0.5 * ((observed["c2"].values - mean) / sigma) ** 2 - np.log(
+        sigma * np.sqrt(2 * np.pi)
+    )
+    np.testing.assert_allclose(idata.log_likelihood["c2"][chain, draw], expected, rtol=1e-9)
+    replicate = idata.posterior_predictive["c2"][chain, draw].values
+    assert abs(np.std(replicate - mean) / float(sigma) - 1.0) < 0.25  # 198 points
 
 
 def test_well_identified_parameters_near_truth(finished_run: Path) -> None:

@@ -162,10 +162,14 @@ def _shard_result(index: int, divergent: int, status: str = "ok") -> ShardResult
     """A 2-chain x 10-draw result with ``divergent`` divergent draws."""
     diverging = np.zeros((2, 10), dtype=bool)
     diverging.flat[:divergent] = True
-    stats = {name: np.zeros((2, 10)) for name in ("energy", "accept_prob", "num_steps")}
+    stats = {
+        name: np.zeros((2, 10))
+        for name in ("energy", "potential_energy", "accept_prob", "num_steps")
+    }
     return ShardResult(
         index=index, status=status, names=("a",), num_points=5, chains=(0, 1),
-        draws=np.zeros((2, 10, 1)), stats={**stats, "diverging": diverging},
+        draws=np.zeros((2, 10, 1)), values=np.zeros((2, 10, 1)),
+        stats={**stats, "diverging": diverging},
         step_size=np.ones(2), target_accept=np.full(2, 0.8), num_warmup=10, num_samples=10,
         attempts=1, warmup_seconds=0.0, sample_seconds=0.0,
         error="boom" if status != "ok" else "",

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -96,7 +97,8 @@ def test_unquoted_yaml_walltime_explains_the_sexagesimal_trap() -> None:
         ("constraint", ["cpu", "gpu&hbm80g", "a|b"], ["gpu hbm", "$x", "&gpu"]),
         ("memory", ["64G", "500M", "1T", "2048K"],
          ["64GB", "64", "0G", "1.5G", "64g", "G", "-1G", 64]),
-        ("venv", ["/opt/venv", "/with space/venv", "$HOME/x"], ["", "   ", 3]),
+        ("venv", ["/opt/venv", "/with space/venv", "$HOME/x"],
+         ["", "   ", 3, "/x/" + "v" * 256, "/x/\ud800"]),
     ],
 )  # fmt: skip
 def test_string_fields_follow_their_patterns(key: str, good: list[Any], bad: list[Any]) -> None:
@@ -117,7 +119,7 @@ def test_filesystems_rejects_other_spellings(value: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["nodes", "ranks_per_node", "cpus_per_rank", "array_throttle"])
-@pytest.mark.parametrize("value", [0, -1, "2", 1.5, True, None, [1]])
+@pytest.mark.parametrize("value", [0, -1, "2", 1.5, True, None, [1], 2**63])
 def test_counts_are_positive_integers(key: str, value: Any) -> None:
     if value is None and key == "array_throttle":
         assert from_mapping({**SLURM, key: value}).array_throttle is None
@@ -624,6 +626,8 @@ def test_known_injections_slurm(field: str, value: str) -> None:
 
 
 def write_config(tmp_path: Path, scheduler: dict[str, Any] | None = None) -> Path:
+    """cfg.yaml with an empty HDF5 file as its data (submit checks that data.path opens)."""
+    h5py.File(tmp_path / "data.h5", "w").close()
     cfg = tmp_path / "cfg.yaml"
     raw: dict[str, Any] = {"data": {"path": "data.h5"}, "output": {"directory": "out"}}
     if scheduler is not None:
@@ -648,6 +652,16 @@ def test_profile_may_be_a_yaml_file(tmp_path: Path) -> None:
     path.write_text("walltime: 1\n")
     with pytest.raises(InputError, match="must hold one mapping"):
         resolve_settings(None, str(path), None)
+
+
+def test_profile_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("scheduler:\n  walltime: '02:00:00'\n  partition: big\n  partition: small\n")
+    with pytest.raises(InputError) as info:
+        resolve_settings(None, str(path), None)
+    assert str(info.value) == (
+        f"--profile {path}: scheduler.partition: given twice (lines 3 and 4); keep one"
+    )
 
 
 def test_dry_run_prints_and_writes_but_submits_nothing(tmp_path: Path) -> None:

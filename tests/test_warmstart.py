@@ -239,3 +239,30 @@ def test_a_parameter_the_data_cannot_see_keeps_its_prior_width(truth: dict) -> N
     assert "contrast[0]" not in warm.weakly_identified
     assert all(ratios[a] >= ratios[b] for a, b in itertools.pairwise(warm.weakly_identified))
     assert "sigma" not in ratios  # its HalfNormal prior is not Normal(0, 1) in u
+
+
+def test_noise_of_data_with_a_per_point_sd_is_the_factor_on_it(truth: dict) -> None:
+    """Where the file carries each point's sd s_i, the likelihood's sd is sigma * s_i, so an
+    estimated sigma is a factor near 1 (here the data's sd is exactly s_i), not c2 units."""
+    import dataclasses
+
+    exact = simulate_dataset(
+        truth["parameters"], n_frames=30, dt=0.2, q=0.005, phi=[0.0, 45.0],
+        contrast=truth["contrast"][:2], offset=truth["offset"][:2], sigma=0.0, seed=1,
+        t_start=0.2,
+    )  # fmt: skip
+    n = exact.t.size
+    rows = np.arange(n)[:, None] + np.arange(n)[None, :]
+    point_sd = np.broadcast_to(0.002 * (1.0 + 2.0 * rows / (2 * n)), exact.c2.shape).copy()
+    eps = np.random.default_rng(5).standard_normal(exact.c2.shape)
+    eps = np.triu(eps) + np.triu(eps, 1).transpose(0, 2, 1)
+    noisy = dataclasses.replace(exact, c2=exact.c2 + point_sd * eps, sigma=point_sd)
+    cfg = config_from_dict(
+        {"data": {"path": "unused.h5"},
+         "model": {"parameters": {"f2": {"fixed": True}}, "noise": {"sample": False}}},
+        Path("."),
+    ).model  # fmt: skip
+    warm = fit_warm_start(cfg, noisy, pool_points(noisy), num_shards=1, settings=SEARCH)
+    points = pool_points(noisy).size  # 2 x 406: the estimates' sd is about 1/sqrt(2 x 812)
+    assert abs(warm.noise_sigma - 1.0) < 5 / np.sqrt(2 * points)
+    assert abs(warm.reduced_chi2 - 1.0) < 5 * np.sqrt(2 / points)

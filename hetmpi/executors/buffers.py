@@ -69,10 +69,11 @@ def shard_from_block(block: dict[str, np.ndarray], row: int) -> Shard:
 
 
 def pack_result(result: ShardResult) -> tuple[dict[str, Any], np.ndarray]:
-    """(metadata, float64 payload) of a result; the payload holds draws, step sizes, target
-    acceptances and stats."""
+    """(metadata, float64 payload) of a result; the payload holds draws (u and values), step
+    sizes, target acceptances and stats."""
     arrays = [
         result.draws,
+        result.values,
         result.step_size,
         result.target_accept,
         *(result.stats[k] for k in STAT_FIELDS),
@@ -95,11 +96,12 @@ def unpack_result(meta: dict[str, Any], payload: np.ndarray) -> ShardResult:
         size = int(np.prod(shape))
         arrays.append(payload[start : start + size].reshape(shape).astype(np.dtype(dtype)))
         start += size
-    draws, step_size, target_accept, *stats = arrays
+    draws, values, step_size, target_accept, *stats = arrays
     return ShardResult(
         **{name: meta[name] for name in _SCALARS},
         names=tuple(meta["names"]),
         draws=draws,
+        values=values,
         stats=dict(zip(STAT_FIELDS, stats, strict=True)),
         step_size=step_size,
         target_accept=target_accept,

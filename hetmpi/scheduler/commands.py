@@ -20,6 +20,7 @@ import yaml
 
 from hetmpi.atomic import atomic_path
 from hetmpi.errors import InputError
+from hetmpi.paths import CheckedPath, path_problem
 from hetmpi.scheduler.directives import MODES, SCHEDULERS, SchedulerConfig, from_mapping
 from hetmpi.scheduler.render import (
     JobScript,
@@ -76,11 +77,18 @@ def profile_names() -> list[str]:
 
 def load_profile(name: str) -> dict[str, Any]:
     """The ``scheduler:`` mapping of a shipped profile (by name) or of a YAML file (by path)."""
+    from hetmpi._validate import DuplicateKeyError, load_yaml, yaml_error_text
+
     if "/" in name or name.endswith((".yaml", ".yml")):
+        problem = path_problem(name)
+        if problem is not None:
+            raise InputError(f"--profile: {problem}")
         try:
             text = Path(name).expanduser().read_text(encoding="utf-8")
         except OSError as exc:
             raise InputError(f"--profile: cannot read {name} ({exc.strerror})") from None
+        except UnicodeError:
+            raise InputError(f"--profile: cannot read {name} (not UTF-8 text)") from None
     else:
         names = profile_names()
         if name not in names:
@@ -93,9 +101,11 @@ def load_profile(name: str) -> dict[str, Any]:
         folder = resources.files("hetmpi.scheduler") / "profiles"
         text = (folder / f"{name}.yaml").read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as exc:
+        raise InputError(f"--profile {name}: {exc.text('')}") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"--profile {name}: not valid YAML ({exc})") from None
+        raise InputError(f"--profile {name}: not valid YAML ({yaml_error_text(exc)})") from None
     if not isinstance(data, Mapping) or set(data) != {"scheduler"}:
         raise InputError(f"--profile {name}: must hold one mapping, scheduler: {{...}}")
     section = data["scheduler"]
@@ -150,6 +160,10 @@ def _sweep_files(
         except ConfigError as exc:
             lines = [f"scheduler.sweep[{i}] ({entry.name}): {line}" for line in exc.errors]
             raise InputError("\n".join(lines)) from None
+        try:
+            _check_run_inputs(checked.data.path, output)
+        except InputError as exc:
+            raise InputError(f"scheduler.sweep[{i}] ({entry.name}): {exc}") from None
         resolved = config_to_dict(checked)
         resolved.pop("scheduler", None)
         name = f"sweep/{entry.name}.yaml"
@@ -170,10 +184,28 @@ def only_dry_run_files(out_dir: Path) -> bool:
     return {p.name for p in out_dir.iterdir()} <= {"config.yaml", PLAN_NAME, JOBS_DIR}
 
 
+SUBMIT_FIX = "choose another --output, or move its contents away"
+
+
+def _check_run_inputs(data_path: Path, out_dir: Path) -> None:
+    """Refuse now what the job's `hetmpi run` would refuse on the cluster: a data file that
+    is missing or not HDF5 (array mode's planning reads it too), or an output folder that
+    holds results. Writes nothing."""
+    from hetmpi.data import open_data_file
+    from hetmpi.pipeline import check_output_dir
+
+    open_data_file(data_path).close()
+    fix = f"the job's `hetmpi run` would refuse it; {SUBMIT_FIX}"
+    check_output_dir(out_dir, overwrite=False, resume=False, fix=fix)
+
+
 def _default_plan(cfg: Config, out_dir: Path) -> int:
     from hetmpi.pipeline import plan_run
 
-    return plan_run(cfg, out_dir, overwrite=only_dry_run_files(out_dir))
+    fix = SUBMIT_FIX
+    if has_array_submission(out_dir):
+        fix = f"run its missing shards with `hetmpi submit --retry-failed {out_dir}`, or {fix}"
+    return plan_run(cfg, out_dir, overwrite=only_dry_run_files(out_dir), fix=fix)
 
 
 def prepare_submission(
@@ -201,7 +233,9 @@ def prepare_submission(
         "settings": sc.to_mapping(),
     }
     if mode == "mpi":
-        return Prepared(sc.scheduler, out_dir, [render_mpi(sc, config_path, out_dir)], info)
+        script = render_mpi(sc, config_path, out_dir)
+        _check_run_inputs(cfg.data.path, out_dir)
+        return Prepared(sc.scheduler, out_dir, [script], info)
     if mode == "sweep":
         runs, files = _sweep_files(cfg, config_path, sc, out_dir)
         info["sweep"] = [run.name for run in runs]
@@ -226,6 +260,15 @@ def _array_submissions(out_dir: Path) -> list[dict[str, Any]]:
     return [s for s in read_record(out_dir / JOBS_DIR) if s.get("num_shards") is not None]
 
 
+def has_array_submission(out_dir: Path) -> bool:
+    """True when OUT/jobs/submitted.json records an array submission (what --retry-failed
+    needs); False without a record or with one that cannot be read."""
+    try:
+        return bool(_array_submissions(Path(out_dir)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
+        return False
+
+
 def prepare_retry(
     out_dir: Path,
     *,
@@ -237,9 +280,16 @@ def prepare_retry(
     out_dir = Path(out_dir).expanduser().absolute()
     arrays = _array_submissions(out_dir)
     if not arrays:
+        from hetmpi.planfile import PLAN_NAME
+
+        fix = "submit with --mode array first"
+        if (out_dir / PLAN_NAME).exists():
+            fix = (
+                f"its shards were not submitted as an array, so run the missing ones with "
+                f"`hetmpi run-shard {out_dir} --index K`, then `hetmpi combine {out_dir}`"
+            )
         raise InputError(
-            f"--retry-failed: {out_dir / JOBS_DIR / RECORD_NAME} records no array submission; "
-            "submit with --mode array first"
+            f"--retry-failed: {out_dir / JOBS_DIR / RECORD_NAME} records no array submission; {fix}"
         )
     last = arrays[-1]
     settings = dict(last["settings"])
@@ -364,15 +414,17 @@ def _fail(exc: Exception) -> None:
 
 
 @click.command("submit")
-@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("config", required=False, type=CheckedPath(dir_okay=False, path_type=Path))
 @click.option("--scheduler", type=click.Choice(SCHEDULERS), help="Overrides scheduler.scheduler.")
 @click.option("--mode", type=click.Choice(MODES), default="mpi", show_default=True)
 @click.option("--profile", help="Cluster profile name (e.g. polaris) or a YAML file path.")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path), help="Run output.")
+@click.option(
+    "--output", "-o", type=CheckedPath(file_okay=False, path_type=Path), help="Run output folder."
+)
 @click.option(
     "--retry-failed",
     "retry_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=CheckedPath(file_okay=False, path_type=Path),
     help="Resubmit the failed or missing shards of an array run in this output directory.",
 )
 @click.option("--dry-run", is_flag=True, help="Render and print the scripts; submit nothing.")
@@ -411,7 +463,9 @@ def submit(
 
 
 @click.command("status")
-@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "out_dir", metavar="OUT", type=CheckedPath(exists=True, file_okay=False, path_type=Path)
+)
 def status(out_dir: Path) -> None:
     """Show the scheduler state of recorded jobs and which shards have results."""
     for line in status_report(out_dir):

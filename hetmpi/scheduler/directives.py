@@ -15,8 +15,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from hetmpi.errors import InputError
+from hetmpi.paths import path_problem
 
 SCHEDULERS: Final = ("slurm", "pbs")
+INT64_MAX: Final = 2**63 - 1  # no count may exceed a 64-bit integer
 MODES: Final = ("mpi", "array", "sweep")
 LAUNCHERS: Final = {"slurm": ("srun", "mpiexec"), "pbs": ("mpiexec",)}
 DEFAULT_MAX_ARRAY_SIZE: Final = {"slurm": 1001, "pbs": 10000}
@@ -179,6 +181,10 @@ def _count(low: int) -> Callable[[Any, str, _Problems], Any]:
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
             problems.add(key, f"must be {what}, got {_show(value)}")
             return None
+        if value > INT64_MAX:
+            limit = f"must be at most {INT64_MAX} (the largest 64-bit integer)"
+            problems.add(key, f"{limit}, got {value}")
+            return None
         return value
 
     return parse
@@ -217,6 +223,9 @@ def _path(value: Any, key: str, problems: _Problems) -> Any:
     text = _clean(value, key, problems)
     if text is not None and not text.strip():
         problems.add(key, "must be a non-empty path")
+        return None
+    if text is not None and path_problem(text) is not None:
+        problems.add(key, str(path_problem(text)))
         return None
     return text
 

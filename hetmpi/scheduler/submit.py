@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hetmpi.atomic import atomic_path
+from hetmpi.errors import InputError
 from hetmpi.scheduler.render import JobScript
 
 RECORD_NAME = "submitted.json"
@@ -82,8 +83,12 @@ def read_record(jobs_dir: Path) -> list[dict[str, Any]]:
     path = jobs_dir / RECORD_NAME
     if not path.exists():
         return []
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return list(data["submissions"])
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8"))["submissions"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{path}: not a submission record hetmpi can read ({exc}); restore it or move it away"
+        ) from None
 
 
 def _write_record(jobs_dir: Path, submissions: list[dict[str, Any]]) -> None:
