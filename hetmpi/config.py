@@ -100,6 +100,7 @@ class ModelConfig:
     )
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     fraction_coordinates: bool = False  # sample (f0, f1, f3) in hetmpi.model.coordinates
+    transport_coordinates: bool = True  # shear each rate offset along J(t*) (model.posterior)
     labelling: str = "free"  # free | reference_slower | sample_slower (an order of the rates)
 
     def __post_init__(self) -> None:
@@ -311,6 +312,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
     "model": {
         "per_angle_mode": v.Choice(PER_ANGLE_MODES),
         "fraction_coordinates": v.Bool(),
+        "transport_coordinates": v.Bool(),
         "labelling": v.Choice(LABELLINGS),
         "parameters": _Parameters(),
         "noise": v.Section(

@@ -11,7 +11,13 @@ from hetmpi.config import ModelConfig, ParameterConfig
 from hetmpi.data import Dataset
 from hetmpi.errors import InputError
 from hetmpi.model.coordinates import FRACTION_NAMES
-from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES, BoundedPrior, bounded_prior
+from hetmpi.model.parameters import (
+    PHYSICS_NAMES,
+    SCALING_NAMES,
+    TRANSPORTS,
+    BoundedPrior,
+    bounded_prior,
+)
 from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.sharding import PooledPoints, Shard
 
@@ -63,6 +69,17 @@ def fraction_span(cfg: ModelConfig, dataset: Dataset) -> float:
     usable = usable and f1.bounds[0] < 0.0 < f1.bounds[1]
     span = float(dataset.t[-1] - dataset.t[0])
     return FRACTION_SPAN_SHARE * span if usable and span > 0.0 else 0.0
+
+
+def transport_time(cfg: ModelConfig, dataset: Dataset) -> float:
+    """t* (s) of the transport rate shears (``hetmpi.model.posterior``): the geometric mean
+    of the first frame after t = 0 and the last, where the data see the rates between the
+    short and the long lags; 0 (no shear) unless the config asks for it."""
+    t = np.asarray(dataset.t, dtype=np.float64)
+    positive = t[t > 0.0]
+    if not cfg.transport_coordinates or positive.size < 2:
+        return 0.0
+    return float(np.sqrt(positive[0] * positive[-1]))
 
 
 def build_problem(
@@ -128,6 +145,7 @@ def build_problem(
         log_mass=arr([p.log_mass for p in priors]),
         sigma=arr(SIGMA_PRIOR_WIDTH * sigma if sample_sigma else sigma),
         fraction_span=arr(span),
+        transport_time=arr([transport_time(cfg, dataset)] * len(TRANSPORTS)),
     )
     return Problem(model, consts)
 

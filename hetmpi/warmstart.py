@@ -170,7 +170,7 @@ def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np
     """Inverse Hessian of the negative log posterior in sampler coordinates at w,
     eigenvalues floored to stay positive definite."""
     model, consts = problem.model, problem.consts
-    value_and_grad = _sampler_value_and_grad if model.fraction_map_on(consts) else u_value_and_grad
+    value_and_grad = _sampler_value_and_grad if model.sampler_map_on(consts) else u_value_and_grad
 
     def gradient(x: np.ndarray) -> np.ndarray:
         return np.asarray(value_and_grad(model, x, data, consts)[1])
@@ -440,7 +440,9 @@ def warm_start_at(
                  "sampling f0, f1, f3 in u")  # fmt: skip
         off = jnp.zeros_like(problem.consts.fraction_span)
         problem = Problem(problem.model, problem.consts._replace(fraction_span=off))
-        covariance = laplace_covariance(problem, data, center)
+        covariance = laplace_covariance(
+            problem, data, problem.model.u_to_sampler(center, problem.consts)
+        )
     seconds = time.perf_counter() - started
     return WarmStart(
         problem=problem,

@@ -1,5 +1,5 @@
-"""The sampler's fraction coordinates: a bijection with the right Jacobian, so NUTS in w
-samples the same posterior as in u."""
+"""The sampler's coordinates (the fraction triple's, the rate offsets' shear): a bijection
+with the right Jacobian, so NUTS in w samples the same posterior as in u."""
 
 from pathlib import Path
 
@@ -89,8 +89,10 @@ def test_no_jump_where_the_fraction_stops_growing(problem: Problem) -> None:
 
 def test_span_zero_samples_the_triple_in_u(problem: Problem) -> None:
     """With the coordinates turned off (span 0, what the warm start sets when no growth is
-    detected) w is u, with log-Jacobian 0 and the gradient of the u density."""
-    model, consts = problem.model, problem.consts._replace(fraction_span=jnp.zeros(()))
+    detected; and no rate shear) w is u, with log-Jacobian 0 and the gradient of the u
+    density."""
+    model = problem.model
+    consts = problem.consts._replace(fraction_span=jnp.zeros(()), transport_time=jnp.zeros(2))
     rng = np.random.default_rng(8)
     for _ in range(20):
         w = rng.normal(0.0, 2.0, model.dim)
@@ -171,3 +173,36 @@ def test_nuts_in_sampler_coordinates_samples_the_prior(problem: Problem) -> None
         sd_error = 5.0 / np.sqrt(2.0 * ess)
         assert abs(draws.mean()) < mean_error, (model.names[k], draws.mean(), ess)
         assert abs(draws.std() - 1.0) < sd_error, (model.names[k], draws.std(), ess)
+
+
+def test_rate_offsets_are_sheared_along_the_rate_at_t_star(problem: Problem) -> None:
+    """w of each rate offset is its u plus D0 t*^alpha over the offset's prior sd (the rest
+    of w is u where the fraction coordinates are off), with log-Jacobian 0; the shear turns
+    off with t* = 0."""
+    model = problem.model
+    consts = problem.consts._replace(fraction_span=jnp.zeros(()))
+    t_star = np.asarray(consts.transport_time)
+    dataset_t = np.asarray(consts.t)
+    assert t_star[0] == pytest.approx(np.sqrt(dataset_t[dataset_t > 0][0] * dataset_t[-1]))
+    assert len(model.transport_shears) == 2
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        u = rng.normal(0.0, 1.0, model.dim)
+        values = model.to_values(u, consts)
+        w = model.u_to_sampler(u, consts)
+        expected = u.copy()
+        for prefactor, exponent, offset in (
+            ("D0_ref", "alpha_ref", "D_offset_ref"),
+            ("D0_sample", "alpha_sample", "D_offset_sample"),
+        ):
+            i = model.names.index(offset)
+            sd = float(consts.prior_sd[i])
+            d0, alpha = (values[model.names.index(n)] for n in (prefactor, exponent))
+            expected[i] += d0 * t_star[0] ** alpha / sd
+        np.testing.assert_allclose(w, expected, rtol=1e-12, atol=1e-12)
+        back, log_det = model.sampler_to_u(jnp.asarray(w), consts)
+        np.testing.assert_allclose(np.asarray(back), u, atol=1e-10)
+        assert float(log_det) == 0.0
+    off = consts._replace(transport_time=jnp.zeros(2))
+    assert not model.sampler_map_on(off)
+    np.testing.assert_array_equal(model.u_to_sampler(u, off), u)

@@ -44,6 +44,10 @@ PHYSICS_PARAMETERS: tuple[ParameterSpec, ...] = (
 )
 
 PHYSICS_NAMES: tuple[str, ...] = tuple(p.name for p in PHYSICS_PARAMETERS)
+TRANSPORTS: tuple[tuple[str, str, str], ...] = (
+    ("D0_ref", "alpha_ref", "D_offset_ref"),
+    ("D0_sample", "alpha_sample", "D_offset_sample"),
+)  # (prefactor, exponent, offset) of the reference's and the sample's transport rate
 
 CONTRAST = ParameterSpec("contrast", "-", 0.5, (0.0, 1.0), 0.5, 0.25)
 OFFSET = ParameterSpec("offset", "-", 1.0, (0.5, 1.5), 1.0, 0.25)

@@ -14,11 +14,21 @@ full posterior in u, the space consensus averages in. A shard's prior is then No
 every bounded coordinate: where one shard's data say little, its draws spread like a wider
 Gaussian rather than piling up against the bounds.
 
-NUTS moves in sampler coordinates w: u itself, except that the sample-fraction triple is
-sampled in the coordinates of ``hetmpi.model.coordinates`` when the model has them
-(``fraction_coordinates``) and the run turned them on (``ModelConstants.fraction_span`` > 0,
-a value rather than a static switch, so turning them off after the warm start needs no new
-compile). ``sampler_log_density`` is the shard density of u carried to w.
+NUTS moves in sampler coordinates w: u itself, except
+
+- the rate offset of a transport whose prefactor is sampled too: its coordinate is sheared
+  to w = u + D0 t*^alpha / sd (sd the offset's prior sd), which follows the transport rate
+  J(t*) = D0 t*^alpha + D_offset at a time t* inside the window rather than the offset alone.
+  The data pin J over the window, so (D0, alpha, D_offset) lie on a ridge that is curved in
+  (log D0, alpha, D_offset), where NUTS diverges in its tails, and nearly straight in
+  (log D0, alpha, w). The shear leaves every other coordinate as it is, so its Jacobian is 1;
+  ``ModelConstants.transport_time`` t* = 0 turns it off;
+- the sample-fraction triple is sampled in the coordinates of ``hetmpi.model.coordinates``
+  when the model has them (``fraction_coordinates``) and the run turned them on
+  (``ModelConstants.fraction_span`` > 0).
+
+Both switches are values rather than static, so turning them off after the warm start needs
+no new compile. ``sampler_log_density`` is the shard density of u carried to w.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from hetmpi.model.coordinates import (
     fraction_to_sampler,
     growth,
 )
-from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.model.parameters import PHYSICS_NAMES, TRANSPORTS
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
 
 LABEL_SHARPNESS = 50.0
@@ -76,6 +86,7 @@ class ModelConstants(NamedTuple):
     log_mass: Array  # (d_bounded,) log of the prior mass inside the bounds
     sigma: Array  # fixed scalar noise sd, or the HalfNormal scale when sigma is sampled
     fraction_span: Array  # T (s) of the fraction coordinates; 0: the triple is sampled in u
+    transport_time: Array  # (2,) t* (s) of the reference's and sample's rate shear; 0: off
 
 
 @dataclass(frozen=True)
@@ -213,8 +224,41 @@ class PosteriorModel:
         upper = mean + sd * xp.asarray(consts.std_upper)[index]
         return (lower[0], upper[0]), (lower[1], upper[1]), (lower[2], upper[2])
 
+    @property
+    def transport_shears(self) -> tuple[tuple[int, int, int, int], ...]:
+        """(transport, u index of D0, of alpha or -1 when it is held, of D_offset) of every
+        transport whose prefactor and offset are both sampled."""
+        shears = []
+        for k, (d0, alpha, offset) in enumerate(TRANSPORTS):
+            if d0 in self.names and offset in self.names:
+                a = self.names.index(alpha) if alpha in self.names else -1
+                shears.append((k, self.names.index(d0), a, self.names.index(offset)))
+        return tuple(shears)
+
+    def _rate_shifts(self, values: Array, consts: ModelConstants, xp: ModuleType) -> list:
+        """(u index of D_offset, D0 t*^alpha / sd of D_offset) of every transport shear, the
+        shift 0 where t* = 0; ``values`` are parameter values (d,)."""
+        shifts = []
+        for k, i_d0, i_alpha, i_offset in self.transport_shears:
+            t_star = xp.asarray(consts.transport_time)[k]
+            on = t_star > 0.0
+            alpha = (
+                values[i_alpha]
+                if i_alpha >= 0
+                else xp.asarray(consts.physics)[PHYSICS_NAMES.index(TRANSPORTS[k][1])]
+            )
+            power = xp.exp(alpha * xp.log(xp.where(on, t_star, 1.0)))
+            shift = values[i_d0] * power / xp.asarray(consts.prior_sd)[i_offset]
+            shifts.append((i_offset, xp.where(on, shift, 0.0)))
+        return shifts
+
     def sampler_to_u(self, w: Array, consts: ModelConstants) -> tuple[Array, Array]:
         """(u, log |det du/dw|) of sampler coordinates w (d,) (JAX)."""
+        if self.transport_shears:
+            # D0 and alpha are the same in w and u, so their values give the shift
+            values = self.bounded_values(w, consts)
+            for i_offset, shift in self._rate_shifts(values, consts, jnp):
+                w = w.at[i_offset].add(-shift)
         index = self.fraction_indices
         if index is None:
             return w, jnp.zeros((), dtype=w.dtype)
@@ -237,23 +281,33 @@ class PosteriorModel:
         return w.at[at].set(u_block), jnp.where(on, log_det + jnp.sum(log_du_dy), 0.0)
 
     def fraction_map_on(self, consts: ModelConstants) -> bool:
-        """Whether w differs from u: the model has fraction coordinates and the run turned
-        them on (numpy; not for traced constants)."""
+        """Whether the model has fraction coordinates and the run turned them on (numpy;
+        not for traced constants)."""
         return self.fraction_indices is not None and float(consts.fraction_span) > 0.0
+
+    def sampler_map_on(self, consts: ModelConstants) -> bool:
+        """Whether w differs from u (numpy; not for traced constants)."""
+        times = np.asarray(consts.transport_time)
+        sheared = any(times[k] > 0.0 for k, *_ in self.transport_shears)
+        return sheared or self.fraction_map_on(consts)
 
     def u_to_sampler(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
         """The inverse of ``sampler_to_u`` (numpy): w (d,) of u (d,)."""
         u = np.array(u, dtype=np.float64)
-        if not self.fraction_map_on(consts):
+        if not self.sampler_map_on(consts):
             return u
-        index = self.fraction_indices
-        span = float(consts.fraction_span)
         plain = ModelConstants(*(np.asarray(c) for c in consts))
         values = self.to_values(u, plain)
-        bounds = self._fraction_bounds(plain, np)
-        w = fraction_to_sampler(tuple(values[k] for k in index), bounds, span, np)
-        u[np.asarray(index)] = w
-        return u
+        w = u.copy()
+        for i_offset, shift in self._rate_shifts(values, plain, np):
+            w[i_offset] += shift
+        if self.fraction_map_on(consts):
+            index = self.fraction_indices
+            bounds = self._fraction_bounds(plain, np)
+            span = float(consts.fraction_span)
+            triple = tuple(values[k] for k in index)
+            w[np.asarray(index)] = fraction_to_sampler(triple, bounds, span, np)
+        return w
 
     def fraction_growth(self, w: np.ndarray, consts: ModelConstants) -> tuple[float, np.ndarray]:
         """(g, dg/dw (d,)) at sampler coordinates w (d,) with the fraction coordinates on:
