@@ -22,7 +22,7 @@ from hetmpi._validate import DuplicateKeyError, int64_problem, load_yaml, yaml_e
 from hetmpi.atomic import atomic_path
 from hetmpi.errors import InputError
 from hetmpi.model.parameters import PHYSICS_NAMES
-from hetmpi.paths import path_problem
+from hetmpi.paths import existing_file
 
 HETMPI_FORMAT = 1
 FORMATS = ("auto", "hetmpi", "aps")
@@ -109,12 +109,7 @@ def load_dataset(
 def open_data_file(path: str | Path) -> h5py.File:
     """``path`` opened read-only; InputError naming data.path when it is not a usable path,
     does not exist or is not an HDF5 file (``hetmpi submit`` checks data files with it)."""
-    problem = path_problem(str(path))
-    if problem is not None:
-        raise InputError(f"data.path: {problem}")
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"data.path: {p} does not exist")
+    p = existing_file(path, "data.path")
     try:
         return h5py.File(p, "r")
     except OSError as exc:
@@ -230,12 +225,7 @@ def load_truth(path: str | Path) -> dict[str, Any]:
     ``contrast``, ``offset`` and the grid keys ``n_frames``, ``dt``, ``q``, ``phi``,
     ``sigma``, ``seed``, ``t_start`` the file gives.
     """
-    problem = path_problem(str(path))
-    if problem is not None:
-        raise InputError(f"truth: {problem}")
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"truth: {p} does not exist")
+    p = existing_file(path, "truth")
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeError) as exc:

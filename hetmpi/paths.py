@@ -3,7 +3,8 @@
 ``path_problem`` says why the operating system cannot use a path (a NUL character, a name
 over 255 bytes, ...); config path fields and every path argument and option use it.
 ``CheckedPath`` is click.Path that first refuses such a path with an InputError naming the
-option. ``check_output_file`` checks a file a command is about to write.
+option. ``existing_file`` checks a file a command is about to read, ``check_output_file`` one
+it is about to write.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ PATH_MAX: Final = 4096  # bytes in a whole path, its final NUL included (Linux)
 def _shown(text: str) -> str:
     shown = repr(text)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def existing_file(path: str | os.PathLike[str], field: str) -> Path:
+    """``path`` as a Path; an InputError naming ``field`` when the OS cannot use it, nothing
+    is there, or it is a folder."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise InputError(f"{field}: {problem}")
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{field}: {p} does not exist")
+    if p.is_dir():
+        raise InputError(f"{field}: {p} is a folder; give a file")
+    return p
 
 
 def path_problem(value: str | os.PathLike[str]) -> str | None:

@@ -159,7 +159,9 @@ def test_chains_start_in_each_competing_basin(dataset: Dataset) -> None:
     for chain in (0, 1, 2, 3):
         z = task.initial_z(np.random.default_rng(chain), chain)
         w = center + chol @ z
-        distance = [(w - c) @ precision @ (w - c) for c in warm.basin_centers[:2]]
+        model, consts = warm.problem.model, warm.problem.consts
+        centers = [model.u_to_sampler(c, consts) for c in warm.basin_centers[:2]]
+        distance = [(w - c) @ precision @ (w - c) for c in centers]
         assert np.argmin(distance) == chain % 2
         assert distance[chain % 2] < (1.5 * 6) ** 2
 
