@@ -237,6 +237,7 @@ class Consensus:
 
 
 def consensus_of(prepared: Prepared, results: Sequence[ShardResult]) -> Consensus:
+    """Select the shards and combine their draws (in u)."""
     cfg = prepared.cfg
     ordered = sorted(results, key=lambda r: r.index)
     kept, verdicts = select_shards(ordered, cfg.consensus, basin_check(prepared.task))

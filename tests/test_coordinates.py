@@ -203,6 +203,12 @@ def test_rate_offsets_are_sheared_along_the_rate_at_t_star(problem: Problem) -> 
         back, log_det = model.sampler_to_u(jnp.asarray(w), consts)
         np.testing.assert_allclose(np.asarray(back), u, atol=1e-10)
         assert float(log_det) == 0.0
+    draws = rng.normal(0.0, 1.0, (2, 5, model.dim))  # (chains, draws, d)
+    sheared = model.rate_sheared(draws, consts)
+    np.testing.assert_allclose(sheared[1, 3], model.u_to_sampler(draws[1, 3], consts), rtol=1e-14)
+    offsets = {model.names.index(n) for n in ("D_offset_ref", "D_offset_sample")}
+    others = [i for i in range(model.dim) if i not in offsets]
+    np.testing.assert_array_equal(sheared[..., others], draws[..., others])
     off = consts._replace(transport_time=jnp.zeros(2))
     assert not model.sampler_map_on(off)
     np.testing.assert_array_equal(model.u_to_sampler(u, off), u)

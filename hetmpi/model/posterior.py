@@ -237,20 +237,26 @@ class PosteriorModel:
 
     def _rate_shifts(self, values: Array, consts: ModelConstants, xp: ModuleType) -> list:
         """(u index of D_offset, D0 t*^alpha / sd of D_offset) of every transport shear, the
-        shift 0 where t* = 0; ``values`` are parameter values (d,)."""
+        shift 0 where t* = 0; ``values`` are parameter values (..., d)."""
         shifts = []
         for k, i_d0, i_alpha, i_offset in self.transport_shears:
             t_star = xp.asarray(consts.transport_time)[k]
             on = t_star > 0.0
-            alpha = (
-                values[i_alpha]
-                if i_alpha >= 0
-                else xp.asarray(consts.physics)[PHYSICS_NAMES.index(TRANSPORTS[k][1])]
-            )
+            held = xp.asarray(consts.physics)[PHYSICS_NAMES.index(TRANSPORTS[k][1])]
+            alpha = values[..., i_alpha] if i_alpha >= 0 else held
             power = xp.exp(alpha * xp.log(xp.where(on, t_star, 1.0)))
-            shift = values[i_d0] * power / xp.asarray(consts.prior_sd)[i_offset]
+            shift = values[..., i_d0] * power / xp.asarray(consts.prior_sd)[i_offset]
             shifts.append((i_offset, xp.where(on, shift, 0.0)))
         return shifts
+
+    def rate_sheared(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
+        """u (..., d) with every rate offset's coordinate sheared as the sampler shears it
+        (numpy)."""
+        u = np.array(u, dtype=np.float64)
+        plain = ModelConstants(*(np.asarray(c) for c in consts))
+        for i_offset, shift in self._rate_shifts(self.to_values(u, plain), plain, np):
+            u[..., i_offset] += shift
+        return u
 
     def sampler_to_u(self, w: Array, consts: ModelConstants) -> tuple[Array, Array]:
         """(u, log |det du/dw|) of sampler coordinates w (d,) (JAX)."""
@@ -298,9 +304,7 @@ class PosteriorModel:
             return u
         plain = ModelConstants(*(np.asarray(c) for c in consts))
         values = self.to_values(u, plain)
-        w = u.copy()
-        for i_offset, shift in self._rate_shifts(values, plain, np):
-            w[i_offset] += shift
+        w = self.rate_sheared(u, consts)
         if self.fraction_map_on(consts):
             index = self.fraction_indices
             bounds = self._fraction_bounds(plain, np)
