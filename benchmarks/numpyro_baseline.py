@@ -2,7 +2,7 @@
 data, against `hetmpi run` on the same data, on the same machine, in the same run.
 
     python benchmarks/numpyro_baseline.py [--frames 150] [--warmup 300] [--samples 300]
-                                          [--workdir DIR]
+                                          [--labelling free] [--workdir DIR]
 
 The baseline is the heterodyne model written in plain jax.numpy from spec/model.md (pairs
 t1 < t2 pooled over angles, Gaussian noise with a HalfNormal sd), the standard job's priors
@@ -149,6 +149,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--labelling",
+        choices=("free", "reference_slower", "sample_slower"),
+        default="free",
+        help="hetmpi's model.labelling, as a user sets it when the run says the data cannot "
+        "tell the labellings apart (fewer frames)",
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-baseline-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -159,6 +166,7 @@ def main() -> None:
 
     config = yaml.safe_load(CONFIG.read_text())
     config["data"]["path"] = str(data)
+    config["model"]["labelling"] = args.labelling
     config["output"] = {"directory": str(work / "out"), "plots": False}
     config["sampler"].update(num_warmup=args.warmup, num_samples=args.samples, progress_bar=False)
     (work / "cfg.yaml").write_text(yaml.safe_dump(config))

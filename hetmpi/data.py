@@ -342,7 +342,7 @@ def _read_hetmpi(
         sigma=None if sigma is None else sigma[keep].astype(np.float64),
         mask=None if mask is None else mask[keep],
         source=source,
-        truth=_read_truth_attr(f, where),
+        truth=_selected_truth(_read_truth_attr(f, where), keep),
     )
 
 
@@ -466,7 +466,18 @@ def _read_truth_attr(f: h5py.File, where: str) -> dict[str, Any] | None:
         raise InputError(f"truth_json: attribute is not valid JSON{where} ({exc})") from exc
     if not isinstance(truth, dict):
         raise InputError(f"truth_json: attribute must hold a JSON object{where}")
-    return truth
+    return _check_truth(truth, f" (attribute truth_json){where}")
+
+
+def _selected_truth(truth: dict[str, Any] | None, keep: Sequence[int]) -> dict[str, Any] | None:
+    """``truth`` with its per-angle lists (contrast, offset, phi) cut to the angles kept."""
+    if truth is None:
+        return None
+    cut = dict(truth)
+    for key in ("contrast", "offset", "phi"):
+        if key in cut and len(cut[key]) > int(np.max(keep, initial=-1)):
+            cut[key] = [cut[key][k] for k in keep]
+    return cut
 
 
 def _read_aps(

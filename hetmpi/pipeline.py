@@ -503,10 +503,8 @@ def rerun_hint(out_dir: Path, indices: Sequence[int]) -> str:
 
 def combine(out_dir: Path) -> dict[str, Any]:
     """Consensus and outputs of a planned run from its shard files; returns the summary."""
-    from hetmpi import report
     from hetmpi.config import load_planned_config
-    from hetmpi.planfile import read_shard_plan, read_task
-    from hetmpi.results import load_valid_shards
+    from hetmpi.planfile import read_task
 
     started = time.perf_counter()
     cfg = load_planned_config(out_dir)
@@ -521,26 +519,45 @@ def combine(out_dir: Path) -> dict[str, Any]:
         )
     with runlog.journal(log) as journal:
         journal.open(out_dir)
-        results = load_valid_shards(out_dir, lambda r: r.extra.get("run_id") == task.run_id)
-        missing = sorted(set(range(task.num_shards)) - set(results))
-        if missing:
-            raise RunError(
-                f"{out_dir}: no result for shards {', '.join(map(str, missing))}; run them "
-                f"({rerun_hint(out_dir, missing)}) and combine again"
-            )
-        prepared = Prepared(
-            cfg=cfg,
-            dataset=dataset,
-            points=pool_points(dataset),
-            plan=read_shard_plan(out_dir),
-            task=task,
-            seconds={"load": time.perf_counter() - started},
+        try:
+            return _combine(out_dir, cfg, task, dataset, journal, started)
+        except (InputError, RunError) as exc:
+            journal.write(f"error: {exc}")
+            raise
+
+
+def _combine(
+    out_dir: Path,
+    cfg: Config,
+    task: ShardTask,
+    dataset: Dataset,
+    journal: runlog.RunLogHandler,
+    started: float,
+) -> dict[str, Any]:
+    from hetmpi import report
+    from hetmpi.planfile import read_shard_plan
+    from hetmpi.results import load_valid_shards
+
+    results = load_valid_shards(out_dir, lambda r: r.extra.get("run_id") == task.run_id)
+    missing = sorted(set(range(task.num_shards)) - set(results))
+    if missing:
+        raise RunError(
+            f"{out_dir}: no result for shards {', '.join(map(str, missing))}; run them "
+            f"({rerun_hint(out_dir, missing)}) and combine again"
         )
-        sampled = [r.warmup_seconds + r.sample_seconds for r in results.values()]
-        timings = {**prepared.seconds, "sampling": float(sum(sampled))}
-        summary = conclude(prepared, list(results.values()), out_dir, "array", timings, started)
-        journal.write(report.format_table(summary))
-        return summary
+    prepared = Prepared(
+        cfg=cfg,
+        dataset=dataset,
+        points=pool_points(dataset),
+        plan=read_shard_plan(out_dir),
+        task=task,
+        seconds={"load": time.perf_counter() - started},
+    )
+    sampled = [r.warmup_seconds + r.sample_seconds for r in results.values()]
+    timings = {**prepared.seconds, "sampling": float(sum(sampled))}
+    summary = conclude(prepared, list(results.values()), out_dir, "array", timings, started)
+    journal.write(report.format_table(summary))
+    return summary
 
 
 def report_run(out_dir: Path) -> dict[str, Any]:
@@ -563,16 +580,31 @@ def report_run(out_dir: Path) -> dict[str, Any]:
             f"belong to {cfg.data.path}, so run again into a new output folder"
         )
     results = load_valid_shards(out_dir, lambda r: r.extra.get("run_id") == task.run_id)
-    if not any(r.status == "ok" for r in results.values()):
-        raise InputError(f"{out_dir / SHARD_DIR}: no finished shard of this run to report on")
-    saved = out_dir / "summary.json"
-    timings = json.loads(saved.read_text())["run"]["timings"] if saved.is_file() else {}
+    missing = sorted(set(range(task.num_shards)) - set(results))
+    if missing:
+        raise RunError(
+            f"{out_dir}: no result for shards {', '.join(map(str, missing))}; a consensus of "
+            f"the others would be another posterior, so run them ({rerun_hint(out_dir, missing)})"
+            " and report again"
+        )
+    plots_dir = out_dir / "plots"
+    if plots_dir.exists() and not plots_dir.is_dir():
+        raise InputError(f"{plots_dir}: exists and is not a folder; move it away")
     prepared = Prepared(cfg, dataset, pool_points(dataset), read_shard_plan(out_dir), task, {})
     found = consensus_of(prepared, list(results.values()))
     fit = report.posterior_mean_c2(prepared, found.draws)
     summary = report.build_summary(
         prepared, found.results, found.verdicts, found.draws, fit, executor="report",
-        timings=timings,
+        timings=saved_timings(out_dir / "summary.json"),
     )  # fmt: skip
-    report.write_plots(prepared, found, fit, summary, out_dir / "plots")
+    report.write_plots(prepared, found, fit, summary, plots_dir)
     return summary
+
+
+def saved_timings(path: Path) -> dict[str, Any]:
+    """run.timings of a summary.json; empty when the file is missing or not hetmpi's."""
+    try:
+        timings = json.loads(path.read_text())["run"]["timings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return timings if isinstance(timings, dict) else {}

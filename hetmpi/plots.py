@@ -123,8 +123,9 @@ def plot_forest(
 
 def most_correlated(draws: Mapping[str, np.ndarray], count: int) -> list[str]:
     """Up to ``count`` parameter names taken pair by pair in order of the posterior's
-    strongest absolute correlations (parameters that do not vary are left out)."""
-    names = [n for n, v in draws.items() if np.std(v) > 0]
+    strongest absolute correlations (parameters that do not vary beyond rounding are left
+    out)."""
+    names = [n for n, v in draws.items() if np.ptp(v) > 1e-9 * np.max(np.abs(v))]
     if len(names) < 2:
         return names
     corr = np.corrcoef(np.stack([np.ravel(draws[n]) for n in names]))
@@ -151,6 +152,8 @@ def plot_pair(
     """Scatter matrix of the ``count`` parameters in the posterior's strongest correlations:
     histograms on the diagonal, each panel below it titled with its correlation."""
     chosen = most_correlated(_chains(draws), count)
+    if not chosen:
+        raise ValueError("pair plot: no parameter varies")
     truth = truth or {}
     flat = {n: np.ravel(draws[n]) for n in chosen}
     n = len(chosen)

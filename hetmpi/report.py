@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -24,6 +25,8 @@ from hetmpi.warmstart import basin_note, rivals_note, weak_identification_note
 
 if TYPE_CHECKING:
     from hetmpi.pipeline import Consensus, Prepared
+
+log = logging.getLogger("hetmpi")
 
 RHAT_LIMIT = 1.01
 SHARD_RHAT_LIMIT = 1.05  # a shard's chains disagree (2 chains of a few hundred draws)
@@ -216,7 +219,8 @@ def c2_cuts(
         cols = np.arange(row + 1, t.size)
         lag[c, : cols.size] = t[cols] - t[row]
         for a in range(n_phi):
-            data[a, c, : cols.size] = dataset.c2[a, row, cols]
+            used = True if dataset.mask is None else dataset.mask[a, row, cols]
+            data[a, c, : cols.size] = np.where(used, dataset.c2[a, row, cols], np.nan)
             angle.append(np.full(cols.size, a))
             i1.append(np.full(cols.size, row))
             i2.append(cols)
@@ -245,12 +249,13 @@ def write_plots(
     prepared: Prepared, found: Consensus, fit: np.ndarray, summary: dict[str, Any], plots_dir: Path
 ) -> None:
     """Every plot of a run (docs/outputs.md) from its consensus, the posterior-mean model
-    ``fit`` (n_phi, N, N) and its summary."""
+    ``fit`` (n_phi, N, N) and its summary; a figure that cannot be drawn is a warning."""
     draws, results, verdicts = found.draws, found.results, found.verdicts
     truth = truth_values(summary)
     hdi_prob = prepared.cfg.output.hdi_prob
     problem = prepared.task.warm.problem
-    plots.plot_trace(draws, plots_dir / "trace.png", truth)
+    ds = prepared.dataset
+    flagged = [check["flagged"] for check in summary["fit_check"]]
     parts = None
     if len(results) > 1:
         parts = {
@@ -260,18 +265,29 @@ def write_plots(
             for r, v in zip(results, verdicts, strict=True)
             if r.status == "ok"
         }
-    plots.plot_forest(draws, plots_dir / "forest.png", hdi_prob=hdi_prob, parts=parts,
-                      truth=truth)  # fmt: skip
-    plots.plot_pair(draws, plots_dir / "pair.png", truth=truth)
     ratios = summary["run"]["warm_start"]["prior_sd_ratio"]
-    plots.plot_prior_posterior(
-        draws, prior_densities(problem), ratios, plots_dir / "prior_posterior.png", truth=truth
-    )
-    ds = prepared.dataset
-    flagged = [check["flagged"] for check in summary["fit_check"]]
-    plots.plot_c2_fit(ds.t, ds.c2, fit, ds.phi, plots_dir / "c2_fit.png", flagged)
-    lag, data, band, t1 = c2_cuts(problem, ds, found.u)
-    plots.plot_c2_cuts(lag, data, band, t1, ds.phi, plots_dir / "c2_cuts.png", flagged)
+
+    def cuts(path: Path) -> None:
+        lag, data, band, t1 = c2_cuts(problem, ds, found.u)
+        plots.plot_c2_cuts(lag, data, band, t1, ds.phi, path, flagged)
+
+    figures = {
+        "trace.png": lambda path: plots.plot_trace(draws, path, truth),
+        "forest.png": lambda path: plots.plot_forest(
+            draws, path, hdi_prob=hdi_prob, parts=parts, truth=truth
+        ),
+        "pair.png": lambda path: plots.plot_pair(draws, path, truth=truth),
+        "prior_posterior.png": lambda path: plots.plot_prior_posterior(
+            draws, prior_densities(problem), ratios, path, truth=truth
+        ),
+        "c2_fit.png": lambda path: plots.plot_c2_fit(ds.t, ds.c2, fit, ds.phi, path, flagged),
+        "c2_cuts.png": cuts,
+    }
+    for name, draw in figures.items():
+        try:
+            draw(plots_dir / name)
+        except Exception as exc:  # a figure must not cost the run its results
+            log.warning("plots: %s not drawn (%s: %s)", name, type(exc).__name__, exc)
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -34,21 +34,22 @@ class RunLogHandler(logging.Handler):
             self._file.emit(record)
 
     def open(self, out_dir: Path) -> None:
-        self._file = logging.FileHandler(Path(out_dir) / LOG_NAME)
-        self._file.setFormatter(self.formatter)
-        for record in self._pending:
-            self._file.emit(record)
-        self._pending.clear()
+        file = logging.FileHandler(Path(out_dir) / LOG_NAME)
+        file.setFormatter(self.formatter)
+        with self.lock:  # emit runs under the same lock
+            if self._file is not None:
+                self._file.close()
+            self._file = file
+            for record in self._pending:
+                file.emit(record)
+            self._pending.clear()
 
     def write(self, text: str) -> None:
         """Lines the terminal showed outside the log (the results table, an error)."""
-        if self._file is not None:
-            self._file.acquire()
-            try:
+        with self.lock:
+            if self._file is not None:
                 self._file.stream.write(text.rstrip("\n") + "\n")
                 self._file.flush()
-            finally:
-                self._file.release()
 
     def close(self) -> None:
         if self._file is not None:

@@ -470,6 +470,29 @@ def test_simulate_truth_record() -> None:
     json.dumps(ds.truth)
 
 
+def test_selected_angles_keep_their_own_truth(tmp_path: Path) -> None:
+    """data.phi_indices picks and orders angles; the truth's per-angle values follow them."""
+    path = tmp_path / "sim.h5"
+    write_dataset(path, simulate())
+    ds = load_dataset(path, phi_indices=[2, 0])
+    assert ds.phi.tolist() == [90.0, 0.0]
+    assert ds.truth is not None
+    assert ds.truth["contrast"] == [0.40, 0.30]
+    assert ds.truth["offset"] == [0.99, 1.00]
+    assert ds.truth["phi"] == [90.0, 0.0]
+
+
+def test_a_malformed_stored_truth_is_refused_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "sim.h5"
+    write_dataset(path, simulate())
+    with h5py.File(path, "a") as f:
+        truth = json.loads(f.attrs["truth_json"])
+        truth["parameters"]["D0_ref"] = "1e4x"
+        f.attrs["truth_json"] = json.dumps(truth)
+    with pytest.raises(InputError, match=r"D0_ref.*\(attribute truth_json\)"):
+        load_dataset(path)
+
+
 def test_simulate_rejects_bad_input() -> None:
     with pytest.raises(InputError, match=r"parameters: missing f3"):
         simulate_dataset(

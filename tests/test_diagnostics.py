@@ -13,6 +13,7 @@ from hetmpi.plots import (
     most_correlated,
     plot_c2_fit,
     plot_forest,
+    plot_pair,
     plot_prior_posterior,
     plot_trace,
 )
@@ -151,6 +152,10 @@ def test_most_correlated_takes_the_strongest_pairs_first() -> None:
     assert most_correlated(draws, 2) == ["c", "a"]
     assert most_correlated(draws, 3) == ["c", "a", "e"]
     assert "d" not in most_correlated(draws, 5)
+    draws["d"] = np.nextafter(draws["d"], 4.0 * (np.arange(1000) % 2).reshape(2, 500))
+    assert "d" not in most_correlated(draws, 5)  # varies by one ulp: a histogram cannot bin it
+    with pytest.raises(ValueError, match="no parameter varies"):
+        plot_pair({"d": draws["d"]}, Path("unused.png"))
 
 
 def test_prior_plots_and_densities_integrate_to_one(tmp_path: Path) -> None:

@@ -82,6 +82,14 @@ def test_report_prints_the_run_table_and_draws_the_plots_again(finished_run: Pat
     assert (out / "summary.json").read_bytes() == summary_before
     proc = hetmpi("report", str(finished_run), cwd=finished_run)
     assert proc.returncode == 2 and "config.yaml" in proc.stderr, proc.stderr
+    shard = out / "shards" / "shard_0001.h5"
+    shard.rename(shard.with_suffix(".away"))
+    try:  # the consensus of the other shard alone would be another posterior
+        proc = hetmpi("report", str(out), cwd=finished_run)
+    finally:
+        shard.with_suffix(".away").rename(shard)
+    assert proc.returncode == 1, proc.stderr
+    assert "no result for shards 1" in proc.stderr and "run-shard" in proc.stderr
 
 
 def test_posterior_file_serves_arviz(finished_run: Path, tiny_h5: Path) -> None:
