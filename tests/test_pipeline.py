@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import write_config
 
-from hetmpi import report
+from hetmpi import __version__, report
 from hetmpi.inference_data import read_posterior
 from hetmpi.warmstart import PRIOR_DOMINATED
 
@@ -50,6 +50,12 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     for name in PLOTS:
         assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.rglob("*.tmp"))
+    logged = (out / "run.log").read_text()  # what the terminal showed, from the first line
+    table = report.format_table(json.loads((out / "summary.json").read_text()))
+    assert f"INFO hetmpi {__version__}: Python " in logged.splitlines()[0]
+    for line in ("INFO data: 3 angles x 12 frames", "INFO mode search: ", "INFO shard 1 ok in"):
+        assert line in logged, line
+    assert logged.endswith(table + "\n")
     idata = az.from_netcdf(out / "posterior.nc")
     assert idata.posterior["phi0"].shape == (2, 30)
     assert idata.sample_stats["diverging"].shape == (2, 30)
