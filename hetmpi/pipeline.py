@@ -364,11 +364,7 @@ def run(
     """
 
     with runlog.journal(log) as journal:
-        try:
-            return _run(cfg, select, overwrite, resume, helpers, journal)
-        except (InputError, RunError) as exc:
-            journal.write(f"error: {exc}")
-            raise
+        return _run(cfg, select, overwrite, resume, helpers, journal)
 
 
 def _run(
@@ -519,11 +515,7 @@ def combine(out_dir: Path) -> dict[str, Any]:
         )
     with runlog.journal(log) as journal:
         journal.open(out_dir)
-        try:
-            return _combine(out_dir, cfg, task, dataset, journal, started)
-        except (InputError, RunError) as exc:
-            journal.write(f"error: {exc}")
-            raise
+        return _combine(out_dir, cfg, task, dataset, journal, started)
 
 
 def _combine(

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hetmpi.errors import InputError, RunError
+
 LOG_NAME = "run.log"
 FORMAT = "%(asctime)s %(levelname)s %(message)s"
 _WARNINGS = logging.getLogger("py.warnings")
@@ -71,7 +73,8 @@ _active: RunLogHandler | None = None
 @contextmanager
 def journal(log: logging.Logger) -> Iterator[RunLogHandler]:
     """The run's RunLogHandler, on ``log`` and on library warnings while the outermost
-    block runs; inner blocks (the command line's, then the pipeline's) share it."""
+    block runs; inner blocks (the command line's, then the pipeline's) share it. An error
+    that ends the outermost block is written to the file too."""
     global _active
     if _active is not None:
         yield _active
@@ -81,6 +84,9 @@ def journal(log: logging.Logger) -> Iterator[RunLogHandler]:
     _WARNINGS.addHandler(handler)
     try:
         yield handler
+    except (InputError, RunError) as exc:
+        handler.write(f"error: {exc}")  # what the command line prints (once the file exists)
+        raise
     finally:
         _active = None
         log.removeHandler(handler)

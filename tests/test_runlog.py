@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hetmpi.errors import RunError
 from hetmpi.runlog import LOG_NAME, journal, quiet_warnings
 
 
@@ -46,3 +47,12 @@ def test_the_log_holds_everything_from_the_first_record(
     assert lines[-2].endswith("WARNING after it exists")
     assert lines[-1] == "the results table"
     assert "a library's warning" not in capsys.readouterr().err
+
+
+def test_an_error_that_ends_the_run_is_logged_once(tmp_path: Path, quiet: object) -> None:
+    log = logging.getLogger("hetmpi.test_runlog")
+    with pytest.raises(RunError, match="shard 3 failed"), journal(log) as handler, journal(log):
+        handler.open(tmp_path)
+        raise RunError("shard 3 failed")
+    lines = (tmp_path / LOG_NAME).read_text().splitlines()
+    assert lines == ["error: shard 3 failed"]
