@@ -2,13 +2,14 @@
 
 A run logs before its output folder may be created (bad input must leave nothing written),
 so the handler keeps records in memory until ``open`` names the file, then writes them and
-everything after. Python warnings of libraries go to the file only (``logging.captureWarnings``
-routes them to the ``py.warnings`` logger, which prints nothing on the terminal).
+everything after. Python warnings of libraries go to the file only: ``quiet_warnings`` routes
+them to the ``py.warnings`` logger, which prints nothing on the terminal.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,9 +60,23 @@ class RunLogHandler(logging.Handler):
         super().close()
 
 
+def _warning_to_log(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    _WARNINGS.warning("%s", warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def quiet_warnings() -> None:
-    """Python warnings become records of ``py.warnings``, which the terminal does not show."""
-    logging.captureWarnings(True)
+    """Python warnings become records of ``py.warnings``, which the terminal does not show.
+
+    Sets ``warnings.showwarning`` on every call, so it holds inside any ``catch_warnings``
+    block that reset it (``logging.captureWarnings`` replaces it once per process only)."""
+    warnings.showwarning = _warning_to_log
     _WARNINGS.propagate = False
     if not _WARNINGS.handlers:
         _WARNINGS.addHandler(logging.NullHandler())

@@ -17,9 +17,10 @@ from hetmpi.runlog import LOG_NAME, journal, quiet_warnings
 def quiet() -> object:
     py_warnings = logging.getLogger("py.warnings")
     handlers, propagate = list(py_warnings.handlers), py_warnings.propagate
+    shown = warnings.showwarning
     quiet_warnings()
     yield
-    logging.captureWarnings(False)
+    warnings.showwarning = shown
     py_warnings.handlers[:] = handlers
     py_warnings.propagate = propagate
 
