@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from hetmpi.data import load_truth, simulate_dataset, write_dataset
+from hetmpi.data import Dataset, load_truth, simulate_dataset, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_TRUTH = REPO / "jobs" / "stress_truth.yaml"
@@ -22,15 +22,18 @@ def truth() -> dict:
     return load_truth(REFERENCE_TRUTH)
 
 
-@pytest.fixture(scope="session")
-def tiny_h5(tmp_path_factory: pytest.TempPathFactory, truth: dict) -> Path:
+def tiny_dataset(truth: dict) -> Dataset:
     """Reference-job physics on 3 angles x 12 frames (198 points)."""
-    dataset = simulate_dataset(
+    return simulate_dataset(
         truth["parameters"], n_frames=12, dt=0.1, q=0.005, phi=[0.0, 45.0, 90.0],
         contrast=[0.3, 0.35, 0.4], offset=[1.0, 1.01, 0.99], sigma=0.01, seed=7, t_start=0.1,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory: pytest.TempPathFactory, truth: dict) -> Path:
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    write_dataset(path, dataset)
+    write_dataset(path, tiny_dataset(truth))
     return path
 
 

@@ -21,6 +21,8 @@ import h5py
 import numpy as np
 import pytest
 from conftest import shard_draws, write_config
+from record_draws import RECORDED as RECORDED_DRAWS
+from record_draws import machine
 
 from hetmpi.inference_data import read_posterior
 
@@ -103,6 +105,19 @@ def complete_shards(out: Path) -> int:
 
 def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
+
+
+def test_cpu_draws_equal_the_recorded_ones(cpu_run: Path) -> None:
+    """Every executor matches the cpu one (tests below); the cpu one matches draws recorded by
+    ``tests/record_draws.py``, so a change to the run's machinery that alters a draw shows.
+    Bit-for-bit equality holds for the machine and libraries that recorded them."""
+    recorded = np.load(RECORDED_DRAWS)
+    if str(recorded["machine"]) != machine():
+        pytest.skip(f"draws recorded on {recorded['machine']}, this is {machine()}")
+    got = shard_draws(cpu_run)
+    assert sorted(got) == list(range(NUM_SHARDS))
+    for index, values in got.items():
+        np.testing.assert_array_equal(values, recorded[f"shard_{index}"], err_msg=f"shard {index}")
 
 
 def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
