@@ -98,7 +98,8 @@ def build_inputs(args: argparse.Namespace, num_draws: int, pointwise: bool):
     from hetmpi.data import load_truth, simulate_dataset
     from hetmpi.pipeline import Prepared
     from hetmpi.problem import build_problem
-    from hetmpi.sampling import STAT_FIELDS, ShardResult, ShardTask
+    from hetmpi.records import STAT_FIELDS, ShardResult
+    from hetmpi.sampling import ShardTask
     from hetmpi.sharding import make_shards, pool_points
     from hetmpi.warmstart import WarmStart
 

@@ -15,7 +15,7 @@ import click
 from hetmpi import __version__
 from hetmpi.errors import InputError, RunError
 from hetmpi.paths import CheckedPath, check_output_file
-from hetmpi.runtime import launcher_rank, launcher_world_size
+from hetmpi.runtime import launcher_rank
 
 if TYPE_CHECKING:
     from hetmpi.warmstart import WarmStart
@@ -94,16 +94,12 @@ def run(
     Under mpiexec/mpirun/srun with more than one rank the shards are spread over the ranks.
     """
     from hetmpi import runlog
+    from hetmpi.launch import launch
 
     cfg = _load(config, output)
     name = executor or cfg.executor.name
     with runlog.journal(log):
-        if name == "mpi" or launcher_world_size(os.environ) > 1:
-            from hetmpi.executors.mpi import launch
-
-            summary = launch(cfg, executor_name=name, overwrite=overwrite, resume=resume)
-        else:
-            summary = _run_here(cfg, name, overwrite=overwrite, resume=resume)
+        summary = launch(cfg, executor_name=name, overwrite=overwrite, resume=resume)
     if summary is not None:
         from hetmpi import report
 
@@ -111,24 +107,10 @@ def run(
         click.echo(f"results in {cfg.output.directory}")
 
 
-def _run_here(cfg: Any, name: str, *, overwrite: bool, resume: bool) -> dict[str, Any]:
-    """A run without MPI: this process (and its workers, if any) does everything."""
-    from functools import partial
-
-    _configure_whole_process(cfg)
-    from hetmpi import pipeline
-    from hetmpi.executors import select_local_executor
-
-    select = partial(select_local_executor, name, cfg.executor)
-    return pipeline.run(cfg, select=select, overwrite=overwrite, resume=resume)
-
-
 def _configure_whole_process(cfg: Any) -> None:
-    """This process samples alone: it owns every core it may run on."""
-    from hetmpi.executors import process_layout
-    from hetmpi.runtime import available_cores, configure_process
+    from hetmpi.launch import configure_whole_process
 
-    configure_process(process_layout(0, 1, available_cores(), cfg.executor))
+    configure_whole_process(cfg.executor)
 
 
 @main.command()

@@ -16,7 +16,7 @@ from numpyro.infer.hmc_util import consensus, parametric_draws
 
 from hetmpi.config import ConsensusConfig
 from hetmpi.errors import RunError
-from hetmpi.sampling import ShardResult
+from hetmpi.records import ShardResult
 
 CONSENSUS_METHODS = ("consensus", "gaussian", "average")
 SKEW_LIMIT = 1.0  # |sample skewness| of a shard's draws above which it is clearly not Gaussian

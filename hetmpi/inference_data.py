@@ -41,7 +41,7 @@ from hetmpi.atomic import atomic_path
 from hetmpi.errors import InputError
 from hetmpi.model.posterior import PosteriorModel
 from hetmpi.problem import Problem, pooled_arrays
-from hetmpi.sampling import ShardResult
+from hetmpi.records import ShardResult
 from hetmpi.sharding import PooledPoints
 
 SAMPLE_DIMS = ("chain", "draw")

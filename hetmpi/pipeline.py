@@ -26,10 +26,12 @@ from hetmpi.config import Config, config_to_dict
 from hetmpi.consensus import BasinCheck, ShardVerdict, combine_draws, select_shards
 from hetmpi.data import Dataset, load_dataset
 from hetmpi.errors import InputError, RunError
+from hetmpi.kernel import SamplerOutline, sampler_outline
 from hetmpi.paths import path_problem
 from hetmpi.problem import build_problem, scaling_mode
+from hetmpi.records import ShardResult
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
-from hetmpi.sampling import SamplerOutline, ShardResult, ShardTask, sampler_outline
+from hetmpi.sampling import ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.warmstart import (
     basin_note,
@@ -376,10 +378,10 @@ def _run(
     journal: runlog.RunLogHandler,
 ) -> dict[str, Any]:
     from hetmpi import report
+    from hetmpi.kernel import compile_monitor
     from hetmpi.planfile import write_plan
     from hetmpi.progress import ShardProgress
     from hetmpi.results import load_valid_shards, merge_chain_files
-    from hetmpi.sampling import compile_monitor
 
     started = time.perf_counter()
     out_dir = cfg.output.directory

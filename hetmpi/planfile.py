@@ -10,7 +10,7 @@ Layout: attrs ``hetmpi_plan_format``, ``run_id``, ``num_shards``, ``padded_lengt
 covariance, basin_centers, attrs noise_sigma, reduced_chi2, seconds, chain_basins and JSON
 of basins and search); group ``consts`` (one dataset per
 ModelConstants field); group ``shards`` (one (K, L) dataset per field, see
-``executors.buffers``).
+``records``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import numpy as np
 from hetmpi.atomic import atomic_path
 from hetmpi.config import SamplerConfig
 from hetmpi.errors import InputError
-from hetmpi.executors.buffers import shard_from_block, stack_shards
 from hetmpi.model.posterior import ModelConstants, PosteriorModel
 from hetmpi.problem import Problem
+from hetmpi.records import shard_from_block, stack_shards
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import Shard, ShardPlan
 from hetmpi.warmstart import WarmStart

@@ -6,52 +6,12 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-if TYPE_CHECKING:
-    from hetmpi.sampling import ShardResult
+from hetmpi.records import ShardNote
 
 log = logging.getLogger("hetmpi")
-
-
-@dataclass(frozen=True)
-class ShardNote:
-    """What progress shows of a finished shard (or of some of its chains); small enough to
-    send between processes."""
-
-    index: int
-    status: str
-    divergences: int
-    mean_steps: float
-    seconds: float
-    chains: int  # how many of the shard's chains it covers
-
-    @classmethod
-    def of(cls, result: ShardResult) -> ShardNote:
-        seconds = result.warmup_seconds + result.sample_seconds
-        return cls(
-            result.index, result.status, result.divergences, result.mean_steps, seconds,
-            len(result.chains),
-        )  # fmt: skip
-
-    @classmethod
-    def merged(cls, notes: Sequence[ShardNote]) -> ShardNote:
-        """One note of a shard from notes of its chain blocks."""
-        if len(notes) == 1:
-            return notes[0]
-        failed = any(note.status != "ok" for note in notes)
-        return cls(
-            notes[0].index,
-            "failed" if failed else "ok",
-            sum(note.divergences for note in notes),
-            sum(note.mean_steps * note.chains for note in notes) / sum(n.chains for n in notes),
-            sum(note.seconds for note in notes),
-            sum(note.chains for note in notes),
-        )
 
 
 class ShardProgress:

@@ -20,7 +20,7 @@ from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
 from hetmpi.model.posterior import PosteriorModel, ShardArrays
 from hetmpi.problem import Problem
-from hetmpi.sampling import ShardResult
+from hetmpi.records import ShardResult
 from hetmpi.warmstart import basin_note, rivals_note, weak_identification_note
 
 if TYPE_CHECKING:

@@ -26,15 +26,18 @@ import numpy as np
 import yaml
 
 from hetmpi.atomic import atomic_path
-from hetmpi.sampling import ShardResult, merge_results
+from hetmpi.records import (
+    ARRAY_FIELDS,
+    LIST_FIELDS,
+    SCALAR_FIELDS,
+    ShardResult,
+    merge_results,
+    result_fields,
+    result_from_fields,
+)
 
 SHARD_DIR = "shards"
 SHARD_FORMAT_VERSION = 3
-_SCALARS = (
-    "index", "status", "num_points", "num_warmup", "num_samples", "attempts",
-    "warmup_seconds", "sample_seconds", "error",
-)  # fmt: skip
-_PER_CHAIN = ("step_size", "target_accept")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -70,22 +73,17 @@ def save_shard_result(out_dir: Path, result: ShardResult, *, part: bool = False)
     """Write one ShardResult as HDF5 (no pickle), as the shard's file or (``part``) as the
     file of its chains; atomic, so a crash leaves no partial file."""
     path = shard_path(out_dir, result.index, result.chains if part else None)
+    meta, arrays = result_fields(result)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["hetmpi_shard_format"] = SHARD_FORMAT_VERSION
-        for name in _SCALARS:
-            f.attrs[name] = getattr(result, name)
-        f.attrs["names"] = json.dumps(list(result.names))
-        f.attrs["chains"] = json.dumps(list(result.chains))
-        f.attrs["extra"] = json.dumps(result.extra)
-        f.create_dataset("draws", data=result.values)
+        for name in SCALAR_FIELDS:
+            f.attrs[name] = meta[name]
+        for name in LIST_FIELDS:
+            f.attrs[name] = json.dumps(meta[name])
+        for name, values in arrays.items():
+            f.create_dataset(name, data=values)
         f["draws"].attrs["units"] = "parameter units (those of the parameter table)"
-        f.create_dataset("u_draws", data=result.draws)
         f["u_draws"].attrs["units"] = "the sampler's unconstrained coordinates u"
-        for name in _PER_CHAIN:
-            f.create_dataset(name, data=getattr(result, name))
-        stats = f.create_group("stats")
-        for key, value in result.stats.items():
-            stats.create_dataset(key, data=value)
     return path
 
 
@@ -94,21 +92,9 @@ def load_shard_result(path: Path) -> ShardResult:
     with h5py.File(path, "r") as f:
         if f.attrs.get("hetmpi_shard_format") != SHARD_FORMAT_VERSION:
             raise ValueError(f"{path} is not a hetmpi shard result")
-        scalars = {name: _plain(f.attrs[name]) for name in _SCALARS}
-        return ShardResult(
-            **scalars,
-            names=tuple(json.loads(f.attrs["names"])),
-            chains=tuple(json.loads(f.attrs["chains"])),
-            draws=f["u_draws"][()],
-            values=f["draws"][()],
-            stats={key: f["stats"][key][()] for key in f["stats"]},
-            **{name: f[name][()] for name in _PER_CHAIN},
-            extra=json.loads(f.attrs["extra"]),
-        )
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+        meta = {name: f.attrs[name] for name in SCALAR_FIELDS}
+        meta |= {name: json.loads(f.attrs[name]) for name in LIST_FIELDS}
+        return result_from_fields(meta, {name: f[name][()] for name in ARRAY_FIELDS})
 
 
 def load_valid_shards(

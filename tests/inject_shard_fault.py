@@ -15,7 +15,7 @@ configure_process = runtime.configure_process
 def configure_then_inject(layout: runtime.ProcessLayout) -> bool:
     configured = configure_process(layout)
     import hetmpi.sampling as sampling
-    from hetmpi.sampling import ShardResult
+    from hetmpi.records import ShardResult
     from hetmpi.sharding import Shard
 
     sample = sampling._sample

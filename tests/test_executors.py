@@ -9,12 +9,27 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from hetmpi.executors import costliest_first, longest_first, seconds_per_chain, work_units
-from hetmpi.executors.buffers import pack_result, shard_from_block, stack_shards, unpack_result
-from hetmpi.progress import ShardNote
+from hetmpi.dispatch import (
+    CALLED_OFF,
+    WON,
+    Dispatch,
+    costliest_first,
+    longest_first,
+    seconds_per_chain,
+    work_units,
+)
+from hetmpi.records import (
+    STAT_FIELDS,
+    ShardNote,
+    ShardResult,
+    merge_results,
+    pack_result,
+    shard_from_block,
+    stack_shards,
+    unpack_result,
+)
 from hetmpi.results import load_valid_shards, merge_chain_files, save_shard_result
 from hetmpi.runtime import jax_environment, launcher_rank, launcher_world_size, layout_for
-from hetmpi.sampling import STAT_FIELDS, ShardResult, merge_results
 from hetmpi.sharding import PooledPoints, make_shards
 
 
@@ -180,13 +195,10 @@ def test_a_shard_costs_what_its_finished_chains_took() -> None:
     assert seconds_per_chain([failed]) is None
 
 
-def _dealer(units: list, reports: list[ShardNote]):
-    """A Dealer of ``units`` (shards stand in by their index: the dealer only orders and
-    books them) with speculation on, 2 chains per shard, reporting into ``reports``."""
-    from hetmpi.executors.mpi import Dealer
-
-    header = SimpleNamespace(task=SimpleNamespace(cfg=SimpleNamespace(num_chains=2)))
-    return Dealer(None, header, units, reports.append, frozenset(), speculate=True)
+def _dealer(units: list, reports: list[ShardNote]) -> Dispatch:
+    """A Dispatch of ``units`` (shards stand in by their index: it only orders and books
+    them) with speculation on, 2 chains per shard, reporting into ``reports``."""
+    return Dispatch(units, 2, reports.append, speculate=True)
 
 
 def test_a_speculative_retry_that_wins_is_reported_once_when_the_first_attempt_gives_up():
@@ -200,7 +212,7 @@ def test_a_speculative_retry_that_wins_is_reported_once_when_the_first_attempt_g
     dealer.finished(1, ShardNote(4, "ok", 0, 10.0, seconds=5.0, chains=1))
     speculation = dealer.next_unit(0)
     assert speculation.speculative and speculation.key == (4, (1,))
-    assert dealer.own_control(speculation).first == 2
+    assert dealer.control(0, speculation).first == 2
     assert dealer.next_unit(3) is None  # one speculation per block
     dealer.finished(0, ShardNote(4, "ok", 1, 12.0, seconds=6.0, chains=1))
     assert reports == []  # held: the first attempt may still pass
@@ -212,23 +224,19 @@ def test_a_speculative_retry_that_wins_is_reported_once_when_the_first_attempt_g
 
 def test_a_speculative_retry_still_running_is_told_that_it_won() -> None:
     """The first attempt gives up while the speculator (rank 1) still runs: rank 1 is sent
-    TAG_WON, so it writes its file itself as soon as it ends."""
-    from hetmpi.executors.mpi import TAG_WON
-
+    its verdict WON, so it writes its file itself as soon as it ends."""
     shard = SimpleNamespace(index=2)
     dealer = _dealer([(shard, (0,))], [])
     dealer.next_unit(0)
     assert dealer.next_unit(1).speculative
     assert dealer.may_retry(0) is False
-    assert dealer.outbox == [(1, (2, (0,)), TAG_WON)]
+    assert dealer.outbox == [(1, (2, (0,)), WON)]
     assert dealer.known_winner((2, (0,)))
 
 
 def test_a_first_attempt_that_passes_calls_its_speculative_retry_off():
     """The speculator (rank 2) is told to stop, its note never counts; a block whose first
     attempt already retries in place gets no speculation."""
-    from hetmpi.executors.mpi import TAG_CANCEL
-
     shards = [SimpleNamespace(index=k) for k in range(2)]
     reports: list[ShardNote] = []
     dealer = _dealer([(shards[0], (0,)), (shards[1], (0,))], reports)
@@ -239,7 +247,7 @@ def test_a_first_attempt_that_passes_calls_its_speculative_retry_off():
     assert speculation.key == (0, (0,))  # the only block still on its first attempt
     assert dealer.next_unit(3) is None
     dealer.finished(0, ShardNote(0, "ok", 0, 10.0, seconds=5.0, chains=1))
-    assert dealer.outbox == [(2, (0, (0,)), TAG_CANCEL)]
+    assert dealer.outbox == [(2, (0, (0,)), CALLED_OFF)]
     assert not dealer.called_off((0, (0,)))  # that set is rank 0's own speculations
     dealer.finished(2, None)
     dealer.finished(1, ShardNote(1, "ok", 0, 10.0, seconds=5.0, chains=1))

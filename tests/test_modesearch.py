@@ -17,7 +17,8 @@ from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
 from hetmpi.modesearch import cheap_arrays, local_optimum, search_modes
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
-from hetmpi.sampling import ShardResult, ShardTask
+from hetmpi.records import ShardResult
+from hetmpi.sampling import ShardTask
 from hetmpi.sharding import pool_points
 from hetmpi.warmstart import WarmStart, fit_warm_start, scaling_from_data
 

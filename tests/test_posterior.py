@@ -14,7 +14,7 @@ from hetmpi.consensus import combine_draws, select_shards, shard_shapes, skewed
 from hetmpi.data import load_dataset
 from hetmpi.errors import RunError
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
-from hetmpi.sampling import ShardResult
+from hetmpi.records import ShardResult
 from hetmpi.sharding import pool_points
 
 

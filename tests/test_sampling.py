@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import write_config
 
-from hetmpi import sampling
+from hetmpi import kernel, sampling
 from hetmpi.config import load_config
 from hetmpi.pipeline import Prepared, outline, prepare
 
@@ -27,10 +27,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Prepare
 
 
 def test_chunk_length_divides_both_counts() -> None:
-    assert sampling.chunk_length(300, 300) == 50
-    assert sampling.chunk_length(30, 20) == 10
-    assert sampling.chunk_length(0, 200) == 50
-    assert sampling.chunk_length(137, 200) == 1
+    assert kernel.chunk_length(300, 300) == 50
+    assert kernel.chunk_length(30, 20) == 10
+    assert kernel.chunk_length(0, 200) == 50
+    assert kernel.chunk_length(137, 200) == 1
 
 
 def test_chunking_does_not_change_draws(
@@ -39,7 +39,7 @@ def test_chunking_does_not_change_draws(
     shard = prepared.plan.shards[0]
     whole = sampling.sample_shard(shard, prepared.task, seed=3)
     assert whole.status == "ok", whole.error
-    monkeypatch.setattr(sampling, "chunk_length", lambda warmup, samples: 5)
+    monkeypatch.setattr(kernel, "chunk_length", lambda warmup, samples: 5)
     chunked = sampling.sample_shard(shard, prepared.task, seed=3)
     assert chunked.draws.shape == whole.draws.shape == (2, 20, prepared.task.warm.center.size)
     np.testing.assert_array_equal(chunked.draws, whole.draws)
@@ -82,7 +82,7 @@ def test_precompiled_sampler_is_reused_by_sample_shard(
     assert early.model == prepared.task.warm.problem.model
     assert len(early.settings) == 1
     with compiled_names() as ahead:
-        sampling.precompile(early)
+        kernel.precompile(early)
     assert {"jit(start)", "jit(advance)"} <= set(ahead)
     task = dataclasses.replace(prepared.task, cfg=cfg.sampler)
     # the target acceptance is an argument of the programs: a retry's target compiles nothing
@@ -104,11 +104,11 @@ def test_chains_run_alone_merge_into_the_whole_shard(prepared: Prepared) -> None
     """Each chain of a sequential shard is its own block: chains sampled separately (as
     executors deal them at the end of a run) and merged equal the shard sampled whole."""
     shard = prepared.plan.shards[1]
-    assert sampling.chain_blocks(prepared.task.cfg) == ((0,), (1,))
+    assert kernel.chain_blocks(prepared.task.cfg) == ((0,), (1,))
     whole = sampling.sample_shard(shard, prepared.task, seed=5)
     parts = [
         sampling.sample_shard(shard, prepared.task, seed=5, blocks=[block])
-        for block in reversed(sampling.chain_blocks(prepared.task.cfg))
+        for block in reversed(kernel.chain_blocks(prepared.task.cfg))
     ]
     assert [part.chains for part in parts] == [(1,), (0,)]
     assert parts[0].draws.shape[0] == 1
@@ -128,7 +128,7 @@ def test_a_chain_block_retries_on_its_own(prepared: Prepared) -> None:
     chains' first-attempt rates, only the chain above it runs again (at
     retry_target_accept); the other keeps its first attempt, draw for draw."""
     shard = prepared.plan.shards[0]
-    blocks = sampling.chain_blocks(prepared.task.cfg)
+    blocks = kernel.chain_blocks(prepared.task.cfg)
     no_retry = dataclasses.replace(prepared.task.cfg, max_retries=0)
     once = dataclasses.replace(prepared.task, cfg=no_retry)
     first = [sampling.sample_shard(shard, once, seed=11, blocks=[block]) for block in blocks]
@@ -152,7 +152,7 @@ def test_a_retry_started_elsewhere_equals_the_retry_in_place(prepared: Prepared)
     shard = prepared.plan.shards[0]
     cfg = dataclasses.replace(prepared.task.cfg, max_retries=1, retry_divergence_rate=0.0)
     task = dataclasses.replace(prepared.task, cfg=cfg)
-    block = sampling.chain_blocks(cfg)[0]
+    block = kernel.chain_blocks(cfg)[0]
     in_place = sampling.sample_shard(shard, task, seed=11, blocks=[block])
     assert in_place.attempts == 2, "the scenario needs a first attempt that diverges"
     control = sampling.AttemptControl(first=2)

@@ -1,4 +1,5 @@
-"""In-process executor: shards one after another, chains as the sampler config says."""
+"""In-process executor: shards one after another, in dispatch order; chains as the sampler
+config says."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hetmpi.executors import Report
-from hetmpi.progress import ShardNote
+from hetmpi.dispatch import Dispatch, Report, longest_first, work_units
+from hetmpi.records import ShardNote, ShardResult
 from hetmpi.results import save_shard_result
-from hetmpi.sampling import ShardResult, ShardTask, sample_shard
+from hetmpi.sampling import ShardTask, sample_shard
 from hetmpi.sharding import Shard
 
 
@@ -32,9 +33,11 @@ class CpuExecutor:
     def run(
         self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
     ) -> list[ShardResult]:
+        ordered = [shards[k] for k in longest_first(shards)]
+        dispatch = Dispatch(work_units(ordered, (), 1), task.cfg.num_chains, report)
         results = []
-        for shard in shards:
-            result = sample_and_save(shard, task, seed, out_dir, self.timeout)
-            report(ShardNote.of(result))
+        while (dealt := dispatch.next_unit(0)) is not None:
+            result = sample_and_save(dealt.unit[0], task, seed, out_dir, self.timeout)
+            dispatch.finished(0, ShardNote.of(result))
             results.append(result)
         return results

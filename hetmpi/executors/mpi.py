@@ -43,12 +43,8 @@ the run within seconds instead of leaving the other ranks waiting.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -61,27 +57,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from mpi4py import MPI
 
-from hetmpi.config import Config, ExecutorConfig
-from hetmpi.errors import InputError, RunError
-from hetmpi.executors import (
+from hetmpi.dispatch import (
+    CALLED_OFF,
+    WON,
+    AttemptControl,
+    Dealt,
+    Dispatch,
     Report,
-    WorkUnit,
-    costliest_first,
+    Superseded,
+    UnitKey,
     longest_first,
-    process_layout,
-    seconds_per_chain,
+    unit_key,
     work_units,
 )
-from hetmpi.runtime import (
-    ProcessLayout,
-    available_cores,
-    configure_process,
-    launcher_world_size,
-)
+from hetmpi.errors import InputError, RunError
 
 if TYPE_CHECKING:
-    from hetmpi.progress import ShardNote
-    from hetmpi.sampling import AttemptControl, SamplerOutline, ShardResult, ShardTask
+    from hetmpi.kernel import SamplerOutline
+    from hetmpi.records import ShardNote, ShardResult
+    from hetmpi.sampling import ShardTask
     from hetmpi.sharding import Shard
 
 log = logging.getLogger("hetmpi")
@@ -91,6 +85,7 @@ TAG_SHARD = 12  # rank 0's answer: a unit header, then the shard's arrays unless
 TAG_RETRY = 13  # a rank whose first attempt failed asks whether to retry (answer: same tag)
 TAG_CANCEL = 14  # rank 0 calls a speculative retry off: (shard index, chains)
 TAG_WON = 15  # rank 0 tells a speculative retry that it won: (shard index, chains)
+VERDICT_TAGS = {WON: TAG_WON, CALLED_OFF: TAG_CANCEL}
 IDLE_POLL_SECONDS = 0.05
 NO_SHARD = -1
 
@@ -105,31 +100,6 @@ class RunHeader:
     timeout: float | None  # executor.shard_timeout
     length: int  # padded shard length
     has_sigma: bool
-
-
-UnitKey = tuple[int, tuple[int, ...]]  # shard index and the chains of a unit
-
-
-@dataclass(frozen=True, eq=False)
-class Dealt:
-    """A work unit as dealt to a rank; ``first`` is 2 for a speculative retry."""
-
-    unit: WorkUnit
-    key: UnitKey
-    first: int = 1
-
-    @property
-    def speculative(self) -> bool:
-        return self.first > 1
-
-
-def unit_key(unit: WorkUnit, num_chains: int) -> UnitKey:
-    shard, block = unit
-    return shard.index, tuple(range(num_chains)) if block is None else block
-
-
-def result_key(result: ShardResult) -> UnitKey:
-    return result.index, result.chains
 
 
 @dataclass(frozen=True)
@@ -164,109 +134,6 @@ class Abandon:
     bad_input: bool
 
 
-def rank_layout(comm: MPI.Comm, node: MPI.Comm, settings: ExecutorConfig) -> ProcessLayout:
-    """This rank's cores: its share of the node (``node``: the ranks on this node) when the
-    launcher did not bind ranks (all ranks on the node see the same affinity mask), else the
-    cores the launcher gave it."""
-    mine = available_cores()
-    masks = node.allgather(mine)
-    unbound = all(mask == mine for mask in masks)
-    slot, slots = (node.Get_rank(), node.Get_size()) if unbound else (0, 1)
-    return process_layout(slot, slots, mine, settings)
-
-
-def run_compile_cache(comm: MPI.Comm) -> Path:
-    """A compilation cache folder for this run only, the same path on every node (made in
-    each node's temporary folder): the ranks that compile the sampler during the warm start
-    write it, and rank 0, which fits the warm start meanwhile, loads its programs from it
-    instead of compiling them again."""
-    path = Path(
-        comm.bcast(tempfile.mkdtemp(prefix="hetmpi-xla-") if comm.Get_rank() == 0 else None)
-    )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def launch(
-    cfg: Config, *, executor_name: str, overwrite: bool, resume: bool
-) -> dict[str, Any] | None:
-    """``hetmpi run`` on every rank: the summary on rank 0, None on the others."""
-    comm = MPI.COMM_WORLD
-    launched = launcher_world_size(os.environ)
-    if launched > comm.Get_size():
-        raise InputError(
-            f"executor: the launcher started {launched} processes but MPI sees "
-            f"{comm.Get_size()} rank(s) in each, so every process would run the whole job; "
-            "launch with `srun --mpi=pmi2` (or the MPI your mpi4py was built with) or mpiexec"
-        )
-    if executor_name not in ("auto", "mpi"):
-        raise InputError(
-            f"executor.name: {executor_name!r} would run the whole job once per rank under "
-            f"this {comm.Get_size()}-rank MPI launch; use mpi or auto, or start hetmpi "
-            "without mpiexec"
-        )
-    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    layout = rank_layout(comm, node, cfg.executor)
-    own_cache = None
-    if layout.compile_cache is None and comm.Get_size() > 1:
-        own_cache = run_compile_cache(comm)
-        layout = dataclasses.replace(layout, compile_cache=str(own_cache))
-        if comm.Get_rank() == 0:
-            log.info("compilation cache of this run: %s (removed at the end)", own_cache)
-    configure_process(layout)
-    notes = comm.Dup()
-    # ranks with other thread counts compile under other XLA flags: their cache entries differ
-    node_ranks = node.allgather((comm.Get_rank(), layout.threads))
-    neighbours = frozenset(r for r, t in node_ranks if t == layout.threads) - {comm.Get_rank()}
-    if comm.Get_rank() != 0:
-        log.setLevel(logging.WARNING)
-    try:
-        if comm.Get_rank() == 0:
-            return _lead(comm, notes, neighbours, cfg, overwrite=overwrite, resume=resume)
-        _follow(comm, notes)
-        return None
-    except (InputError, RunError):
-        raise
-    except BaseException:
-        sys.stderr.write(f"hetmpi: rank {comm.Get_rank()} failed:\n{traceback.format_exc()}")
-        sys.stderr.flush()
-        comm.Abort(1)
-        raise
-    finally:
-        # every rank of the node is past sampling (or failed): nothing reads the cache now
-        if own_cache is not None and node.Get_rank() == 0:
-            shutil.rmtree(own_cache, ignore_errors=True)
-        node.Free()
-
-
-def _lead(
-    comm: MPI.Comm,
-    notes: MPI.Comm,
-    neighbours: frozenset[int],
-    cfg: Config,
-    *,
-    overwrite: bool,
-    resume: bool,
-) -> dict[str, Any]:
-    from hetmpi import pipeline
-
-    executor = MpiExecutor(comm, notes, cfg.executor.shard_timeout, neighbours)
-    reason = f"{comm.Get_size()} MPI ranks"
-    try:
-        return pipeline.run(
-            cfg,
-            select=lambda _num_shards: (executor, reason),
-            overwrite=overwrite,
-            resume=resume,
-            helpers=executor,
-        )
-    except Exception as exc:
-        if not executor.dispatched:  # the other ranks wait in a broadcast (outline or header)
-            idle_barrier(comm)
-            comm.bcast(Abandon(str(exc), isinstance(exc, InputError)), root=0)
-        raise
-
-
 def _run_unit(
     dealt: Dealt, header: RunHeader, control: AttemptControl, won: Callable[[], bool]
 ) -> tuple[ShardResult, bool]:
@@ -293,9 +160,10 @@ def _received(message: object) -> object:
     return message
 
 
-def _follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
-    from hetmpi.progress import ShardNote
-    from hetmpi.sampling import AttemptControl, Superseded, compile_monitor, precompile
+def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
+    """The protocol of a rank other than 0, from the first broadcast to the gather."""
+    from hetmpi.kernel import compile_monitor, precompile
+    from hetmpi.records import ShardNote
 
     with compile_monitor() as compiles:
         idle_barrier(comm)  # while rank 0 loads the data
@@ -376,6 +244,13 @@ class MpiExecutor:
         self.dispatched = False
         self.timings: dict[str, Any] = {}
 
+    def abandon(self, exc: Exception) -> None:
+        """Rank 0 failed: release the other ranks, which then raise the same error, if they
+        still wait in a broadcast (before the shards are dealt)."""
+        if not self.dispatched:
+            idle_barrier(self.comm)
+            self.comm.bcast(Abandon(str(exc), isinstance(exc, InputError)), root=0)
+
     def announce(self, outline: SamplerOutline) -> None:
         """Send the sampler outline to the other ranks (they compile it after the search)."""
         idle_barrier(self.comm)
@@ -405,8 +280,9 @@ class MpiExecutor:
     def run(
         self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
     ) -> list[ShardResult]:
-        from hetmpi.progress import ShardNote
-        from hetmpi.sampling import Superseded, chain_blocks, compile_monitor
+        from hetmpi.kernel import chain_blocks, compile_monitor
+        from hetmpi.records import ShardNote
+        from hetmpi.results import save_shard_result
 
         size = self.comm.Get_size()
         header = RunHeader(
@@ -431,21 +307,23 @@ class MpiExecutor:
                 len(units), samplers, samplers - len(units),
             )  # fmt: skip
         speculate = samplers > 1 and task.cfg.max_retries >= 1
-        dealer = Dealer(self.notes, header, units, report, self.neighbours, speculate=speculate)
+        dispatch = Dispatch(units, task.cfg.num_chains, report, speculate=speculate)
+        dealer = Dealer(self.notes, header, dispatch, self.neighbours)
         results: list[tuple[ShardResult, bool]] = []
 
         def sample_own() -> None:
             # a neighbour that asks for work has compiled the sampler into the node's cache,
             # which it began during the warm start: loading it beats compiling it again
             dealer.neighbour_compiled.wait()
-            while (dealt := dealer.next_unit(0)) is not None:
-                won = partial(dealer.known_winner, dealt.key)
+            while (dealt := dispatch.next_unit(0)) is not None:
+                won = partial(dispatch.known_winner, dealt.key)
+                control = dispatch.control(0, dealt)
                 try:
-                    result, undecided = _run_unit(dealt, header, dealer.own_control(dealt), won)
+                    result, undecided = _run_unit(dealt, header, control, won)
                 except Superseded:
-                    dealer.finished(0, None)
+                    dispatch.finished(0, None)
                     continue
-                dealer.finished(0, ShardNote.of(result))
+                dispatch.finished(0, ShardNote.of(result))
                 results.append((result, undecided))
 
         with compile_monitor() as compiles:
@@ -469,209 +347,44 @@ class MpiExecutor:
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
         everything, compiled = _gather(self.comm, results, compiles)
-        everything = _merge_split_shards(dealer.keep_winners(everything, out_dir), out_dir)
+        kept, unsaved = dispatch.winners(everything)
+        for result in unsaved:  # their ranks left the files to rank 0
+            whole = result.chains == tuple(range(task.cfg.num_chains))
+            save_shard_result(out_dir, result, part=not whole)
+        everything = _merge_split_shards(kept, out_dir)
         gathered = time.perf_counter()
         self.timings = {
             "scatter": dealer.send_seconds,
             "gather": gathered - gather_started,
             "compiles_per_process": [count for count, _ in compiled],
             "compile_seconds_per_process": [seconds for _, seconds in compiled],
-            "speculative_retries": dealer.speculation_counts(),
+            "speculative_retries": dispatch.speculation_counts(),
         }
         return everything
 
 
 class Dealer:
-    """Rank 0's queue of work units, dealt in order to whichever rank asks (rank 0 takes its
-    own from the same queue); it turns the notes of chain blocks into one per shard.
-
-    When the queue is empty it deals speculative retries (``speculate``) and keeps, per
-    block, which result wins: the first attempt's when it passed the divergence check (or
-    failed for another reason), the speculative retry's when the first attempt asked to
-    retry after a speculative retry had started."""
+    """Rank 0's MPI side of ``Dispatch``: answers the other ranks' requests for work with
+    units and their shards' buffers, and sends the dispatch's verdicts to the ranks they
+    concern. Rank 0 takes its own units from the same ``dispatch``."""
 
     def __init__(
-        self,
-        notes: MPI.Comm,
-        header: RunHeader,
-        units: Sequence[WorkUnit],
-        report: Report,
-        neighbours: frozenset[int],
-        *,
-        speculate: bool = False,
+        self, notes: MPI.Comm, header: RunHeader, dispatch: Dispatch, neighbours: frozenset[int]
     ) -> None:
         """``neighbours``: ranks whose first request sets ``neighbour_compiled`` (set at once
         when there are none, or no work)."""
         self.notes = notes
+        self.header = header
+        self.dispatch = dispatch
         self.neighbours = neighbours
         self.neighbour_compiled = threading.Event()
-        if not neighbours or not units:
+        if not neighbours or not dispatch.queue:
             self.neighbour_compiled.set()
-        self.header = header
-        self.queue = list(units)
-        self.speculate = speculate  # only when units are single blocks (see work_units)
-        self.lock = threading.Lock()
-        self.report = report
-        self.partial: dict[int, list[ShardNote]] = {}
-        self.seconds_per_chain: dict[int, float] = {}  # shard index -> of its finished chains
         self.send_seconds = 0.0
-        self.running: dict[int, Dealt] = {}  # rank -> the unit it samples now
-        self.speculators: dict[UnitKey, int] = {}  # block -> rank running its retry early
-        self.retried_in_place: set[UnitKey] = set()  # blocks no one may speculate on now
-        self.speculation_won: dict[UnitKey, bool] = {}  # speculated block -> retry won
-        self.held_notes: dict[UnitKey, ShardNote] = {}  # speculative, finished, not yet won
-        self.calls_off: set[UnitKey] = set()  # speculative retries called off
-        self.outbox: list[tuple[int, UnitKey, int]] = []  # (rank, block, tag) to send
-
-    def next_unit(self, rank: int) -> Dealt | None:
-        """What ``rank`` samples next (it finished its last unit): the next queued unit, else
-        a speculative retry, else None."""
-        with self.lock:
-            if self.queue:
-                unit = self.queue.pop(costliest_first(self.queue, self.seconds_per_chain))
-                dealt = Dealt(unit, unit_key(unit, self.header.task.cfg.num_chains))
-            else:
-                dealt = self._speculation(rank)
-            if dealt is not None:
-                self.running[rank] = dealt
-            return dealt
-
-    def _speculation(self, rank: int) -> Dealt | None:
-        if not self.speculate:
-            return None
-        candidates = [
-            dealt
-            for other, dealt in self.running.items()
-            if other != rank
-            and not dealt.speculative
-            and dealt.key not in self.speculators
-            and dealt.key not in self.retried_in_place
-        ]
-        if not candidates:
-            return None
-        target = candidates[-1]  # dealt last, so likely to finish last
-        self.speculators[target.key] = rank
-        index, chains = target.key
-        log.info("rank %d starts the retry of shard %d chains %s speculatively",
-                 rank, index, list(chains))  # fmt: skip
-        return Dealt(target.unit, target.key, first=2)
-
-    def may_retry(self, rank: int) -> bool:
-        """Whether ``rank``, whose first attempt at its unit failed the divergence check,
-        retries it itself (else a speculative retry has it, and now wins)."""
-        with self.lock:
-            key = self.running[rank].key
-            if key not in self.speculators:
-                self.retried_in_place.add(key)
-                return True
-            self.speculation_won[key] = True
-            held = self.held_notes.pop(key, None)
-            speculator = self.speculators[key]
-            if speculator != 0 and self._runs(speculator, key):
-                self.outbox.append((speculator, key, TAG_WON))
-        if held is not None:
-            self._note_done(held)
-        return False
-
-    def called_off(self, key: UnitKey) -> bool:
-        """Whether rank 0's speculative retry of ``key`` was called off."""
-        with self.lock:
-            return key in self.calls_off
-
-    def known_winner(self, key: UnitKey) -> bool:
-        """Whether the speculative retry of ``key`` is known to have won."""
-        with self.lock:
-            return self.speculation_won.get(key, False)
-
-    def _runs(self, rank: int, key: UnitKey) -> bool:
-        running = self.running.get(rank)
-        return running is not None and running.key == key
-
-    def finished(self, rank: int, note: ShardNote | None) -> None:
-        """``rank`` is done with its unit: ``note`` of its result, or None when it left the
-        result to another rank (it retries no more, or its speculation was called off)."""
-        with self.lock:
-            dealt = self.running.pop(rank, None)
-            if dealt is None or note is None:
-                return
-            if dealt.speculative:
-                report = self._speculation_finished(dealt.key, note)
-            else:
-                report = True
-                if dealt.key in self.speculators:
-                    self._first_attempt_won(dealt.key)
-        if report:
-            self._note_done(note)
-
-    def _first_attempt_won(self, key: UnitKey) -> None:
-        """The first attempt at ``key`` kept its result: call its speculation off."""
-        self.speculation_won[key] = False
-        self.held_notes.pop(key, None)
-        speculator = self.speculators[key]
-        if self._runs(speculator, key):
-            if speculator == 0:
-                self.calls_off.add(key)
-            else:
-                self.outbox.append((speculator, key, TAG_CANCEL))
-
-    def _speculation_finished(self, key: UnitKey, note: ShardNote) -> bool:
-        """Whether to report the note of a finished speculative retry now (it won); held
-        until the first attempt decides, dropped if the first attempt won."""
-        won = self.speculation_won.get(key)
-        if won is None:
-            self.held_notes[key] = note
-        return bool(won)
-
-    def own_control(self, dealt: Dealt) -> AttemptControl:
-        """The AttemptControl of a unit rank 0 samples itself."""
-        from hetmpi.sampling import AttemptControl
-
-        if dealt.speculative:
-            return AttemptControl(first=dealt.first, cancelled=partial(self.called_off, dealt.key))
-        return AttemptControl(may_retry=partial(self.may_retry, 0))
-
-    def _note_done(self, note: ShardNote) -> None:
-        """Report a shard once notes for all its chains are in."""
-        from hetmpi.progress import ShardNote
-
-        with self.lock:
-            parts = self.partial.setdefault(note.index, [])
-            parts.append(note)
-            cost = seconds_per_chain(parts)
-            if cost is not None:
-                self.seconds_per_chain[note.index] = cost
-            if sum(part.chains for part in parts) < self.header.task.cfg.num_chains:
-                return
-            del self.partial[note.index]
-        self.report(ShardNote.merged(parts))
-
-    def keep_winners(
-        self, results: Sequence[tuple[ShardResult, bool]], out_dir: Path
-    ) -> list[ShardResult]:
-        """The winning result of every unit from (result, undecided) pairs, undecided for a
-        speculative retry that ended before its first attempt did; the undecided winners'
-        files are written here (their ranks did not write them)."""
-        from hetmpi.results import save_shard_result
-
-        kept = []
-        for result, undecided in results:
-            if undecided:
-                if not self.speculation_won.get(result_key(result), False):
-                    continue
-                whole = result.chains == tuple(range(self.header.task.cfg.num_chains))
-                save_shard_result(out_dir, result, part=not whole)
-            kept.append(result)
-        return kept
-
-    def speculation_counts(self) -> dict[str, int]:
-        wins = sum(self.speculation_won.values())
-        return {"started": len(self.speculators), "kept": wins}
 
     def _send_outbox(self) -> None:
-        with self.lock:
-            outbox, self.outbox = self.outbox, []
-        for rank, key, tag in outbox:
-            self.notes.send(key, dest=rank, tag=tag)
+        for rank, key, verdict in self.dispatch.take_outbox():
+            self.notes.send(key, dest=rank, tag=VERDICT_TAGS[verdict])
 
     def serve_or_abort(self, ranks: int) -> None:
         """``serve`` in a thread: an error there aborts the job (nobody else would see it)."""
@@ -684,9 +397,10 @@ class Dealer:
 
     def serve(self, ranks: int) -> None:
         """Answer requests until each of ``ranks`` other ranks was told there is no work."""
-        from hetmpi.executors.buffers import stack_shards
-        from hetmpi.sampling import chain_blocks
+        from hetmpi.kernel import chain_blocks
+        from hetmpi.records import stack_shards
 
+        dispatch = self.dispatch
         stopped = 0
         status = MPI.Status()
         while stopped < ranks:
@@ -696,14 +410,14 @@ class Dealer:
             rank, tag = status.Get_source(), status.Get_tag()
             if tag == TAG_RETRY:
                 self.notes.recv(source=rank, tag=TAG_RETRY)
-                self.notes.send(self.may_retry(rank), dest=rank, tag=TAG_RETRY)
+                self.notes.send(dispatch.may_retry(rank), dest=rank, tag=TAG_RETRY)
                 continue
             if rank in self.neighbours:
                 self.neighbour_compiled.set()
             note: ShardNote | None = self.notes.recv(source=rank, tag=TAG_REQUEST)
-            self.finished(rank, note)
+            dispatch.finished(rank, note)
             self._send_outbox()
-            dealt = self.next_unit(rank)
+            dealt = dispatch.next_unit(rank)
             started = time.perf_counter()
             if dealt is None:
                 head = np.array([NO_SHARD, -1, 0], dtype=np.int64)
@@ -740,8 +454,8 @@ def _request(
 ) -> Dealt | None:
     """Ask rank 0 for the next unit of work (reporting ``note``); None when none is left.
     Verdicts that arrive meanwhile go into ``verdicts``."""
-    from hetmpi.executors.buffers import empty_block, shard_from_block
-    from hetmpi.sampling import chain_blocks
+    from hetmpi.kernel import chain_blocks
+    from hetmpi.records import empty_block, shard_from_block
 
     notes.send(note, dest=0, tag=TAG_REQUEST)
     head = np.empty(3, dtype=np.int64)
@@ -782,9 +496,9 @@ def idle_barrier(comm: MPI.Comm) -> None:
 def _gather(
     comm: MPI.Comm, results: list[tuple[ShardResult, bool]], compiles: dict[str, float]
 ) -> tuple[list[tuple[ShardResult, bool]], list[tuple[int, float]]]:
-    """Every rank's (result, undecided) pairs (see ``Dealer.keep_winners``) and (compiles,
+    """Every rank's (result, undecided) pairs (see ``Dispatch.winners``) and (compiles,
     compile seconds) on rank 0 (empty lists elsewhere)."""
-    from hetmpi.executors.buffers import pack_result, unpack_result
+    from hetmpi.records import pack_result, unpack_result
 
     packed = [(pack_result(result), undecided) for result, undecided in results]
     payload = np.concatenate([p for (_, p), _ in packed]) if packed else np.zeros(0)

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from hetmpi.config import ExecutorConfig
-from hetmpi.executors import Report, longest_first, process_layout
-from hetmpi.executors.buffers import stack_shards
+from hetmpi.dispatch import Dispatch, Report, longest_first, work_units
+from hetmpi.executors import process_layout
 from hetmpi.executors.worker import BlockSpec, serve
-from hetmpi.progress import ShardNote
+from hetmpi.records import ShardNote, ShardResult, stack_shards, unpack_result
 from hetmpi.results import save_shard_result
 from hetmpi.runtime import available_cores
-from hetmpi.sampling import ShardResult, ShardTask, failed_result, shard_plan
+from hetmpi.sampling import ShardTask, draw_counts, failed_result
 from hetmpi.sharding import Shard
 
 log = logging.getLogger("hetmpi")
@@ -85,7 +85,7 @@ class PoolExecutor:
         if not shards:
             return []
         with shared_shards(shards) as blocks:
-            dispatch = _Dispatch(self, shards, task, seed, out_dir, report, blocks)
+            dispatch = _PoolRun(self, shards, task, seed, out_dir, report, blocks)
             try:
                 dispatch.run()
             finally:
@@ -98,8 +98,8 @@ class PoolExecutor:
         return dispatch.results
 
 
-class _Dispatch:
-    """One PoolExecutor.run: the workers, the queue of shard rows and the results."""
+class _PoolRun:
+    """One PoolExecutor.run: the workers, their dispatch and the results."""
 
     def __init__(
         self,
@@ -113,9 +113,11 @@ class _Dispatch:
     ) -> None:
         self.settings = executor.settings
         self.shards, self.task, self.seed, self.out_dir = shards, task, seed, out_dir
-        self.report, self.blocks = report, blocks
+        self.blocks = blocks
         self.count = min(executor.workers, len(shards))
-        self.pending = longest_first(shards)
+        ordered = [shards[k] for k in longest_first(shards)]
+        self.dispatch = Dispatch(work_units(ordered, (), 1), task.cfg.num_chains, report)
+        self.rows = {shard.index: row for row, shard in enumerate(shards)}
         self.attempts = dict.fromkeys(range(len(shards)), 0)
         self.results: list[ShardResult] = []
         self.compiles: dict[int, tuple[int, float]] = {}  # slot -> (compiles, seconds)
@@ -137,8 +139,8 @@ class _Dispatch:
     def run(self) -> None:
         while len(self.results) < len(self.shards):
             for worker in self.pool.values():
-                if worker.row is None and self.pending:
-                    worker.row = self.pending.pop(0)
+                if worker.row is None and (dealt := self.dispatch.next_unit(worker.slot)):
+                    worker.row = self.rows[dealt.unit[0].index]
                     self.attempts[worker.row] += 1
                     worker.started = worker.last_beat = time.monotonic()
                     worker.conn.send(("shard", worker.row))
@@ -156,10 +158,10 @@ class _Dispatch:
                 continue  # the worker died; check() replaces it
             worker.last_beat = time.monotonic()
             if message[0] == "done":
-                _, result, compiled = message
+                _, meta, payload, compiled = message
                 self.compiles[worker.slot] = compiled
                 worker.row = None
-                self.finish(result)
+                self.finish(worker.slot, unpack_result(meta, payload))
 
     def check(self) -> None:
         """Replace dead, hung and timed-out workers."""
@@ -186,16 +188,16 @@ class _Dispatch:
         shard = self.shards[worker.row]
         if retry and self.attempts[worker.row] < MAX_ATTEMPTS:
             log.warning("shard %d: %s; retrying it on a new worker", shard.index, why)
-            self.pending.insert(0, worker.row)
+            self.dispatch.requeue(worker.slot)
             return
         log.warning("shard %d: %s; recorded as failed", shard.index, why)
-        result = failed_result(shard, self.task, shard_plan(shard, self.task), why)
+        result = failed_result(shard, self.task, draw_counts(shard, self.task), why)
         save_shard_result(self.out_dir, result)
-        self.finish(result)
+        self.finish(worker.slot, result)
 
-    def finish(self, result: ShardResult) -> None:
+    def finish(self, slot: int, result: ShardResult) -> None:
         self.results.append(result)
-        self.report(ShardNote.of(result))
+        self.dispatch.finished(slot, ShardNote.of(result))
 
     def stop(self) -> None:
         for worker in self.pool.values():

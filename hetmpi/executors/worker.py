@@ -36,9 +36,9 @@ def attach(blocks: BlockSpec) -> tuple[list[shared_memory.SharedMemory], dict[st
 def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
     """Worker main loop; returns on ("stop",) or when the parent goes away."""
     configure_process(layout)
-    from hetmpi.executors.buffers import shard_from_block
     from hetmpi.executors.cpu import sample_and_save
-    from hetmpi.sampling import compile_monitor
+    from hetmpi.kernel import compile_monitor
+    from hetmpi.records import pack_result, shard_from_block
 
     lock = threading.Lock()
     stopped = threading.Event()
@@ -65,7 +65,8 @@ def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
                     return
                 shard = shard_from_block(arrays, message[1])
                 result = sample_and_save(shard, task, seed, out_dir)
-                send(("done", result, (int(compiles["compiles"]), float(compiles["seconds"]))))
+                compiled = (int(compiles["compiles"]), float(compiles["seconds"]))
+                send(("done", *pack_result(result), compiled))
     except EOFError:
         return
     finally:
