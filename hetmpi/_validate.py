@@ -2,7 +2,8 @@
 
 Every field parser takes a raw value as ``yaml.safe_load`` gives it, the value's key path and a
 :class:`Problems` list. It returns the checked, converted value, or :data:`INVALID` after
-recording one line ``"key.path: problem, got X; fix"``.
+recording one line ``"key.path: problem, got X; fix"``. Reading the YAML is
+:mod:`hetmpi.yamlfile`'s; a ``model.parameters`` entry is checked by :mod:`hetmpi.paramentry`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,10 @@ import numbers
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-import yaml
-
-from hetmpi.model.parameters import STD_LIMIT, ParameterSpec, bounded_prior
 from hetmpi.paths import path_problem
 
 
@@ -169,85 +167,6 @@ def as_mapping(value: Any, path: str, problems: Problems) -> Mapping[Any, Any] |
 def valid(values: Mapping[str, Any]) -> dict[str, Any]:
     """The parsed values without the rejected ones."""
     return {k: v for k, v in values.items() if v is not INVALID}
-
-
-class DuplicateKeyError(yaml.MarkedYAMLError):
-    """A YAML mapping gives one key twice (YAML forbids it; PyYAML would keep the last)."""
-
-    def __init__(self, key_path: str, first: yaml.Mark, second: yaml.Mark) -> None:
-        self.key_path = key_path
-        if first.line == second.line:
-            columns = f"columns {first.column + 1} and {second.column + 1}"
-            self.place = f"line {first.line + 1}, {columns}"
-        else:
-            self.place = f"lines {first.line + 1} and {second.line + 1}"
-        super().__init__(problem=self.text(""), problem_mark=second)
-
-    def text(self, where: str) -> str:
-        """One line: the key path, ``where`` (" in FILE") and both places."""
-        return f"{self.key_path}: given twice{where} ({self.place}); keep one"
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that raises DuplicateKeyError for a key given twice in one mapping, at
-    any depth (keys brought in by a ``<<`` merge may still be overridden)."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        self._check_unique(node, "", set())
-        return super().construct_document(node)
-
-    def _check_unique(self, node: yaml.Node, path: str, seen: set[int]) -> None:
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._check_unique(item, f"{path}[{i}]", seen)
-        if not isinstance(node, yaml.MappingNode):
-            return
-        marks: dict[Any, yaml.Mark] = {}
-        for key_node, value_node in node.value:
-            merge = key_node.tag == "tag:yaml.org,2002:merge"
-            if merge or not isinstance(key_node, yaml.ScalarNode):
-                self._check_unique(value_node, path, seen)
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if key in marks:
-                raise DuplicateKeyError(join(path, key), marks[key], key_node.start_mark)
-            marks[key] = key_node.start_mark
-            self._check_unique(value_node, join(path, key), seen)
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that refuses duplicate keys (DuplicateKeyError, a YAMLError)."""
-    loader = UniqueKeyLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def yaml_error_text(exc: yaml.YAMLError) -> str:
-    """A YAML parse error in one line: the problem and where it is."""
-    if isinstance(exc, DuplicateKeyError):
-        return exc.text("")
-    mark = getattr(exc, "problem_mark", None)
-    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
-        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
-
-
-def plain_data(obj: Any) -> Any:
-    """Dataclasses, paths, tuples and mappings turned into dicts, strings and lists."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: plain_data(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): plain_data(x) for k, x in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [plain_data(x) for x in obj]
-    return obj
 
 
 class Field(ABC):
@@ -496,86 +415,3 @@ class Section(Field):
             if key not in raw and isinstance(sub, Section):
                 values[key] = sub.parse(None, join(path, key), problems)
         return self.build(values, path, problems)
-
-
-def _keep(values: dict[str, Any], path: str, problems: Problems) -> dict[str, Any]:
-    return values
-
-
-_PARAMETER_KEYS: dict[str, Field] = {
-    "value": Float(),
-    "fixed": Bool(),
-    "bounds": Bounds(),
-    "prior": Section(
-        {"mean": Float(), "sd": Float(low=0, low_open=True), "log_space": Bool()}, _keep
-    ),
-}
-
-
-def parameter_fields(
-    spec: ParameterSpec, entry: Any, path: str, problems: Problems
-) -> dict[str, Any]:
-    """One model.parameters entry {value, fixed, bounds, prior} over the defaults of ``spec``.
-
-    Gives value, fixed, bounds, prior_mean, prior_sd and log_space. An unspecified value is the
-    default, or the middle of the bounds (geometric for log-space) when they exclude it.
-    """
-    low, high = float(spec.bounds[0]), float(spec.bounds[1])
-    if entry is not None and not isinstance(entry, Mapping):
-        example = f"{{value: {fmt_num(spec.default)}, fixed: true}}"
-        problems.add(
-            path,
-            f"must be a mapping with keys value, fixed, bounds, prior, got {show(entry)}; "
-            f"e.g. {spec.name}: {example}",
-        )
-        entry = {}
-    values = parse_keys(entry or {}, path, _PARAMETER_KEYS, problems)
-    prior = values.get("prior", {})
-    prior = valid(prior) if prior is not INVALID else {}
-    bounds_ok = values.get("bounds") is not INVALID
-    if "bounds" in values and bounds_ok:
-        low, high = values["bounds"]
-    shown = f"[{fmt_num(low)}, {fmt_num(high)}]"
-    log_space = prior.get("log_space", spec.log_space)
-    mean = prior.get("mean", float(spec.prior_mean))
-    log_key = "prior.log_space" if "log_space" in prior else "bounds"
-    if log_space and bounds_ok and low <= 0:
-        problems.add(
-            join(path, log_key),
-            f"a log-space prior needs bounds above 0, got {shown}; "
-            "raise the lower bound above 0 or set prior.log_space: false",
-        )
-    if log_space and mean <= 0:
-        problems.add(
-            join(path, "prior.mean" if "mean" in prior else log_key),
-            f"a log-space prior needs a mean above 0, got {fmt_num(mean)}; "
-            "give a positive prior.mean or set prior.log_space: false",
-        )
-    sd = prior.get("sd", float(spec.prior_sd))
-    usable = bounds_ok and low < high and sd > 0 and not (log_space and min(low, mean) <= 0)
-    if usable and bounded_prior((low, high), mean, sd, log_space).log_mass == -math.inf:
-        problems.add(
-            join(path, "prior.mean"),
-            f"the prior (mean {fmt_num(mean)}, sd {fmt_num(sd)}) puts no mass inside bounds "
-            f"{shown}: the mean lies more than {STD_LIMIT:g} sd outside them; move the mean "
-            "towards the bounds or widen prior.sd",
-        )
-    value = values.get("value", INVALID)
-    if value is INVALID:
-        value = float(spec.default)
-        if not low <= value <= high:
-            value = math.sqrt(low * high) if log_space and low > 0 else (low + high) / 2
-    elif bounds_ok and not low <= value <= high:
-        problems.add(
-            join(path, "value"),
-            f"{fmt_num(value)} is outside bounds {shown}; "
-            "choose a value inside the bounds or widen them",
-        )
-    return {
-        "value": float(value),
-        "fixed": values.get("fixed") is True,
-        "bounds": (low, high),
-        "prior_mean": mean,
-        "prior_sd": sd,
-        "log_space": log_space,
-    }

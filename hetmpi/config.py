@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from hetmpi import _validate as v
+from hetmpi import yamlfile
 from hetmpi.errors import InputError
 from hetmpi.model.parameters import (
     DEFAULT_SPECS,
@@ -23,6 +24,7 @@ from hetmpi.model.parameters import (
     PHYSICS_NAMES,
     SCALING_NAMES,
 )
+from hetmpi.paramentry import parameter_fields
 
 DATA_FORMATS: tuple[str, ...] = ("auto", "hetmpi", "aps")
 SHARDING_STRATEGIES: tuple[str, ...] = ("random", "contiguous", "angle_balanced")
@@ -233,7 +235,7 @@ class _Parameters(v.Field):
         for name, entry in raw.items():
             sub = v.join(path, name)
             if name in DEFAULT_SPECS:
-                fields = v.parameter_fields(DEFAULT_SPECS[name], entry, sub, problems)
+                fields = parameter_fields(DEFAULT_SPECS[name], entry, sub, problems)
                 given[name] = ParameterConfig(name=name, **fields)
                 continue
             match = v.suggest(str(name), PARAMETER_NAMES)
@@ -449,12 +451,12 @@ def load_config(path: str | Path) -> Config:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"{path}: cannot read the config file ({reason}); check it") from None
     try:
-        raw = v.load_yaml(text)
-    except v.DuplicateKeyError as exc:
+        raw = yamlfile.load_yaml(text)
+    except yamlfile.DuplicateKeyError as exc:
         raise ConfigError(exc.text(f" in {path}")) from None
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"{path}: not valid YAML, {v.yaml_error_text(exc)}; fix the syntax"
+            f"{path}: not valid YAML, {yamlfile.yaml_error_text(exc)}; fix the syntax"
         ) from None
     if raw is None:
         raise ConfigError(f"{path}: the file is empty; give at least data.path")
@@ -480,7 +482,7 @@ def load_planned_config(out_dir: str | Path) -> Config:
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """``cfg`` as plain YAML-safe data, in the YAML layout config_from_dict reads."""
-    out = v.plain_data(cfg)
+    out = yamlfile.plain_data(cfg)
     out["model"]["parameters"] = {
         p.name: {
             "value": p.value,

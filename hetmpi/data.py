@@ -18,11 +18,12 @@ import h5py
 import numpy as np
 import yaml
 
-from hetmpi._validate import DuplicateKeyError, int64_problem, load_yaml, yaml_error_text
+from hetmpi._validate import int64_problem
 from hetmpi.atomic import atomic_path
 from hetmpi.errors import InputError
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.paths import existing_file
+from hetmpi.yamlfile import DuplicateKeyError, load_yaml, yaml_error_text
 
 HETMPI_FORMAT = 1
 FORMATS = ("auto", "hetmpi", "aps")

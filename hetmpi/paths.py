@@ -21,8 +21,9 @@ NAME_MAX: Final = 255  # bytes in one file name (ext4, XFS, Btrfs, APFS, Lustre,
 PATH_MAX: Final = 4096  # bytes in a whole path, its final NUL included (Linux)
 
 
-def _shown(text: str) -> str:
-    shown = repr(text)
+def brief_repr(value: object) -> str:
+    """``repr(value)`` cut to at most 60 characters (ending in "...") for an error message."""
+    shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
@@ -46,18 +47,18 @@ def path_problem(value: str | os.PathLike[str]) -> str | None:
     of PATH_MAX bytes or more."""
     text = os.fspath(value)
     if "\0" in text:
-        shown = _shown(text)
+        shown = brief_repr(text)
         return f"contains a NUL character (\\0), which no path can hold, got {shown}; drop it"
     try:
         raw = os.fsencode(text)
     except UnicodeEncodeError as exc:
         bad = text[exc.start]
-        return f"contains {bad!r}, which no file name can hold, got {_shown(text)}; remove it"
+        return f"contains {bad!r}, which no file name can hold, got {brief_repr(text)}; remove it"
     longest = max(raw.split(b"/"), key=len)
     if len(longest) > NAME_MAX:
         return (
-            f"has a name of {len(longest)} bytes, got {_shown(text)}; a file or folder name may "
-            f"have at most {NAME_MAX} bytes, so shorten it"
+            f"has a name of {len(longest)} bytes, got {brief_repr(text)}; a file or folder name "
+            f"may have at most {NAME_MAX} bytes, so shorten it"
         )
     if len(raw) >= PATH_MAX:
         return f"is {len(raw)} bytes long; a path may have at most {PATH_MAX - 1}, so shorten it"

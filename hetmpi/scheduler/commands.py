@@ -41,6 +41,8 @@ from hetmpi.scheduler.submit import (
 )
 
 if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
     from hetmpi.config import Config
 
 PlanFn = Callable[["Config", Path], int]
@@ -67,17 +69,22 @@ class Prepared:
         return self.out_dir / JOBS_DIR
 
 
+def _profile_folder() -> Traversable:
+    return resources.files("hetmpi.scheduler") / "profiles"
+
+
 def profile_names() -> list[str]:
     """The cluster profiles shipped with hetmpi (jobs/profiles/ in the source tree)."""
-    folder = resources.files("hetmpi.scheduler") / "profiles"
     return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+        p.name.removesuffix(".yaml")
+        for p in _profile_folder().iterdir()
+        if p.name.endswith(".yaml")
     )
 
 
 def load_profile(name: str) -> dict[str, Any]:
     """The ``scheduler:`` mapping of a shipped profile (by name) or of a YAML file (by path)."""
-    from hetmpi._validate import DuplicateKeyError, load_yaml, yaml_error_text
+    from hetmpi.yamlfile import DuplicateKeyError, load_yaml, yaml_error_text
 
     if "/" in name or name.endswith((".yaml", ".yml")):
         problem = path_problem(name)
@@ -98,8 +105,7 @@ def load_profile(name: str) -> dict[str, Any]:
                 f"--profile: no profile {name!r}; {hint}choose one of {', '.join(names)} "
                 "or give the path of a YAML file"
             )
-        folder = resources.files("hetmpi.scheduler") / "profiles"
-        text = (folder / f"{name}.yaml").read_text(encoding="utf-8")
+        text = (_profile_folder() / f"{name}.yaml").read_text(encoding="utf-8")
     try:
         data = load_yaml(text)
     except DuplicateKeyError as exc:

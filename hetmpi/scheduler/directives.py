@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
+from hetmpi._validate import Problems, int64_problem, join
 from hetmpi.errors import InputError
-from hetmpi.paths import path_problem
+from hetmpi.paths import brief_repr, path_problem
 
 SCHEDULERS: Final = ("slurm", "pbs")
-INT64_MAX: Final = 2**63 - 1  # no count may exceed a 64-bit integer
 MODES: Final = ("mpi", "array", "sweep")
 LAUNCHERS: Final = {"slurm": ("srun", "mpiexec"), "pbs": ("mpiexec",)}
 DEFAULT_MAX_ARRAY_SIZE: Final = {"slurm": 1001, "pbs": 10000}
@@ -39,6 +39,7 @@ FORBIDDEN_CHARS: Final = ("\r", "\n", "\0")
 SLURM_ONLY: Final = ("partition", "qos", "constraint")
 PBS_ONLY: Final = ("queue", "filesystems", "select_extra")
 SWEEP_RESERVED: Final = ("output", "scheduler")
+_SECTION: Final = "scheduler"  # the key path every problem line starts with
 
 
 @dataclass(frozen=True)
@@ -112,23 +113,10 @@ class SchedulerConfig:
         return out
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def add(self, key: str, text: str) -> None:
-        self.lines.append(f"scheduler.{key}: {text}")
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _clean(value: Any, key: str, problems: _Problems) -> str | None:
+def _clean(value: Any, key: str, problems: Problems) -> str | None:
     """``value`` as a string free of CR, LF and NUL, or None after recording a problem."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        problems.add(key, f"must be a string, got {_show(value)}")
+        problems.add(key, f"must be a string, got {brief_repr(value)}")
         return None
     text = str(value)
     if any(c in text for c in FORBIDDEN_CHARS):
@@ -137,20 +125,20 @@ def _clean(value: Any, key: str, problems: _Problems) -> str | None:
     return text
 
 
-def _pattern(pattern: re.Pattern[str], hint: str) -> Callable[[Any, str, _Problems], Any]:
-    def parse(value: Any, key: str, problems: _Problems) -> Any:
+def _pattern(pattern: re.Pattern[str], hint: str) -> Callable[[Any, str, Problems], Any]:
+    def parse(value: Any, key: str, problems: Problems) -> Any:
         text = _clean(value, key, problems)
         if text is None:
             return None
         if not pattern.fullmatch(text):
-            problems.add(key, f"{hint}, got {_show(text)}")
+            problems.add(key, f"{hint}, got {brief_repr(text)}")
             return None
         return text
 
     return parse
 
 
-def _walltime(value: Any, key: str, problems: _Problems) -> Any:
+def _walltime(value: Any, key: str, problems: Problems) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         problems.add(
             key,
@@ -165,8 +153,9 @@ def _walltime(value: Any, key: str, problems: _Problems) -> Any:
     if match is None:
         problems.add(
             key,
-            f"must be HH:MM:SS (e.g. 01:30:00; hours may have more digits), got {_show(text)}; "
-            "a bare '10' or '10:00' means different things to PBS and Slurm",
+            "must be HH:MM:SS (e.g. 01:30:00; hours may have more digits), "
+            f"got {brief_repr(text)}; a bare '10' or '10:00' means different things to PBS and "
+            "Slurm",
         )
         return None
     if not any(int(part) for part in match.groups()):
@@ -175,25 +164,25 @@ def _walltime(value: Any, key: str, problems: _Problems) -> Any:
     return text
 
 
-def _count(low: int) -> Callable[[Any, str, _Problems], Any]:
-    def parse(value: Any, key: str, problems: _Problems) -> Any:
+def _count(low: int) -> Callable[[Any, str, Problems], Any]:
+    def parse(value: Any, key: str, problems: Problems) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             what = "a positive integer" if low == 1 else f"an integer >= {low}"
-            problems.add(key, f"must be {what}, got {_show(value)}")
+            problems.add(key, f"must be {what}, got {brief_repr(value)}")
             return None
-        if value > INT64_MAX:
-            limit = f"must be at most {INT64_MAX} (the largest 64-bit integer)"
-            problems.add(key, f"{limit}, got {value}")
+        problem = int64_problem(value)
+        if problem is not None:
+            problems.add(key, problem)
             return None
         return value
 
     return parse
 
 
-def _string_list(item: Callable[[Any, str, _Problems], Any]) -> Callable[..., Any]:
-    def parse(value: Any, key: str, problems: _Problems) -> Any:
+def _string_list(item: Callable[[Any, str, Problems], Any]) -> Callable[..., Any]:
+    def parse(value: Any, key: str, problems: Problems) -> Any:
         if isinstance(value, str) or not isinstance(value, Sequence):
-            problems.add(key, f"must be a list, got {_show(value)}")
+            problems.add(key, f"must be a list, got {brief_repr(value)}")
             return None
         items = [item(entry, f"{key}[{i}]", problems) for i, entry in enumerate(value)]
         return None if any(x is None for x in items) else tuple(items)
@@ -201,7 +190,7 @@ def _string_list(item: Callable[[Any, str, _Problems], Any]) -> Callable[..., An
     return parse
 
 
-def _env_line(value: Any, key: str, problems: _Problems) -> Any:
+def _env_line(value: Any, key: str, problems: Problems) -> Any:
     text = _clean(value, key, problems)
     if text is None:
         return None
@@ -209,16 +198,16 @@ def _env_line(value: Any, key: str, problems: _Problems) -> Any:
     if not sep or not ENV_NAME_RE.fullmatch(name):
         problems.add(
             key,
-            f"must be NAME=value with NAME a shell identifier, got {_show(text)}; "
+            f"must be NAME=value with NAME a shell identifier, got {brief_repr(text)}; "
             "the value is used literally (quoted, no $ expansion)",
         )
         return None
     return (name, content)
 
 
-def _path(value: Any, key: str, problems: _Problems) -> Any:
+def _path(value: Any, key: str, problems: Problems) -> Any:
     if not isinstance(value, str):
-        problems.add(key, f"must be a path string, got {_show(value)}")
+        problems.add(key, f"must be a path string, got {brief_repr(value)}")
         return None
     text = _clean(value, key, problems)
     if text is not None and not text.strip():
@@ -230,9 +219,9 @@ def _path(value: Any, key: str, problems: _Problems) -> Any:
     return text
 
 
-def _sweep_entry(value: Any, key: str, problems: _Problems) -> Any:
+def _sweep_entry(value: Any, key: str, problems: Problems) -> Any:
     if not isinstance(value, Mapping):
-        problems.add(key, f"must be a mapping with name and overrides, got {_show(value)}")
+        problems.add(key, f"must be a mapping with name and overrides, got {brief_repr(value)}")
         return None
     for extra in value:
         if extra not in ("name", "overrides"):
@@ -246,7 +235,7 @@ def _sweep_entry(value: Any, key: str, problems: _Problems) -> Any:
         overrides = {}
     if not isinstance(overrides, Mapping):
         problems.add(
-            f"{key}.overrides", f"must be a mapping of config keys, got {_show(overrides)}"
+            f"{key}.overrides", f"must be a mapping of config keys, got {brief_repr(overrides)}"
         )
         return None
     for reserved in SWEEP_RESERVED:
@@ -259,7 +248,7 @@ def _sweep_entry(value: Any, key: str, problems: _Problems) -> Any:
     return None if name is None else SweepEntry(name, overrides)
 
 
-def _sweep(value: Any, key: str, problems: _Problems) -> Any:
+def _sweep(value: Any, key: str, problems: Problems) -> Any:
     entries = _string_list(_sweep_entry)(value, key, problems)
     if entries is None:
         return None
@@ -272,23 +261,20 @@ def _sweep(value: Any, key: str, problems: _Problems) -> Any:
     return entries
 
 
-def _launcher(value: Any, key: str, problems: _Problems) -> Any:
-    if value in LAUNCHERS["slurm"]:
-        return value
-    problems.add(key, f"must be 'srun' or 'mpiexec', got {_show(value)}")
-    return None
+def _one_of(choices: Sequence[str]) -> Callable[[Any, str, Problems], Any]:
+    def parse(value: Any, key: str, problems: Problems) -> Any:
+        if value in choices:
+            return value
+        allowed = " or ".join(f"'{c}'" for c in choices)
+        problems.add(key, f"must be {allowed}, got {brief_repr(value)}")
+        return None
 
-
-def _scheduler(value: Any, key: str, problems: _Problems) -> Any:
-    if value in SCHEDULERS:
-        return value
-    problems.add(key, f"must be 'slurm' or 'pbs', got {_show(value)}")
-    return None
+    return parse
 
 
 _NAME_HINT = "must be letters, digits, _ . + - (at most 64, starting with a letter or digit)"
-_PARSERS: Final[dict[str, Callable[[Any, str, _Problems], Any]]] = {
-    "scheduler": _scheduler,
+_PARSERS: Final[dict[str, Callable[[Any, str, Problems], Any]]] = {
+    "scheduler": _one_of(SCHEDULERS),
     "walltime": _walltime,
     "account": _pattern(NAME_RE, _NAME_HINT),
     "queue": _pattern(NAME_RE, _NAME_HINT),
@@ -312,7 +298,7 @@ _PARSERS: Final[dict[str, Callable[[Any, str, _Problems], Any]]] = {
     "extra_directives": _string_list(
         _pattern(DIRECTIVE_RE, "must be one option like --mail-type=END or -l place=scatter")
     ),
-    "launcher": _launcher,
+    "launcher": _one_of(LAUNCHERS["slurm"]),  # every launcher runs on Slurm
     "launcher_args": _string_list(
         _pattern(LAUNCHER_ARG_RE, "must be one argument of letters, digits and _.,:=/@%+-")
     ),
@@ -331,34 +317,34 @@ def from_mapping(raw: Mapping[str, Any] | None) -> SchedulerConfig:
     Raises InputError listing every problem, one line per field. A null value means "not
     set" for optional fields (so a config can drop a profile's value).
     """
-    problems = _Problems()
+    problems = Problems()
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        raise InputError(f"scheduler: must be a mapping of settings, got {_show(raw)}")
+        raise InputError(f"scheduler: must be a mapping of settings, got {brief_repr(raw)}")
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in _PARSERS:
             match = difflib.get_close_matches(str(key), list(_PARSERS), n=1)
             hint = f"did you mean '{match[0]}'?" if match else "see docs/hpc.md for the keys"
-            problems.add(str(key), f"unknown key; {hint}")
+            problems.add(join(_SECTION, str(key)), f"unknown key; {hint}")
             continue
         if value is None and key in _OPTIONAL:
             continue
-        parsed = _PARSERS[key](value, key, problems)
+        parsed = _PARSERS[key](value, join(_SECTION, key), problems)
         if parsed is not None:
             values[key] = parsed
     for required in ("scheduler", "walltime"):
         if required not in raw:
             fix = "pass --scheduler slurm|pbs" if required == "scheduler" else 'e.g. "01:00:00"'
-            problems.add(required, f"is required; {fix} (or pick a --profile)")
+            problems.add(join(_SECTION, required), f"is required; {fix} (or pick a --profile)")
     _check_scheduler_fit(values, problems)
     if problems.lines:
         raise InputError("\n".join(problems.lines))
     return SchedulerConfig(**values)
 
 
-def _check_scheduler_fit(values: Mapping[str, Any], problems: _Problems) -> None:
+def _check_scheduler_fit(values: Mapping[str, Any], problems: Problems) -> None:
     kind = values.get("scheduler")
     if kind is None:
         return
@@ -367,10 +353,13 @@ def _check_scheduler_fit(values: Mapping[str, Any], problems: _Problems) -> None
         if key in values:
             alternative = {"queue": "partition", "partition": "queue"}.get(key)
             fix = f"use scheduler.{alternative}" if alternative else "remove it"
-            problems.add(key, f"is not used by {own}; {fix}")
+            problems.add(join(_SECTION, key), f"is not used by {own}; {fix}")
     launcher = values.get("launcher")
     if launcher is not None and launcher not in LAUNCHERS[kind]:
-        problems.add("launcher", f"{launcher} needs Slurm; PBS jobs start their ranks with mpiexec")
+        problems.add(
+            join(_SECTION, "launcher"),
+            f"{launcher} needs Slurm; PBS jobs start their ranks with mpiexec",
+        )
 
 
 def check_array(sc: SchedulerConfig, indices: Sequence[int], what: str) -> None:
