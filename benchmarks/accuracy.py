@@ -44,8 +44,11 @@ import yaml
 from reference_job import STANDARD_TRUTH, write_standard_job
 
 from hetmpi.config import ModeSearchConfig, config_from_dict
-from hetmpi.data import Dataset, load_truth, simulate_dataset, write_dataset
+from hetmpi.dataset import Dataset
+from hetmpi.formats.hetmpi_schema import write_dataset
 from hetmpi.sharding import pool_points
+from hetmpi.simulate import simulate_dataset
+from hetmpi.truthfile import load_truth
 from hetmpi.warmstart import WarmStart, fit_warm_start
 
 HERE = Path(__file__).resolve().parent

@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 
 from hetmpi.config import config_from_dict
-from hetmpi.data import load_truth, simulate_dataset
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import pool_points
+from hetmpi.simulate import simulate_dataset
+from hetmpi.truthfile import load_truth
 
 HERE = Path(__file__).resolve().parent
 TRUTH = load_truth(HERE.parent / "jobs" / "stress_truth.yaml")

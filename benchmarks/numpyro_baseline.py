@@ -41,7 +41,7 @@ def plain_model(data_path: Path):
     import numpyro
     import numpyro.distributions as dist
 
-    from hetmpi.data import load_dataset  # the file reader only
+    from hetmpi.formats import load_dataset  # the file reader only
 
     jax.config.update("jax_enable_x64", True)
     dataset = load_dataset(data_path)

@@ -18,7 +18,7 @@ t = 0.1 s, 4 angles (0, 30, 60, 90 degrees), 1,998,000 pooled points, jobs/stand
 fixed set and 2 chains x 300 draws (600 consensus draws), K = 32 angle-balanced shards.
 
 What is synthetic: sampling that job is far too slow on 2 cores, so no sampler runs. The data
-are simulated (``hetmpi.data.simulate_dataset``) and pooled, the Problem is built as the
+are simulated (``hetmpi.simulate.simulate_dataset``) and pooled, the Problem is built as the
 warm start builds it, but the WarmStart is made up: its center is the truth in u
 (``to_unconstrained``), its covariance in the sampler coordinates diagonal with sd 0.02, one
 basin. Each of the K ShardResults holds draws center + N(0, K x the Laplace covariance in u)
@@ -95,12 +95,13 @@ def build_inputs(args: argparse.Namespace, num_draws: int, pointwise: bool):
     """(Prepared, shard results, setup seconds) of the production job with ``num_draws``
     consensus draws (chains x draws per chain); see the module docstring for what is made up."""
     from hetmpi.config import config_from_dict
-    from hetmpi.data import load_truth, simulate_dataset
     from hetmpi.pipeline import Prepared
     from hetmpi.problem import build_problem
     from hetmpi.records import STAT_FIELDS, ShardResult
     from hetmpi.sampling import ShardTask
     from hetmpi.sharding import make_shards, pool_points
+    from hetmpi.simulate import simulate_dataset
+    from hetmpi.truthfile import load_truth
     from hetmpi.warmstart import WarmStart
 
     seconds = {}

@@ -29,11 +29,12 @@ import yaml
 
 import hetmpi.jaxenv  # noqa: F401  (x64 before JAX is used)
 from hetmpi.config import config_from_dict
-from hetmpi.data import simulate_dataset, write_dataset
+from hetmpi.formats.hetmpi_schema import write_dataset
 from hetmpi.modesearch import local_optimum
 from hetmpi.pipeline import load_data
 from hetmpi.problem import pooled_arrays
 from hetmpi.sharding import pool_points
+from hetmpi.simulate import simulate_dataset
 from hetmpi.warmstart import _fit_config, _fit_problem, fit_warm_start
 
 FIXED = ("D_offset_sample", "v_offset", "f2", "f3")

@@ -263,7 +263,9 @@ def _identification_table(warm: WarmStart) -> str:
 @click.option("--seed", type=int, help="Noise seed.")
 def simulate(truth: str, output: str, **options: Any) -> None:
     """Write a synthetic dataset in hetmpi's HDF5 schema from a TRUTH file (YAML/JSON)."""
-    from hetmpi.data import load_truth, simulate_dataset, write_dataset
+    from hetmpi.formats.hetmpi_schema import write_dataset
+    from hetmpi.simulate import simulate_dataset
+    from hetmpi.truthfile import load_truth
 
     check_output_file(output, "--output")
     spec = load_truth(truth)

@@ -14,11 +14,10 @@ import numpy as np
 import scipy.stats
 from numpyro.infer.hmc_util import consensus, parametric_draws
 
-from hetmpi.config import ConsensusConfig
+from hetmpi.config import CONSENSUS_METHODS, ConsensusConfig
 from hetmpi.errors import RunError
 from hetmpi.records import ShardResult
 
-CONSENSUS_METHODS = ("consensus", "gaussian", "average")
 SKEW_LIMIT = 1.0  # |sample skewness| of a shard's draws above which it is clearly not Gaussian
 BASIN_HINT = (
     "The posterior has several basins and the chains do not agree on one (the log names "

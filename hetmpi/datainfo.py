@@ -17,8 +17,19 @@ import h5py
 import numpy as np
 import yaml
 
-from hetmpi import data
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
+from hetmpi.formats import detect_format, load_dataset
+from hetmpi.formats.aps import (
+    APS_BINS,
+    APS_C2,
+    APS_FRAME_FACTORS,
+    APS_FRAME_TIME,
+    APS_PHI,
+    APS_Q,
+)
+from hetmpi.formats.h5values import read_array
+from hetmpi.formats.hetmpi_schema import HETMPI_FORMAT
 from hetmpi.model.parameters import PHYSICS_PARAMETERS
 from hetmpi.paths import path_problem
 from hetmpi.sharding import pool_points
@@ -57,7 +68,7 @@ def describe(path: str | Path, *, q_index: int | None = None) -> str:
     where = f" in {p}"
     with handle as f:
         try:
-            layout = data._detect_format(f, where)
+            layout = detect_format(f, where)
         except InputError:
             entries = ", ".join(sorted(f.keys())) or "nothing"
             raise InputError(
@@ -74,10 +85,10 @@ def describe(path: str | Path, *, q_index: int | None = None) -> str:
 
 
 def _describe_hetmpi(p: Path, q_index: int | None) -> str:
-    ds = data.load_dataset(p, format="hetmpi", q_index=q_index or 0)
+    ds = load_dataset(p, format="hetmpi", q_index=q_index or 0)
     with h5py.File(p, "r") as f:
         stored = "c2_triu (packed upper triangles)" if "c2_triu" in f else "c2 (full matrices)"
-        version = int(f.attrs.get("hetmpi_format", data.HETMPI_FORMAT))
+        version = int(f.attrs.get("hetmpi_format", HETMPI_FORMAT))
         source = f.attrs.get("source")
     if isinstance(source, bytes):
         source = source.decode("utf-8", "replace")
@@ -118,11 +129,11 @@ def _time_lines(t: np.ndarray, dt: float) -> list[str]:
     return lines
 
 
-def _upper(ds: data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def _upper(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(ds.t.size, k=1)
 
 
-def _mask_text(ds: data.Dataset) -> str:
+def _mask_text(ds: Dataset) -> str:
     if ds.mask is None:
         return "none (every point used)"
     rows, cols = _upper(ds)
@@ -135,7 +146,7 @@ def _mask_text(ds: data.Dataset) -> str:
     )
 
 
-def _sigma_text(ds: data.Dataset) -> str:
+def _sigma_text(ds: Dataset) -> str:
     if ds.sigma is None:
         return "none stored (model.noise.sigma: auto estimates it from the data)"
     rows, cols = _upper(ds)
@@ -166,7 +177,7 @@ def _truth_lines(truth: dict) -> list[str]:
     return lines
 
 
-def _left_out(ds: data.Dataset) -> str:
+def _left_out(ds: Dataset) -> str:
     parts = []
     if ds.t[0] == 0.0:
         parts.append("t = 0 frame")
@@ -181,15 +192,15 @@ def _left_out(ds: data.Dataset) -> str:
 def aps_q_bins(f: h5py.File, where: str) -> list[ApsQBin]:
     """Every q bin of an open APS file, with the angles and matrix sizes it has (shapes
     only; no matrix is read)."""
-    q_list = np.ravel(data._read_array(f, data.APS_Q, where)).astype(np.float64)
-    phi_list = np.ravel(data._read_array(f, data.APS_PHI, where)).astype(np.float64)
-    bins = np.ravel(data._read_array(f, data.APS_BINS, where)).astype(np.int64)
+    q_list = np.ravel(read_array(f, APS_Q, where)).astype(np.float64)
+    phi_list = np.ravel(read_array(f, APS_PHI, where)).astype(np.float64)
+    bins = np.ravel(read_array(f, APS_BINS, where)).astype(np.int64)
     n_q, n_phi = q_list.size, phi_list.size
     found: dict[int, list[tuple[int, int]]] = {qi: [] for qi in range(n_q)}
     for k, b in enumerate(bins):
         if not 1 <= b <= n_q * n_phi:
             raise InputError(
-                f"{data.APS_BINS}: bin {b} is outside 1..{n_q * n_phi} (n_q * n_phi){where}"
+                f"{APS_BINS}: bin {b} is outside 1..{n_q * n_phi} (n_q * n_phi){where}"
             )
         qi, pi = divmod(int(b) - 1, n_phi)
         found[qi].append((pi, k))
@@ -198,7 +209,7 @@ def aps_q_bins(f: h5py.File, where: str) -> list[ApsQBin]:
         members = sorted(found[qi])
         sizes = set()
         for _, k in members:
-            name = f"{data.APS_C2}/c2_{k + 1:05d}"
+            name = f"{APS_C2}/c2_{k + 1:05d}"
             if name not in f:
                 raise InputError(f"{name}: missing dataset{where}")
             shape = getattr(f[name], "shape", None) or (0,)
@@ -217,17 +228,17 @@ def aps_q_bins(f: h5py.File, where: str) -> list[ApsQBin]:
 
 def _describe_aps(f: h5py.File, p: Path, where: str, q_index: int | None) -> str:
     q_bins = aps_q_bins(f, where)
-    bins = [int(b) for b in np.ravel(data._read_array(f, data.APS_BINS, where))]
-    phi_list = np.ravel(data._read_array(f, data.APS_PHI, where)).astype(np.float64)
+    bins = [int(b) for b in np.ravel(read_array(f, APS_BINS, where))]
+    phi_list = np.ravel(read_array(f, APS_PHI, where)).astype(np.float64)
     processed = [b for b in q_bins if b.phi_bins]
     if q_index is None:
         if not processed:
-            raise InputError(f"{data.APS_BINS}: no q bin has a two-time matrix{where}")
+            raise InputError(f"{APS_BINS}: no q bin has a two-time matrix{where}")
         q_index = processed[0].index
-    ds = data.load_dataset(p, format="aps", q_index=q_index)  # checks the frame period too
+    ds = load_dataset(p, format="aps", q_index=q_index)  # checks the frame period too
     factors = [
         (name.rsplit("/", 1)[1], float(np.ravel(f[name][()])[0]))
-        for name in (data.APS_FRAME_TIME, *data.APS_FRAME_FACTORS)
+        for name in (APS_FRAME_TIME, *APS_FRAME_FACTORS)
         if name in f
     ]
     n_matrices = sum(len(b.phi_bins) for b in q_bins)

@@ -16,7 +16,7 @@ TAIL_PROBS = (0.05, 0.95)
 """Quantiles whose ESS minimum is the tail ESS (Vehtari et al. 2021); passed explicitly
 because ArviZ 1.x otherwise derives them from its ``stats.ci_prob`` setting."""
 
-_DIMS = ("chain", "draw")
+SAMPLE_DIMS = ("chain", "draw")
 
 
 def _as_chains(name: str, values: np.ndarray) -> np.ndarray:

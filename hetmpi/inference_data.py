@@ -38,13 +38,13 @@ import numpy as np
 import xarray as xr
 
 from hetmpi.atomic import atomic_path
+from hetmpi.diagnostics import SAMPLE_DIMS
 from hetmpi.errors import InputError
 from hetmpi.model.posterior import PosteriorModel
 from hetmpi.problem import Problem, pooled_arrays
 from hetmpi.records import ShardResult
 from hetmpi.sharding import PooledPoints
 
-SAMPLE_DIMS = ("chain", "draw")
 PER_ANGLE = re.compile(r"^(?P<name>\w+)\[(?P<angle>\d+)\]$")
 POINTWISE_VALUES = 2_000_000  # draws x points evaluated per compiled call (at most 64 draws)
 

@@ -24,14 +24,17 @@ import numpy as np
 from hetmpi import __version__, runlog
 from hetmpi.config import Config, config_to_dict
 from hetmpi.consensus import BasinCheck, ShardVerdict, combine_draws, select_shards
-from hetmpi.data import Dataset, load_dataset
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError, RunError
+from hetmpi.formats import load_dataset
 from hetmpi.kernel import SamplerOutline, sampler_outline
+from hetmpi.model.parameters import num_scaling_coordinates
 from hetmpi.paths import path_problem
 from hetmpi.problem import build_problem, scaling_mode
 from hetmpi.records import ShardResult
 from hetmpi.results import SHARD_DIR, write_json, write_yaml
 from hetmpi.sampling import ShardTask
+from hetmpi.scheduler.submit import JOBS_DIR
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.warmstart import (
     basin_note,
@@ -47,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hetmpi")
 
-JOBS_DIR = "jobs"
 OUTPUT_FILES = ("config.yaml", "plan.h5", "posterior.nc", "summary.json", "run.log")
 
 
@@ -72,9 +74,9 @@ def load_data(cfg: Config) -> Dataset:
 
 def sampled_dimension(cfg: Config, num_angles: int) -> int:
     """Number of sampled coordinates (free physics, per-angle scaling, sigma)."""
-    scaling = {"individual": 2 * num_angles, "averaged": 2, "constant": 0}
     mode = scaling_mode(cfg.model, cfg.model.per_angle_mode)
-    return len(cfg.model.free_physics) + scaling[mode] + cfg.model.noise.sample
+    scaling = num_scaling_coordinates(mode, num_angles)
+    return len(cfg.model.free_physics) + scaling + cfg.model.noise.sample
 
 
 class PrepareHelpers(Protocol):

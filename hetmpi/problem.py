@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hetmpi.config import ModelConfig, ParameterConfig
-from hetmpi.data import Dataset
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
 from hetmpi.model.coordinates import FRACTION_NAMES
 from hetmpi.model.parameters import (

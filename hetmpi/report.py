@@ -15,7 +15,7 @@ import numpy as np
 
 from hetmpi import __version__, diagnostics, plots
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
-from hetmpi.data import Dataset
+from hetmpi.dataset import Dataset
 from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
 from hetmpi.model.posterior import PosteriorModel, ShardArrays

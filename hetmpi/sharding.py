@@ -13,10 +13,9 @@ from typing import Protocol
 
 import numpy as np
 
-from hetmpi.data import Dataset
+from hetmpi.config import SHARDING_STRATEGIES
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
-
-STRATEGIES = ("random", "contiguous", "angle_balanced")
 
 
 class ShardCountSettings(Protocol):
@@ -145,9 +144,9 @@ def make_shards(points: PooledPoints, num_shards: int, *, strategy: str, seed: i
     angle's points, seeded-permuted, dealt round-robin so every shard draws from every angle
     in proportion. Randomness comes from ``Generator(PCG64(seed))``.
     """
-    if strategy not in STRATEGIES:
+    if strategy not in SHARDING_STRATEGIES:
         raise InputError(
-            f"sharding.strategy: must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
+            f"sharding.strategy: must be one of {', '.join(SHARDING_STRATEGIES)}, got {strategy!r}"
         )
     _check_num_shards(num_shards, points.size)
     rng = np.random.Generator(np.random.PCG64(seed))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hetmpi.config import ModelConfig, ModeSearchConfig
-from hetmpi.data import Dataset
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError, RunError
 from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
 from hetmpi.model.physics import c2_pooled

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-from hetmpi.data import Dataset, load_truth, simulate_dataset, write_dataset
+from hetmpi.dataset import Dataset
+from hetmpi.formats.hetmpi_schema import write_dataset
+from hetmpi.simulate import simulate_dataset
+from hetmpi.truthfile import load_truth
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_TRUTH = REPO / "jobs" / "stress_truth.yaml"

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from conftest import REFERENCE_TRUTH, shard_draws, tiny_dataset, write_config
 
-from hetmpi.data import load_truth, write_dataset
+from hetmpi.formats.hetmpi_schema import write_dataset
+from hetmpi.truthfile import load_truth
 
 RECORDED = Path(__file__).resolve().parent / "data" / "recorded_draws.npz"
 

@@ -11,7 +11,7 @@ import pytest
 from numpyro.infer import MCMC, NUTS
 
 from hetmpi.config import config_from_dict
-from hetmpi.data import load_dataset
+from hetmpi.formats import load_dataset
 from hetmpi.model.posterior import ShardArrays
 from hetmpi.problem import Problem, build_problem
 from hetmpi.warmstart import growth_detected

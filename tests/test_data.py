@@ -10,16 +10,14 @@ import h5py
 import numpy as np
 import pytest
 
-from hetmpi.data import (
-    Dataset,
-    load_dataset,
-    load_truth,
-    simulate_dataset,
-    write_dataset,
-)
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
+from hetmpi.formats import load_dataset
+from hetmpi.formats.hetmpi_schema import write_dataset
 from hetmpi.model import physics
 from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.simulate import simulate_dataset
+from hetmpi.truthfile import load_truth
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -160,10 +160,10 @@ def test_most_correlated_takes_the_strongest_pairs_first() -> None:
 
 def test_prior_plots_and_densities_integrate_to_one(tmp_path: Path) -> None:
     from hetmpi.config import config_from_dict
-    from hetmpi.data import simulate_dataset
     from hetmpi.model.parameters import DEFAULT_SPECS, PHYSICS_NAMES
     from hetmpi.problem import build_problem
     from hetmpi.report import prior_densities
+    from hetmpi.simulate import simulate_dataset
 
     cfg = config_from_dict({"data": {"path": "unused.h5"}}, Path(".")).model
     dataset = simulate_dataset(

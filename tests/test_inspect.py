@@ -13,9 +13,9 @@ from test_data import APS_PHI, APS_Q, symmetric_stack, write_aps, write_hetmpi
 
 from hetmpi.cli import main
 from hetmpi.config import load_config
-from hetmpi.data import load_dataset
 from hetmpi.datainfo import describe
 from hetmpi.errors import InputError
+from hetmpi.formats import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 
 from hetmpi.config import ConsensusConfig, ModeSearchConfig, SamplerConfig, config_from_dict
 from hetmpi.consensus import BasinCheck, select_shards
-from hetmpi.data import Dataset, simulate_dataset
+from hetmpi.dataset import Dataset
 from hetmpi.errors import RunError
 from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
@@ -20,6 +20,7 @@ from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.records import ShardResult
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import pool_points
+from hetmpi.simulate import simulate_dataset
 from hetmpi.warmstart import WarmStart, fit_warm_start, scaling_from_data
 
 SIGMA = 0.002

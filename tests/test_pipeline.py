@@ -105,7 +105,7 @@ def test_posterior_file_serves_arviz(finished_run: Path, tiny_h5: Path) -> None:
     import matplotlib.pyplot as plt
 
     from hetmpi.config import load_config
-    from hetmpi.data import load_dataset
+    from hetmpi.formats import load_dataset
     from hetmpi.problem import build_problem
 
     out = finished_run / "out"

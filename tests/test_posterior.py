@@ -11,8 +11,8 @@ import scipy.stats
 
 from hetmpi.config import ConsensusConfig, config_from_dict
 from hetmpi.consensus import combine_draws, select_shards, shard_shapes, skewed
-from hetmpi.data import load_dataset
 from hetmpi.errors import RunError
+from hetmpi.formats import load_dataset
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.records import ShardResult
 from hetmpi.sharding import pool_points

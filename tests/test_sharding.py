@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from hetmpi.data import Dataset
+from hetmpi.config import SHARDING_STRATEGIES
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
 from hetmpi.sharding import (
-    STRATEGIES,
     PooledPoints,
     choose_num_shards,
     make_shards,
@@ -100,7 +100,7 @@ def all_ids(plan_shards: tuple) -> np.ndarray:
     return np.concatenate([s.point_ids for s in plan_shards])
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SHARDING_STRATEGIES)
 @pytest.mark.parametrize("k", [1, 2, 3, 7, 30])
 def test_every_point_in_exactly_one_shard(strategy: str, k: int) -> None:
     pts = pool_points(make_dataset(n_phi=2, n=6))
@@ -114,7 +114,7 @@ def test_every_point_in_exactly_one_shard(strategy: str, k: int) -> None:
     assert [s.index for s in plan.shards] == list(range(k))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SHARDING_STRATEGIES)
 def test_shard_arrays_are_the_points_then_zero_weight_padding(strategy: str) -> None:
     sigma = np.full((2, 6, 6), 0.03)
     pts = pool_points(make_dataset(n_phi=2, n=6, sigma=sigma))
@@ -142,7 +142,7 @@ def test_shard_arrays_are_the_points_then_zero_weight_padding(strategy: str) -> 
         assert shard.i1.dtype == shard.i2.dtype == shard.angle.dtype == np.int32
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SHARDING_STRATEGIES)
 def test_same_seed_same_plan(strategy: str) -> None:
     pts = pool_points(make_dataset(n_phi=3, n=8))
     a = make_shards(pts, 5, strategy=strategy, seed=11)

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from hetmpi.config import ModelConfig, ModeSearchConfig, config_from_dict
-from hetmpi.data import Dataset, simulate_dataset
+from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2
 from hetmpi.modesearch import difference_hessian, label_swapped, local_optimum, swap_labels
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import pool_points
+from hetmpi.simulate import simulate_dataset
 from hetmpi.warmstart import (
     PRIOR_DOMINATED,
     WarmStart,

@@ -56,6 +56,12 @@ SCALING_NAMES: tuple[str, ...] = ("contrast", "offset")
 LABELLINGS: tuple[str, ...] = ("free", "reference_slower", "sample_slower")  # order of the rates
 PER_ANGLE_MODES: tuple[str, ...] = ("individual", "averaged", "constant")
 
+
+def num_scaling_coordinates(per_angle_mode: str, n_phi: int) -> int:
+    """Sampled contrast/offset coordinates: a pair per angle, one shared pair, or none."""
+    return {"individual": 2 * n_phi, "averaged": 2, "constant": 0}[per_angle_mode]
+
+
 DEFAULT_SPECS: dict[str, ParameterSpec] = {
     p.name: p for p in (*PHYSICS_PARAMETERS, CONTRAST, OFFSET)
 }

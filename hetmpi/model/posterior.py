@@ -52,7 +52,7 @@ from hetmpi.model.coordinates import (
     fraction_to_sampler,
     growth,
 )
-from hetmpi.model.parameters import PHYSICS_NAMES, TRANSPORTS
+from hetmpi.model.parameters import PHYSICS_NAMES, TRANSPORTS, num_scaling_coordinates
 from hetmpi.model.physics import c2_pooled, pooled_sum_of_squares
 
 LABEL_SHARPNESS = 50.0
@@ -112,7 +112,7 @@ class PosteriorModel:
 
     @property
     def num_scaling(self) -> int:
-        return {"individual": 2 * self.n_phi, "averaged": 2, "constant": 0}[self.per_angle_mode]
+        return num_scaling_coordinates(self.per_angle_mode, self.n_phi)
 
     def bounded_values(self, u: Array, consts: ModelConstants) -> Array:
         """y for the bounded coordinates, then exp() where log-space: parameter values."""

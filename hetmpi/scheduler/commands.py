@@ -31,6 +31,7 @@ from hetmpi.scheduler.render import (
     render_sweep,
 )
 from hetmpi.scheduler.submit import (
+    JOBS_DIR,
     RECORD_NAME,
     Runner,
     SubmitError,
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 PlanFn = Callable[["Config", Path], int]
 StatusFn = Callable[[Path, int], Mapping[int, str]]
-JOBS_DIR = "jobs"
 ACTIVE_STATES = (
     *("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED"),  # Slurm
     *("QUEUED", "HELD", "WAITING", "ARRAY_RUNNING", "EXITING"),  # PBS, as query_states names them
@@ -197,7 +197,7 @@ def _check_run_inputs(data_path: Path, out_dir: Path) -> None:
     """Refuse now what the job's `hetmpi run` would refuse on the cluster: a data file that
     is missing or not HDF5 (array mode's planning reads it too), or an output folder that
     holds results. Writes nothing."""
-    from hetmpi.data import open_data_file
+    from hetmpi.formats import open_data_file
     from hetmpi.pipeline import check_output_dir
 
     open_data_file(data_path).close()

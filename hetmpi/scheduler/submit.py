@@ -19,6 +19,7 @@ from hetmpi.atomic import atomic_path
 from hetmpi.errors import InputError
 from hetmpi.scheduler.render import JobScript
 
+JOBS_DIR = "jobs"  # OUT/jobs/: the rendered job scripts and the submission record
 RECORD_NAME = "submitted.json"
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 PBS_STATES = {
