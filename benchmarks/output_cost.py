@@ -92,10 +92,10 @@ def angles_of(count: int) -> list[float]:
 
 
 def build_inputs(args: argparse.Namespace, num_draws: int, pointwise: bool):
-    """(Prepared, shard results, setup seconds) of the production job with ``num_draws``
+    """(RunContext, shard results, setup seconds) of the production job with ``num_draws``
     consensus draws (chains x draws per chain); see the module docstring for what is made up."""
     from hetmpi.config import config_from_dict
-    from hetmpi.pipeline import Prepared
+    from hetmpi.context import RunContext
     from hetmpi.problem import build_problem
     from hetmpi.records import STAT_FIELDS, ShardResult
     from hetmpi.sampling import ShardTask
@@ -161,7 +161,7 @@ def build_inputs(args: argparse.Namespace, num_draws: int, pointwise: bool):
                 "labelling": cfg.model.labelling, "seconds": 0.0},
     )  # fmt: skip
     task = ShardTask(warm=warm, num_shards=args.shards, cfg=cfg.sampler, run_id="synthetic")
-    prepared = Prepared(cfg, dataset, points, plan, task, seconds={})
+    prepared = RunContext(cfg, dataset, points, plan, task, seconds={})
 
     chol = np.linalg.cholesky(args.shards * warm.u_covariance)
     shape = (args.chains, draws_per_chain)

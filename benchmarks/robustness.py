@@ -29,9 +29,9 @@ import yaml
 
 import hetmpi.jaxenv  # noqa: F401  (x64 before JAX is used)
 from hetmpi.config import config_from_dict
+from hetmpi.context import load_data
 from hetmpi.formats.hetmpi_schema import write_dataset
 from hetmpi.modesearch import local_optimum
-from hetmpi.pipeline import load_data
 from hetmpi.problem import pooled_arrays
 from hetmpi.sharding import pool_points
 from hetmpi.simulate import simulate_dataset

@@ -124,9 +124,9 @@ def plan(config: str, output: str | None, overwrite: bool) -> None:
     """
     cfg = _load(config, output)
     _configure_whole_process(cfg)
-    from hetmpi import pipeline
+    from hetmpi import arrayjob
 
-    num_shards = pipeline.plan_run(cfg, cfg.output.directory, overwrite=overwrite)
+    num_shards = arrayjob.plan_run(cfg, cfg.output.directory, overwrite=overwrite)
     click.echo(f"planned {num_shards} shards in {cfg.output.directory}")
 
 
@@ -135,13 +135,13 @@ def plan(config: str, output: str | None, overwrite: bool) -> None:
 @click.option("--index", required=True, type=int, help="Shard index (0-based).")
 def run_shard(out: str, index: int) -> None:
     """Sample one shard of the run planned in OUT and write OUT/shards/shard_NNNN.h5."""
-    from hetmpi.config import load_planned_config
+    from hetmpi.outdir import load_planned_config
 
     out_dir = Path(out).absolute()
     _configure_whole_process(load_planned_config(out_dir))
-    from hetmpi import pipeline
+    from hetmpi import arrayjob
 
-    result = pipeline.run_shard(out_dir, index)
+    result = arrayjob.run_shard(out_dir, index)
     click.echo(
         f"shard {index}: {result.divergences} divergences, "
         f"{result.mean_steps:.1f} leapfrog steps/draw, "
@@ -153,10 +153,10 @@ def run_shard(out: str, index: int) -> None:
 @click.argument("out", type=CheckedPath(file_okay=False, exists=True))
 def combine(out: str) -> None:
     """Combine the shard results of the run planned in OUT and write every output."""
-    from hetmpi import pipeline, report
+    from hetmpi import arrayjob, report
 
     out_dir = Path(out).absolute()
-    summary = pipeline.combine(out_dir)
+    summary = arrayjob.combine(out_dir)
     click.echo(report.format_table(summary))
     click.echo(f"results in {out_dir}")
 
@@ -167,9 +167,9 @@ def report_command(out: str) -> None:
     """Print the results table of the finished run in OUT and draw its plots again
     (OUT/plots/); summary.json and posterior.nc stay as the run wrote them."""
     out_dir = Path(out).absolute()
-    from hetmpi import pipeline, report
+    from hetmpi import arrayjob, report
 
-    summary = pipeline.report_run(out_dir)
+    summary = arrayjob.report_run(out_dir)
     click.echo(report.format_table(summary))
     click.echo(f"plots in {out_dir / 'plots'}")
 
@@ -186,19 +186,19 @@ def validate(config: str, fit: bool) -> None:
     cfg = _load(config, None)
     if fit:
         _configure_whole_process(cfg)
-    from hetmpi import pipeline
+    from hetmpi import context
     from hetmpi.sharding import choose_num_shards, pool_points
 
-    dataset = pipeline.load_data(cfg)
+    dataset = context.load_data(cfg)
     points = pool_points(dataset)
-    dim = pipeline.sampled_dimension(cfg, len(dataset.phi))
+    dim = context.sampled_dimension(cfg, len(dataset.phi))
     shards = choose_num_shards(points.size, len(dataset.phi), dim, cfg.sharding)
     click.echo(
         f"config OK: {len(dataset.phi)} angles x {len(dataset.t)} frames, {points.size} points, "
         f"{dim} sampled parameters, {shards} shards ({cfg.sharding.strategy})"
     )
     if fit:
-        warm = pipeline.prepare(cfg, dataset).task.warm
+        warm = context.prepare(cfg, dataset).task.warm
         click.echo(_identification_table(warm))
         click.echo()
         click.echo(_basin_table(warm))

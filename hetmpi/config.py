@@ -468,18 +468,6 @@ def load_config(path: str | Path) -> Config:
     return config_from_dict(raw, path.absolute().parent)
 
 
-def load_planned_config(out_dir: str | Path) -> Config:
-    """OUT/config.yaml of a run planned in ``out_dir``; a ConfigError saying how to plan one
-    when OUT holds none (``hetmpi run-shard`` and ``combine`` start here)."""
-    path = Path(out_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"{out_dir}: no planned run here (no config.yaml); plan one first with "
-            f"`hetmpi plan CONFIG -o {out_dir}`"
-        )
-    return load_config(path)
-
-
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """``cfg`` as plain YAML-safe data, in the YAML layout config_from_dict reads."""
     out = yamlfile.plain_data(cfg)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hetmpi.config import Config, ExecutorConfig
 from hetmpi.errors import InputError, RunError
-from hetmpi.executors import process_layout
+from hetmpi.executors import Executor, process_layout
 from hetmpi.runtime import ProcessLayout, available_cores, configure_process, launcher_world_size
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ def launch(
         return _launch_mpi(cfg, executor_name=executor_name, overwrite=overwrite, resume=resume)
     configure_whole_process(cfg.executor)
     from hetmpi import pipeline
-    from hetmpi.executors import select_local_executor
 
     select = partial(select_local_executor, executor_name, cfg.executor)
     return pipeline.run(cfg, select=select, overwrite=overwrite, resume=resume)
@@ -121,7 +120,7 @@ def _launch_mpi(
             return None
         from hetmpi import pipeline
 
-        executor = mpi.MpiExecutor(comm, notes, cfg.executor.shard_timeout, neighbours)
+        executor = mpi.MpiExecutor(comm, notes, neighbours)
         reason = f"{comm.Get_size()} MPI ranks"
         try:
             return pipeline.run(
@@ -146,3 +145,30 @@ def _launch_mpi(
         if own_cache is not None and node.Get_rank() == 0:
             shutil.rmtree(own_cache, ignore_errors=True)
         node.Free()
+
+
+def select_local_executor(
+    name: str, settings: ExecutorConfig, num_shards: int
+) -> tuple[Executor, str]:
+    """The executor for ``name`` in a run without MPI, and why it was chosen (for the log).
+
+    ``auto``: multiprocessing when at least 2 cores and 2 shards, else cpu.
+    """
+    from hetmpi.executors.cpu import CpuExecutor
+    from hetmpi.executors.pool import PoolExecutor
+
+    cores = len(available_cores())
+    workers = settings.workers or min(cores, num_shards)
+    if name == "cpu":
+        return CpuExecutor(), "configured"
+    if name == "multiprocessing":
+        return PoolExecutor(workers, settings), f"configured, {workers} workers"
+    if name == "auto":
+        if cores >= 2 and num_shards >= 2:
+            reason = f"auto: {cores} cores and {num_shards} shards, {workers} workers"
+            return PoolExecutor(workers, settings), reason
+        return CpuExecutor(), f"auto: {cores} core(s), {num_shards} shard(s)"
+    raise InputError(
+        f"executor.name: {name!r} needs an MPI launch; start hetmpi with mpiexec/srun, or use "
+        "auto, cpu or multiprocessing"
+    )

@@ -86,8 +86,9 @@ def _open(out_dir: Path) -> h5py.File:
     return f
 
 
-def read_task(out_dir: Path, sampler: SamplerConfig) -> ShardTask:
-    """The ShardTask written by ``write_plan``, with the given sampler settings."""
+def read_task(out_dir: Path, sampler: SamplerConfig, *, timeout: float | None = None) -> ShardTask:
+    """The ShardTask written by ``write_plan``, with the given sampler settings and time limit,
+    writing its results to ``out_dir``."""
     with _open(out_dir) as f:
         fields = json.loads(f.attrs["model"])
         model = PosteriorModel(**{k: tuple(v) if isinstance(v, list) else v
@@ -110,6 +111,8 @@ def read_task(out_dir: Path, sampler: SamplerConfig) -> ShardTask:
             num_shards=int(f.attrs["num_shards"]),
             cfg=sampler,
             run_id=str(f.attrs["run_id"]),
+            timeout=timeout,
+            out_dir=out_dir,
         )
 
 

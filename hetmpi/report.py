@@ -24,7 +24,8 @@ from hetmpi.records import ShardResult
 from hetmpi.warmstart import basin_note, rivals_note, weak_identification_note
 
 if TYPE_CHECKING:
-    from hetmpi.pipeline import Consensus, Prepared
+    from hetmpi.context import RunContext
+    from hetmpi.pipeline import Consensus
 
 log = logging.getLogger("hetmpi")
 
@@ -80,7 +81,7 @@ def shard_row(result: ShardResult, verdict: ShardVerdict) -> dict[str, Any]:
 
 
 def build_summary(
-    prepared: Prepared,
+    prepared: RunContext,
     results: Sequence[ShardResult],
     verdicts: Sequence[ShardVerdict],
     draws: dict[str, np.ndarray],
@@ -152,7 +153,7 @@ def build_summary(
     }
 
 
-def posterior_mean_c2(prepared: Prepared, draws: dict[str, np.ndarray]) -> np.ndarray:
+def posterior_mean_c2(prepared: RunContext, draws: dict[str, np.ndarray]) -> np.ndarray:
     """Model matrices (n_phi, N, N) at the posterior mean of every parameter."""
     problem = prepared.task.warm.problem
     mean = np.array([draws[name].mean() for name in problem.model.names])
@@ -246,7 +247,11 @@ def c2_cuts(
 
 
 def write_plots(
-    prepared: Prepared, found: Consensus, fit: np.ndarray, summary: dict[str, Any], plots_dir: Path
+    prepared: RunContext,
+    found: Consensus,
+    fit: np.ndarray,
+    summary: dict[str, Any],
+    plots_dir: Path,
 ) -> None:
     """Every plot of a run (docs/outputs.md) from its consensus, the posterior-mean model
     ``fit`` (n_phi, N, N) and its summary; a figure that cannot be drawn is a warning."""

@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +35,16 @@ INIT_SPREAD = 1.5  # sd of chain starting points around their basin, in shard La
 
 @dataclass(frozen=True)
 class ShardTask:
-    """What every shard of a run shares: the posterior, its full-data fit, K and settings."""
+    """What every shard of a run shares, and all a process needs to sample one: the
+    posterior with its full-data fit, K, the sampler settings (``cfg.seed`` included), the
+    run's id, its per-shard time limit and its output folder."""
 
     warm: WarmStart
     num_shards: int
     cfg: SamplerConfig
     run_id: str = ""  # fingerprint of config and data; a checkpoint is reused only if it matches
+    timeout: float | None = None  # seconds per shard (executor.shard_timeout)
+    out_dir: Path | None = None  # where result files go (the --resume checkpoint)
 
     @cached_property
     def laplace_scale(self) -> np.ndarray:
@@ -79,29 +84,28 @@ class ShardTimeout(Exception):
 def sample_shard(
     shard: Shard,
     task: ShardTask,
-    seed: int,
-    timeout: float | None = None,
     blocks: Sequence[tuple[int, ...]] | None = None,
     control: AttemptControl | None = None,
 ) -> ShardResult:
     """NUTS on one shard under the tempered prior: its chain ``blocks`` (default: all of
     ``chain_blocks``), one after another, each retried on its own at the higher target
     acceptance when its divergence rate is too high. A failure (also running past
-    ``timeout`` seconds, checked between chunks of iterations) becomes a failed ShardResult
+    ``task.timeout`` seconds, checked between chunks of iterations) becomes a failed ShardResult
     carrying the error text; the only exception raised is ``Superseded``, and only as
     ``control`` asks (a ``control.first`` above 1 needs a single block). Each block is
-    deterministic for (seed, shard.index, block), so results split by blocks and merged
+    deterministic for (``task.cfg.seed``, shard.index, block), so results split by blocks and merged
     (``merge_results``) equal a whole run."""
     counts = draw_counts(shard, task)
     blocks = chain_blocks(task.cfg) if blocks is None else tuple(blocks)
     if control is not None and control.first != 1 and len(blocks) != 1:
         raise ValueError("a speculative retry runs exactly one chain block")
     chains = tuple(chain for block in blocks for chain in block)
+    timeout = task.timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     control = control or AttemptControl()
     try:
         return merge_results(
-            [_sample(shard, task, counts, seed, block, deadline, control) for block in blocks]
+            [_sample(shard, task, counts, block, deadline, control) for block in blocks]
         )
     except Superseded:
         raise
@@ -134,7 +138,6 @@ def _sample(
     shard: Shard,
     task: ShardTask,
     counts: DrawCounts,
-    seed: int,
     block: tuple[int, ...],
     deadline: float | None,
     control: AttemptControl,
@@ -145,7 +148,7 @@ def _sample(
     problem = task.warm.problem
     args = sampler_args(shard, problem.consts, center, chol, task.num_shards)
     # each chain draws from its own stream, so blocking chains differently changes nothing
-    rngs = [np.random.default_rng([seed, shard.index, chain]) for chain in block]
+    rngs = [np.random.default_rng([task.cfg.seed, shard.index, chain]) for chain in block]
 
     def attempt_inputs() -> tuple[list[int], np.ndarray]:
         seeds = [int(rng.integers(2**31)) for rng in rngs]

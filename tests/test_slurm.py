@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from conftest import shard_draws, write_config
 
-from hetmpi.scheduler.commands import ACTIVE_STATES, Prepared, deliver
+from hetmpi.scheduler.commands import ACTIVE_STATES, Submission, deliver
 from hetmpi.scheduler.directives import from_mapping
 from hetmpi.scheduler.render import JobScript, render_array, render_mpi
 from hetmpi.scheduler.submit import SubmitError, query_states, read_record
@@ -339,7 +339,7 @@ def calls(out_dir: Path, command: str) -> list[dict[str, Any]]:
 
 
 def submit(kind: str, out_dir: Path, scripts: list[JobScript], **info: Any) -> list[dict[str, Any]]:
-    prepared = Prepared(kind, out_dir, scripts, {"mode": "test", **info})
+    prepared = Submission(kind, out_dir, scripts, {"mode": "test", **info})
     return deliver(prepared, dry_run=False, echo=lambda _line: None)
 
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hetmpi.config import ExecutorConfig
 from hetmpi.dispatch import Report
-from hetmpi.errors import InputError
-from hetmpi.runtime import ProcessLayout, available_cores, layout_for
+from hetmpi.runtime import ProcessLayout, layout_for
 
 if TYPE_CHECKING:
     from hetmpi.records import ShardResult
@@ -36,12 +34,7 @@ class Executor(Protocol):
     timings: dict[str, Any]
 
     def run(
-        self,
-        shards: Sequence[Shard],
-        task: ShardTask,
-        seed: int,
-        out_dir: Path,
-        report: Report,
+        self, shards: Sequence[Shard], task: ShardTask, report: Report
     ) -> list[ShardResult]: ...
 
 
@@ -58,31 +51,4 @@ def process_layout(
         devices=settings.devices_per_process,
         compile_cache=None if cache is None else str(cache),
         pin=settings.pin_cores,
-    )
-
-
-def select_local_executor(
-    name: str, settings: ExecutorConfig, num_shards: int
-) -> tuple[Executor, str]:
-    """The executor for ``name`` in a run without MPI, and why it was chosen (for the log).
-
-    ``auto``: multiprocessing when at least 2 cores and 2 shards, else cpu.
-    """
-    from hetmpi.executors.cpu import CpuExecutor
-    from hetmpi.executors.pool import PoolExecutor
-
-    cores = len(available_cores())
-    workers = settings.workers or min(cores, num_shards)
-    if name == "cpu":
-        return CpuExecutor(settings.shard_timeout), "configured"
-    if name == "multiprocessing":
-        return PoolExecutor(workers, settings), f"configured, {workers} workers"
-    if name == "auto":
-        if cores >= 2 and num_shards >= 2:
-            reason = f"auto: {cores} cores and {num_shards} shards, {workers} workers"
-            return PoolExecutor(workers, settings), reason
-        return CpuExecutor(settings.shard_timeout), f"auto: {cores} core(s), {num_shards} shard(s)"
-    raise InputError(
-        f"executor.name: {name!r} needs an MPI launch; start hetmpi with mpiexec/srun, or use "
-        "auto, cpu or multiprocessing"
     )

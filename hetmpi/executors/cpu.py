@@ -4,7 +4,6 @@ config says."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from hetmpi.dispatch import Dispatch, Report, longest_first, work_units
@@ -14,30 +13,26 @@ from hetmpi.sampling import ShardTask, sample_shard
 from hetmpi.sharding import Shard
 
 
-def sample_and_save(
-    shard: Shard, task: ShardTask, seed: int, out_dir: Path, timeout: float | None = None
-) -> ShardResult:
-    """Sample one shard and write its result file (the checkpoint) at once."""
-    result = sample_shard(shard, task, seed, timeout)
-    save_shard_result(out_dir, result)
+def sample_and_save(shard: Shard, task: ShardTask) -> ShardResult:
+    """Sample one shard and write its result file (the checkpoint) in ``task.out_dir`` at
+    once."""
+    result = sample_shard(shard, task)
+    save_shard_result(task.out_dir, result)
     return result
 
 
 class CpuExecutor:
     name = "cpu"
 
-    def __init__(self, timeout: float | None = None) -> None:
-        self.timeout = timeout
+    def __init__(self) -> None:
         self.timings: dict[str, Any] = {}
 
-    def run(
-        self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
-    ) -> list[ShardResult]:
+    def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
         ordered = [shards[k] for k in longest_first(shards)]
         dispatch = Dispatch(work_units(ordered, (), 1), task.cfg.num_chains, report)
         results = []
         while (dealt := dispatch.next_unit(0)) is not None:
-            result = sample_and_save(dealt.unit[0], task, seed, out_dir, self.timeout)
+            result = sample_and_save(dealt.unit[0], task)
             dispatch.finished(0, ShardNote.of(result))
             results.append(result)
         return results

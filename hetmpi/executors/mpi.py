@@ -9,7 +9,7 @@ Protocol, in order, on ``COMM_WORLD``:
    returns the results to rank 0, which puts them back in item order (so the search is the
    same for every rank count); ``SEARCH_DONE`` ends the search, and the others compile the
    sampler while rank 0 finishes the warm start (the Laplace covariance at the best basin);
-3. a second broadcast brings the run header (ShardTask, seed, output folder); either
+3. a second broadcast brings the run header (the ShardTask and the shards' shapes); either
    broadcast brings instead the error that stopped rank 0, which every rank then exits with
    (status 2 for bad input);
 4. work is dealt on demand, one chain block of a shard at a time: every shard's first block,
@@ -23,7 +23,7 @@ Protocol, in order, on ``COMM_WORLD``:
    it again. Each rank saves each result file itself as soon as it has it (the --resume
    checkpoint);
 5. speculative retries: when nothing is left to deal, a rank that asks gets attempt 2 of the
-   chain block dealt last among those still on their first attempt elsewhere (``Dealer``).
+   chain block dealt last among those still on their first attempt elsewhere (``Dispatch``).
    A rank whose first attempt fails the divergence check asks rank 0 before retrying; if a
    speculative retry has the block, it leaves the block to it (rank 0 tells the speculative
    retry it won, and its rank then saves its file; one that ended before its first attempt
@@ -49,7 +49,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,8 +57,6 @@ import numpy as np
 from mpi4py import MPI
 
 from hetmpi.dispatch import (
-    CALLED_OFF,
-    WON,
     AttemptControl,
     Dealt,
     Dispatch,
@@ -70,7 +67,27 @@ from hetmpi.dispatch import (
     unit_key,
     work_units,
 )
-from hetmpi.errors import InputError, RunError
+from hetmpi.errors import InputError
+from hetmpi.executors.mpiwire import (
+    IDLE_POLL_SECONDS,
+    NO_SHARD,
+    SEARCH_DONE,
+    TAG_CANCEL,
+    TAG_REQUEST,
+    TAG_RETRY,
+    TAG_SHARD,
+    TAG_WON,
+    VERDICT_TAGS,
+    Abandon,
+    RunHeader,
+    SearchShare,
+    field_order,
+    gather_results,
+    idle_barrier,
+    in_item_order,
+    received,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from hetmpi.kernel import SamplerOutline
@@ -79,59 +96,6 @@ if TYPE_CHECKING:
     from hetmpi.sharding import Shard
 
 log = logging.getLogger("hetmpi")
-
-TAG_REQUEST = 11  # a rank asks for work, with the note of its last unit (or None)
-TAG_SHARD = 12  # rank 0's answer: a unit header, then the shard's arrays unless none is left
-TAG_RETRY = 13  # a rank whose first attempt failed asks whether to retry (answer: same tag)
-TAG_CANCEL = 14  # rank 0 calls a speculative retry off: (shard index, chains)
-TAG_WON = 15  # rank 0 tells a speculative retry that it won: (shard index, chains)
-VERDICT_TAGS = {WON: TAG_WON, CALLED_OFF: TAG_CANCEL}
-IDLE_POLL_SECONDS = 0.05
-NO_SHARD = -1
-
-
-@dataclass(frozen=True)
-class RunHeader:
-    """What rank 0 broadcasts before the shards: enough for a rank to sample and save."""
-
-    task: ShardTask
-    seed: int
-    out_dir: Path
-    timeout: float | None  # executor.shard_timeout
-    length: int  # padded shard length
-    has_sigma: bool
-
-
-@dataclass(frozen=True)
-class SearchShare:
-    """A stage of the mode search, broadcast by rank 0: ``fn`` on every item, spread over
-    the ranks."""
-
-    fn: Callable[[Any], Any]
-    items: Sequence[Any]
-
-    def run(self, rank: int, size: int) -> list[Any]:
-        """``fn`` on this rank's items: positions rank, rank + size, ..."""
-        return [self.fn(item) for item in self.items[rank::size]]
-
-
-SEARCH_DONE = "search done"
-
-
-def in_item_order(parts: Sequence[Sequence[Any]], count: int) -> list[Any]:
-    """The results of ``SearchShare.run`` on every rank (``parts[rank]``) in item order."""
-    ordered: list[Any] = [None] * count
-    for rank, part in enumerate(parts):
-        ordered[rank :: len(parts)] = part
-    return ordered
-
-
-@dataclass(frozen=True)
-class Abandon:
-    """Broadcast instead of a RunHeader when rank 0 failed before sampling."""
-
-    message: str
-    bad_input: bool
 
 
 def _run_unit(
@@ -145,19 +109,11 @@ def _run_unit(
 
     shard, block = dealt.unit
     blocks = None if block is None else [block]
-    result = sample_shard(
-        shard, header.task, header.seed, header.timeout, blocks=blocks, control=control
-    )
+    result = sample_shard(shard, header.task, blocks=blocks, control=control)
     undecided = dealt.speculative and not won()
     if not undecided:
-        save_shard_result(header.out_dir, result, part=block is not None)
+        save_shard_result(header.task.out_dir, result, part=block is not None)
     return result, undecided
-
-
-def _received(message: object) -> object:
-    if isinstance(message, Abandon):
-        raise InputError(message.message) if message.bad_input else RunError(message.message)
-    return message
 
 
 def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
@@ -167,16 +123,16 @@ def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
 
     with compile_monitor() as compiles:
         idle_barrier(comm)  # while rank 0 loads the data
-        outline = _received(comm.bcast(None, root=0))
+        outline = received(comm.bcast(None, root=0))
         idle_barrier(comm)
-        while isinstance(stage := _received(comm.bcast(None, root=0)), SearchShare):
+        while isinstance(stage := received(comm.bcast(None, root=0)), SearchShare):
             share = stage.run(comm.Get_rank(), comm.Get_size())
             idle_barrier(comm)  # while the slower ranks finish their shares
             comm.gather(share, root=0)
             idle_barrier(comm)
         precompile(outline)
         idle_barrier(comm)  # while rank 0 fits the warm start
-        header = _received(comm.bcast(None, root=0))
+        header = received(comm.bcast(None, root=0))
         results: list[tuple[ShardResult, bool]] = []
         verdicts: Verdicts = {TAG_CANCEL: set(), TAG_WON: set()}
         note = None
@@ -195,14 +151,14 @@ def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
             results.append((result, undecided))
             note = ShardNote.of(result)
     idle_barrier(comm)  # until every rank has sampled
-    _gather(comm, results, compiles)
+    gather_results(comm, results, compiles)
 
 
 def _ask_to_retry(notes: MPI.Comm) -> bool:
     """Whether this rank should retry the block whose first attempt just failed (no: a
     speculative retry elsewhere has it)."""
     notes.send(None, dest=0, tag=TAG_RETRY)
-    _wait_for(notes, 0, TAG_RETRY, MPI.Status())
+    wait_for(notes, 0, TAG_RETRY, MPI.Status())
     return bool(notes.recv(source=0, tag=TAG_RETRY))
 
 
@@ -228,17 +184,10 @@ class MpiExecutor:
 
     name = "mpi"
 
-    def __init__(
-        self,
-        comm: MPI.Comm,
-        notes: MPI.Comm,
-        timeout: float | None,
-        neighbours: frozenset[int],
-    ) -> None:
+    def __init__(self, comm: MPI.Comm, notes: MPI.Comm, neighbours: frozenset[int]) -> None:
         """``neighbours``: the other ranks on rank 0's node, which share its compilation
         cache."""
         self.comm = comm
-        self.timeout = timeout
         self.notes = notes
         self.neighbours = neighbours
         self.dispatched = False
@@ -277,9 +226,7 @@ class MpiExecutor:
         idle_barrier(self.comm)
         self.comm.bcast(SEARCH_DONE, root=0)
 
-    def run(
-        self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
-    ) -> list[ShardResult]:
+    def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
         from hetmpi.kernel import chain_blocks, compile_monitor
         from hetmpi.records import ShardNote
         from hetmpi.results import save_shard_result
@@ -287,9 +234,6 @@ class MpiExecutor:
         size = self.comm.Get_size()
         header = RunHeader(
             task=task,
-            seed=seed,
-            out_dir=out_dir,
-            timeout=self.timeout,
             length=shards[0].c2.size if shards else 0,
             has_sigma=bool(shards) and shards[0].sigma is not None,
         )
@@ -346,12 +290,12 @@ class MpiExecutor:
                 dealer.serve(size - 1)
         idle_barrier(self.comm)
         gather_started = time.perf_counter()
-        everything, compiled = _gather(self.comm, results, compiles)
+        everything, compiled = gather_results(self.comm, results, compiles)
         kept, unsaved = dispatch.winners(everything)
         for result in unsaved:  # their ranks left the files to rank 0
             whole = result.chains == tuple(range(task.cfg.num_chains))
-            save_shard_result(out_dir, result, part=not whole)
-        everything = _merge_split_shards(kept, out_dir)
+            save_shard_result(task.out_dir, result, part=not whole)
+        everything = _merge_split_shards(kept, task.out_dir)
         gathered = time.perf_counter()
         self.timings = {
             "scatter": dealer.send_seconds,
@@ -430,7 +374,7 @@ class Dealer:
                 head = np.array([shard.index, number, dealt.first], dtype=np.int64)
                 self.notes.Send(head, dest=rank, tag=TAG_SHARD)
                 arrays = stack_shards([shard], self.header.length, self.header.has_sigma)
-                for name in _field_order(arrays):
+                for name in field_order(arrays):
                     self.notes.Send(arrays[name], dest=rank, tag=TAG_SHARD)
             self.send_seconds += time.perf_counter() - started
 
@@ -459,68 +403,14 @@ def _request(
 
     notes.send(note, dest=0, tag=TAG_REQUEST)
     head = np.empty(3, dtype=np.int64)
-    _wait_for(notes, 0, TAG_SHARD, MPI.Status())
+    wait_for(notes, 0, TAG_SHARD, MPI.Status())
     notes.Recv(head, source=0, tag=TAG_SHARD)
     _drain_verdicts(notes, verdicts)
     if head[0] == NO_SHARD:
         return None
     arrays = empty_block(1, header.length, header.has_sigma)
-    for name in _field_order(arrays):
+    for name in field_order(arrays):
         notes.Recv(arrays[name], source=0, tag=TAG_SHARD)
     block = None if head[1] < 0 else chain_blocks(header.task.cfg)[head[1]]
     unit = (shard_from_block(arrays, 0), block)
     return Dealt(unit, unit_key(unit, header.task.cfg.num_chains), first=int(head[2]))
-
-
-def _field_order(block: dict[str, np.ndarray]) -> list[str]:
-    """The order a shard's arrays travel in: the index first (-1 stands for no shard)."""
-    return ["index", *sorted(name for name in block if name != "index")]
-
-
-def _wait_for(comm: MPI.Comm, source: int, tag: int, status: MPI.Status) -> None:
-    """Sleep until a message from ``source`` with ``tag`` is there (``status`` describes it);
-    a blocking receive would spin a core."""
-    while not comm.Iprobe(source=source, tag=tag, status=status):
-        time.sleep(IDLE_POLL_SECONDS)
-
-
-def idle_barrier(comm: MPI.Comm) -> None:
-    """A barrier that sleeps while it waits. MPI implementations busy-poll in blocking calls,
-    so a rank waiting in one (for rank 0's warm start, or for slower ranks at the end) would
-    take a core from the ranks still computing on the same node."""
-    request = comm.Ibarrier()
-    while not request.Test():
-        time.sleep(IDLE_POLL_SECONDS)
-
-
-def _gather(
-    comm: MPI.Comm, results: list[tuple[ShardResult, bool]], compiles: dict[str, float]
-) -> tuple[list[tuple[ShardResult, bool]], list[tuple[int, float]]]:
-    """Every rank's (result, undecided) pairs (see ``Dispatch.winners``) and (compiles,
-    compile seconds) on rank 0 (empty lists elsewhere)."""
-    from hetmpi.records import pack_result, unpack_result
-
-    packed = [(pack_result(result), undecided) for result, undecided in results]
-    payload = np.concatenate([p for (_, p), _ in packed]) if packed else np.zeros(0)
-    metas = comm.gather(
-        ([(m, undecided) for (m, _), undecided in packed], payload.size,
-         (int(compiles["compiles"]), float(compiles["seconds"]))),
-        root=0,
-    )  # fmt: skip
-    receive = None
-    if comm.Get_rank() == 0:
-        sizes = [size for _, size, _ in metas]
-        receive = np.empty(sum(sizes), dtype=np.float64)
-        comm.Gatherv(payload, [receive, sizes, None, MPI.DOUBLE], root=0)
-    else:
-        comm.Gatherv(payload, None, root=0)
-    if receive is None:
-        return [], []
-    everything = []
-    start = 0
-    for rank_metas, _, _ in metas:
-        for meta, undecided in rank_metas:
-            size = sum(int(np.prod(shape)) for shape, _ in meta["arrays"])
-            everything.append((unpack_result(meta, receive[start : start + size]), undecided))
-            start += size
-    return everything, [compiled for _, _, compiled in metas]

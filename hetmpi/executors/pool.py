@@ -8,6 +8,7 @@ its shard retried once (then recorded as failed); a shard running past
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -16,7 +17,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,13 +79,11 @@ class PoolExecutor:
         self.settings = settings
         self.timings: dict[str, Any] = {}
 
-    def run(
-        self, shards: Sequence[Shard], task: ShardTask, seed: int, out_dir: Path, report: Report
-    ) -> list[ShardResult]:
+    def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
         if not shards:
             return []
         with shared_shards(shards) as blocks:
-            dispatch = _PoolRun(self, shards, task, seed, out_dir, report, blocks)
+            dispatch = _PoolRun(self, shards, task, report, blocks)
             try:
                 dispatch.run()
             finally:
@@ -106,13 +104,11 @@ class _PoolRun:
         executor: PoolExecutor,
         shards: Sequence[Shard],
         task: ShardTask,
-        seed: int,
-        out_dir: Path,
         report: Report,
         blocks: BlockSpec,
     ) -> None:
         self.settings = executor.settings
-        self.shards, self.task, self.seed, self.out_dir = shards, task, seed, out_dir
+        self.shards, self.task = shards, task
         self.blocks = blocks
         self.count = min(executor.workers, len(shards))
         ordered = [shards[k] for k in longest_first(shards)]
@@ -133,7 +129,8 @@ class _PoolRun:
         )
         process.start()
         child.close()
-        parent.send(("run", self.task, self.seed, self.out_dir))
+        # the time limit is kept here: a worker past it is killed, mid-chunk if need be
+        parent.send(("run", dataclasses.replace(self.task, timeout=None)))
         return _Worker(slot, process, parent)
 
     def run(self) -> None:
@@ -166,7 +163,7 @@ class _PoolRun:
     def check(self) -> None:
         """Replace dead, hung and timed-out workers."""
         now = time.monotonic()
-        timeout = self.settings.shard_timeout
+        timeout = self.task.timeout
         for slot, worker in list(self.pool.items()):
             why, retry = None, True
             if not worker.process.is_alive():
@@ -192,7 +189,7 @@ class _PoolRun:
             return
         log.warning("shard %d: %s; recorded as failed", shard.index, why)
         result = failed_result(shard, self.task, draw_counts(shard, self.task), why)
-        save_shard_result(self.out_dir, result)
+        save_shard_result(self.task.out_dir, result)
         self.finish(worker.slot, result)
 
     def finish(self, slot: int, result: ShardResult) -> None:

@@ -57,14 +57,14 @@ def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
     handles, arrays = attach(blocks)
     threading.Thread(target=beat, name="hetmpi-heartbeat", daemon=True).start()
     try:
-        _, task, seed, out_dir = conn.recv()
+        _, task = conn.recv()
         with compile_monitor() as compiles:
             while True:
                 message = conn.recv()
                 if message[0] == "stop":
                     return
                 shard = shard_from_block(arrays, message[1])
-                result = sample_and_save(shard, task, seed, out_dir)
+                result = sample_and_save(shard, task)
                 compiled = (int(compiles["compiles"]), float(compiles["seconds"]))
                 send(("done", *pack_result(result), compiled))
     except EOFError:

@@ -35,6 +35,8 @@ from hetmpi.scheduler.submit import (
     RECORD_NAME,
     Runner,
     SubmitError,
+    array_submissions,
+    has_array_submission,
     query_states,
     read_record,
     submit_scripts,
@@ -55,7 +57,7 @@ ACTIVE_STATES = (
 
 
 @dataclass
-class Prepared:
+class Submission:
     """Everything one submission writes into OUT/jobs/ and then submits, in order."""
 
     scheduler: str
@@ -198,7 +200,7 @@ def _check_run_inputs(data_path: Path, out_dir: Path) -> None:
     is missing or not HDF5 (array mode's planning reads it too), or an output folder that
     holds results. Writes nothing."""
     from hetmpi.formats import open_data_file
-    from hetmpi.pipeline import check_output_dir
+    from hetmpi.outdir import check_output_dir
 
     open_data_file(data_path).close()
     fix = f"the job's `hetmpi run` would refuse it; {SUBMIT_FIX}"
@@ -206,7 +208,7 @@ def _check_run_inputs(data_path: Path, out_dir: Path) -> None:
 
 
 def _default_plan(cfg: Config, out_dir: Path) -> int:
-    from hetmpi.pipeline import plan_run
+    from hetmpi.arrayjob import plan_run
 
     fix = SUBMIT_FIX
     if has_array_submission(out_dir):
@@ -222,7 +224,7 @@ def prepare_submission(
     profile: str | None = None,
     output: Path | None = None,
     plan: PlanFn = _default_plan,
-) -> Prepared:
+) -> Submission:
     """Check everything, then render the scripts of one submission (nothing written yet,
     except by ``plan`` in array mode, which writes the shard plan and inputs to OUT)."""
     from hetmpi.config import load_config
@@ -241,11 +243,11 @@ def prepare_submission(
     if mode == "mpi":
         script = render_mpi(sc, config_path, out_dir)
         _check_run_inputs(cfg.data.path, out_dir)
-        return Prepared(sc.scheduler, out_dir, [script], info)
+        return Submission(sc.scheduler, out_dir, [script], info)
     if mode == "sweep":
         runs, files = _sweep_files(cfg, config_path, sc, out_dir)
         info["sweep"] = [run.name for run in runs]
-        return Prepared(sc.scheduler, out_dir, [render_sweep(sc, runs)], info, files)
+        return Submission(sc.scheduler, out_dir, [render_sweep(sc, runs)], info, files)
     if mode != "array":
         raise InputError(f"--mode: must be one of {', '.join(MODES)}, got {mode!r}")
     known = cfg.sharding.num_shards
@@ -253,7 +255,7 @@ def prepare_submission(
         render_array(sc, out_dir, range(known))  # array limits, before plan writes anything
     num_shards = plan(cfg, out_dir)
     info["num_shards"] = num_shards
-    return Prepared(sc.scheduler, out_dir, render_array(sc, out_dir, range(num_shards)), info)
+    return Submission(sc.scheduler, out_dir, render_array(sc, out_dir, range(num_shards)), info)
 
 
 def _default_status(out_dir: Path, num_shards: int) -> Mapping[int, str]:
@@ -262,29 +264,16 @@ def _default_status(out_dir: Path, num_shards: int) -> Mapping[int, str]:
     return shard_status(out_dir, num_shards)
 
 
-def _array_submissions(out_dir: Path) -> list[dict[str, Any]]:
-    return [s for s in read_record(out_dir / JOBS_DIR) if s.get("num_shards") is not None]
-
-
-def has_array_submission(out_dir: Path) -> bool:
-    """True when OUT/jobs/submitted.json records an array submission (what --retry-failed
-    needs); False without a record or with one that cannot be read."""
-    try:
-        return bool(_array_submissions(Path(out_dir)))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
-        return False
-
-
 def prepare_retry(
     out_dir: Path,
     *,
     scheduler: str | None = None,
     shard_status: StatusFn = _default_status,
-) -> Prepared | None:
+) -> Submission | None:
     """A new array over the shards that are not done, plus a new combine job; None if every
     shard is done. Settings come from the last array submission recorded in OUT/jobs/."""
     out_dir = Path(out_dir).expanduser().absolute()
-    arrays = _array_submissions(out_dir)
+    arrays = array_submissions(out_dir)
     if not arrays:
         from hetmpi.planfile import PLAN_NAME
 
@@ -311,7 +300,7 @@ def prepare_retry(
     info = {**last, "mode": "array", "retry": True, "settings": sc.to_mapping()}
     for key in ("jobs", "time", "scheduler"):
         info.pop(key, None)
-    return Prepared(sc.scheduler, out_dir, render_array(sc, out_dir, todo, tag), info)
+    return Submission(sc.scheduler, out_dir, render_array(sc, out_dir, todo, tag), info)
 
 
 def active_arrays(out_dir: Path, runner: Runner = subprocess.run) -> list[str]:
@@ -321,7 +310,7 @@ def active_arrays(out_dir: Path, runner: Runner = subprocess.run) -> list[str]:
     (DependencyNeverSatisfied) and they run no shard.
     """
     found = []
-    for sub in _array_submissions(out_dir):
+    for sub in array_submissions(out_dir):
         ids = [job["job_id"] for job in sub["jobs"] if job["role"] == "array"]
         for job_id, counts in query_states(sub["scheduler"], ids, runner).items():
             if any(state in ACTIVE_STATES for state in counts):
@@ -330,7 +319,7 @@ def active_arrays(out_dir: Path, runner: Runner = subprocess.run) -> list[str]:
 
 
 def deliver(
-    prepared: Prepared,
+    prepared: Submission,
     *,
     dry_run: bool,
     runner: Runner = subprocess.run,

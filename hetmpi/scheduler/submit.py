@@ -193,3 +193,16 @@ def query_states(
         if job_id is not None:
             states[job_id][state] = states[job_id].get(state, 0) + 1
     return states
+
+
+def array_submissions(out_dir: Path) -> list[dict[str, Any]]:
+    return [s for s in read_record(out_dir / JOBS_DIR) if s.get("num_shards") is not None]
+
+
+def has_array_submission(out_dir: Path) -> bool:
+    """True when OUT/jobs/submitted.json records an array submission (what --retry-failed
+    needs); False without a record or with one that cannot be read."""
+    try:
+        return bool(array_submissions(Path(out_dir)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
+        return False

@@ -1,0 +1,178 @@
+"""A run's context, built once before any shard is sampled: ``prepare`` loads and pools the
+data, cuts the shards and fits the warm start (with the mode search spread over the run's
+processes when they help); ``planned_context`` rebuilds it from a planned run's folder.
+Everything downstream (executors, the consensus, the outputs) takes the context whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from hetmpi.config import Config, config_to_dict
+from hetmpi.dataset import Dataset
+from hetmpi.errors import InputError
+from hetmpi.formats import load_dataset
+from hetmpi.kernel import SamplerOutline, sampler_outline
+from hetmpi.model.parameters import num_scaling_coordinates
+from hetmpi.problem import build_problem, scaling_mode
+from hetmpi.sampling import ShardTask
+from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
+from hetmpi.warmstart import (
+    basin_note,
+    find_basins,
+    fit_warm_start,
+    rivals_note,
+    warm_start_at,
+    weak_identification_note,
+)
+
+log = logging.getLogger("hetmpi")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One run, as ``prepare`` (or ``planned_context``) builds it once: the config, the data
+    and its pooled points, the shards, and the ShardTask that every process samples with
+    (seed, run id, time limit and output folder included); ``seconds`` the time it took."""
+
+    cfg: Config
+    dataset: Dataset
+    points: PooledPoints
+    plan: ShardPlan
+    task: ShardTask
+    seconds: dict[str, float]
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.output.directory
+
+
+def load_data(cfg: Config) -> Dataset:
+    d = cfg.data
+    return load_dataset(
+        d.path, format=d.format, q_index=d.q_index, phi_indices=d.phi_indices, frames=d.frames
+    )
+
+
+def sampled_dimension(cfg: Config, num_angles: int) -> int:
+    """Number of sampled coordinates (free physics, per-angle scaling, sigma)."""
+    mode = scaling_mode(cfg.model, cfg.model.per_angle_mode)
+    scaling = num_scaling_coordinates(mode, num_angles)
+    return len(cfg.model.free_physics) + scaling + cfg.model.noise.sample
+
+
+class PrepareHelpers(Protocol):
+    """What the other processes of a run do for the one that prepares it (MPI ranks):
+    compile the sampler from its ``outline`` and run shares of the mode search
+    (``map_search`` has ``fn`` applied to every item, results in item order) until
+    ``search_done``."""
+
+    def announce(self, outline: SamplerOutline) -> None: ...
+
+    def map_search(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
+
+    def search_done(self) -> None: ...
+
+
+def outline(cfg: Config, dataset: Dataset, plan: ShardPlan) -> SamplerOutline:
+    """The run's sampler outline, known before the warm start (its values change nothing
+    the compiler sees)."""
+    provisional = build_problem(
+        cfg.model,
+        dataset,
+        per_angle_mode=cfg.model.per_angle_mode,
+        sample_sigma=cfg.model.noise.sample,
+        sigma=1.0,
+    )
+    return sampler_outline(provisional.model, provisional.consts, plan.shards, cfg.sampler)
+
+
+def prepare(
+    cfg: Config, dataset: Dataset | None = None, *, helpers: PrepareHelpers | None = None
+) -> RunContext:
+    """Load and pool the data, cut the shards, and fit the warm start. ``helpers`` get the
+    sampler's outline before the fit and run shares of the mode search."""
+    started = time.perf_counter()
+    dataset = load_data(cfg) if dataset is None else dataset
+    points = pool_points(dataset)
+    loaded = time.perf_counter()
+    num_shards = choose_num_shards(
+        points.size, len(dataset.phi), sampled_dimension(cfg, len(dataset.phi)), cfg.sharding
+    )
+    plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
+    if helpers is None:
+        warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
+    else:
+        helpers.announce(outline(cfg, dataset, plan))
+        search_started = time.perf_counter()
+        basins = find_basins(cfg.model, dataset, points, cfg.mode_search, helpers.map_search)
+        helpers.search_done()  # the others compile the sampler during the Laplace step
+        warm = warm_start_at(
+            basins, cfg.model, dataset, points, num_shards, cfg.mode_search, search_started
+        )
+    fitted = time.perf_counter()
+    log.info(
+        "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
+        "warm start in %.1f s, noise sd %.3g, reduced chi2 %.3f",
+        len(dataset.phi), len(dataset.t), points.size, num_shards, plan.padded_length,
+        cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
+    )  # fmt: skip
+    log.info(basin_note(warm.basins, warm.search["starts"]))
+    if len(warm.chain_basins) > 1:
+        log.warning(rivals_note(warm.basins, cfg.mode_search.mass_threshold))
+    if len(warm.chain_basins) > cfg.sampler.num_chains:
+        log.warning(
+            "%d basins compete but each shard runs %d chains, so some basins get no chain; "
+            "raise sampler.num_chains to %d", len(warm.chain_basins),
+            cfg.sampler.num_chains, len(warm.chain_basins),
+        )  # fmt: skip
+    if warm.weakly_identified:
+        log.warning(weak_identification_note(warm.prior_sd_ratio, warm.weakly_identified))
+    task = ShardTask(
+        warm=warm,
+        num_shards=num_shards,
+        cfg=cfg.sampler,
+        run_id=run_fingerprint(cfg, dataset),
+        timeout=cfg.executor.shard_timeout,
+        out_dir=cfg.output.directory,
+    )
+    seconds = {"load": loaded - started, "warm_start": fitted - loaded}
+    return RunContext(cfg, dataset, points, plan, task, seconds)
+
+
+def planned_context(out_dir: Path, cfg: Config, *, changed: str) -> RunContext:
+    """The RunContext of the run planned in ``out_dir`` (its plan.h5) under ``cfg``, with
+    its data loaded again; InputError with ``changed`` (what to do) when the config or data
+    are no longer those of the plan."""
+    from hetmpi.planfile import read_shard_plan, read_task
+
+    started = time.perf_counter()
+    task = read_task(out_dir, cfg.sampler, timeout=cfg.executor.shard_timeout)
+    dataset = load_data(cfg)
+    if run_fingerprint(cfg, dataset) != task.run_id:
+        raise InputError(f"{out_dir}: the config or data changed since {changed}")
+    plan = read_shard_plan(out_dir)
+    seconds = {"load": time.perf_counter() - started}
+    return RunContext(cfg, dataset, pool_points(dataset), plan, task, seconds)
+
+
+def run_fingerprint(cfg: Config, dataset: Dataset) -> str:
+    """Identifies what determines shard results: config (less output/executor) and data."""
+    settings = config_to_dict(cfg)
+    for key in ("output", "executor", "scheduler"):
+        settings.pop(key, None)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for array in (dataset.c2, dataset.t, dataset.phi, dataset.sigma, dataset.mask):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(repr(dataset.q).encode())
+    return digest.hexdigest()[:16]
