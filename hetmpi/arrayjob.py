@@ -31,6 +31,12 @@ def plan_run(cfg: Config, out_dir: Path, *, overwrite: bool = False, fix: str = 
     mode). Returns the number of shards. ``fix`` as for check_output_dir."""
     from hetmpi.planfile import write_plan
 
+    if cfg.sampler.method == "exact":
+        raise InputError(
+            "sampler.method: exact sampling runs the full data in one MPI job, not as "
+            "independent shard jobs; use `hetmpi run` under mpiexec (or `hetmpi submit --mode "
+            "mpi`), or method consensus"
+        )
     check_output_dir(out_dir, overwrite=overwrite, resume=False, fix=fix)
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, directory=out_dir))
     context = prepare(cfg)

@@ -187,15 +187,16 @@ def validate(config: str, fit: bool) -> None:
     if fit:
         _configure_whole_process(cfg)
     from hetmpi import context
-    from hetmpi.sharding import choose_num_shards, pool_points
+    from hetmpi.sharding import pool_points
 
     dataset = context.load_data(cfg)
     points = pool_points(dataset)
     dim = context.sampled_dimension(cfg, len(dataset.phi))
-    shards = choose_num_shards(points.size, len(dataset.phi), dim, cfg.sharding)
+    shards = context.shard_count(cfg, points.size, len(dataset.phi))
+    how = "exact: the full data as one" if cfg.sampler.method == "exact" else cfg.sharding.strategy
     click.echo(
         f"config OK: {len(dataset.phi)} angles x {len(dataset.t)} frames, {points.size} points, "
-        f"{dim} sampled parameters, {shards} shards ({cfg.sharding.strategy})"
+        f"{dim} sampled parameters, {shards} shards ({how})"
     )
     if fit:
         warm = context.prepare(cfg, dataset).task.warm

@@ -30,6 +30,7 @@ DATA_FORMATS: tuple[str, ...] = ("auto", "hetmpi", "aps")
 SHARDING_STRATEGIES: tuple[str, ...] = ("random", "contiguous", "angle_balanced")
 CHAIN_METHODS: tuple[str, ...] = ("sequential", "parallel", "vectorized")
 CONSENSUS_METHODS: tuple[str, ...] = ("consensus", "gaussian", "average")
+SAMPLING_METHODS: tuple[str, ...] = ("consensus", "exact")
 EXECUTORS: tuple[str, ...] = ("auto", "cpu", "multiprocessing", "mpi")
 PARAMETER_NAMES: tuple[str, ...] = tuple(DEFAULT_SPECS)  # 14 physics, then contrast, offset
 
@@ -166,6 +167,8 @@ class SamplerConfig:
     chain_method: str = "sequential"
     seed: int = 42
     progress_bar: bool = True
+    method: str = "consensus"  # consensus: K shards combined; exact: the full data as one
+    likelihood_blocks: int = 64  # exact: global blocks the likelihood is summed over
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,12 @@ def _build_sampler(values: dict[str, Any], path: str, problems: v.Problems) -> S
             f"got {v.fmt_num(sampler.retry_target_accept)}; a retry should take smaller steps, "
             "so raise retry_target_accept or lower target_accept",
         )
+    if sampler.method == "exact" and sampler.chain_method != "sequential":
+        problems.add(
+            v.join(path, "chain_method"),
+            f"must be sequential with method exact, got {sampler.chain_method!r}; exact "
+            "sampling runs each chain on every process in step, one chain after another",
+        )
     return sampler
 
 
@@ -347,6 +356,8 @@ _KEYS: dict[str, dict[str, v.Field]] = {
         "chain_method": v.Choice(CHAIN_METHODS),
         "seed": v.Int(low=0),
         "progress_bar": v.Bool(),
+        "method": v.Choice(SAMPLING_METHODS),
+        "likelihood_blocks": v.Int(low=1),
     },
     "mode_search": {
         "starts": v.Int(low=0),

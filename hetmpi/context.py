@@ -93,7 +93,22 @@ def outline(cfg: Config, dataset: Dataset, plan: ShardPlan) -> SamplerOutline:
         sample_sigma=cfg.model.noise.sample,
         sigma=1.0,
     )
+    if cfg.sampler.method == "exact":  # each process compiles for the blocks it is dealt
+        return SamplerOutline(provisional.model, (), ())
     return sampler_outline(provisional.model, provisional.consts, plan.shards, cfg.sampler)
+
+
+def shard_count(cfg: Config, num_points: int, num_angles: int) -> int:
+    """K: 1 for exact sampling, else ``sharding.num_shards`` or its automatic choice."""
+    if cfg.sampler.method == "exact":
+        if cfg.sharding.num_shards not in (None, 1):
+            raise InputError(
+                f"sharding.num_shards: exact sampling (sampler.method) takes the full data as "
+                f"one, got {cfg.sharding.num_shards}; remove num_shards or use method consensus"
+            )
+        return 1
+    dimension = sampled_dimension(cfg, num_angles)
+    return choose_num_shards(num_points, num_angles, dimension, cfg.sharding)
 
 
 def prepare(
@@ -105,9 +120,7 @@ def prepare(
     dataset = load_data(cfg) if dataset is None else dataset
     points = pool_points(dataset)
     loaded = time.perf_counter()
-    num_shards = choose_num_shards(
-        points.size, len(dataset.phi), sampled_dimension(cfg, len(dataset.phi)), cfg.sharding
-    )
+    num_shards = shard_count(cfg, points.size, len(dataset.phi))
     plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
     if helpers is None:
         warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)

@@ -10,7 +10,7 @@ process serves every shard of a run (same padded length), every chain block and 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -23,6 +23,7 @@ from numpyro.infer.hmc import HMCState, hmc
 
 from hetmpi.config import SamplerConfig
 from hetmpi.drawcounts import DrawCounts
+from hetmpi.exact import Reduce, blocked_potential_fn_gen
 from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.problem import shard_arrays
 from hetmpi.sharding import Shard
@@ -66,7 +67,7 @@ def chunk_length(num_warmup: int, num_samples: int, limit: int = CHUNK_LIMIT) ->
 
 
 def _nuts(
-    model: PosteriorModel,
+    potential_fn_gen: Callable,
     settings: ChainSettings,
     target_accept: jax.Array,
     z: jax.Array,
@@ -81,9 +82,7 @@ def _nuts(
     drops the state, and XLA removes that unused work) lets the target travel as a traced
     argument, so a retry at a higher target reuses the compiled programs.
     """
-    init_kernel, sample_kernel = hmc(
-        potential_fn_gen=partial(_potential_fn_gen, model=model), algo="NUTS"
-    )
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_fn_gen, algo="NUTS")
     state = init_kernel(
         z,
         settings.num_warmup,
@@ -97,14 +96,19 @@ def _nuts(
 
 
 @lru_cache(maxsize=16)
-def compiled_sampler(model: PosteriorModel, settings: ChainSettings):
+def compiled_sampler(model: PosteriorModel, settings: ChainSettings, reduce: Reduce | None = None):
     """(start, advance) jitted functions for one model and settings, on NumPyro's functional
     NUTS kernel: ``start`` initialises every chain; ``advance`` runs ``settings.chunk``
     iterations (warmup or kept: the state knows which) and returns the new states with what
     the iterations collected (draws in u and statistics; warmup discards them). One program
     serves warmup and draws, and shard data and the target acceptance travel as arguments,
     so every shard of a run (same padded length) and every retry reuse one compilation per
-    process."""
+    process. With ``reduce`` the data argument holds global likelihood blocks and the
+    likelihood is summed over every block of the run (``exact``)."""
+    if reduce is None:
+        potential_fn_gen = partial(_potential_fn_gen, model=model)
+    else:
+        potential_fn_gen = partial(blocked_potential_fn_gen, model=model, reduce=reduce)
 
     def over_chains(fn, *batched):
         if settings.chain_method == "vectorized":
@@ -112,11 +116,11 @@ def compiled_sampler(model: PosteriorModel, settings: ChainSettings):
         return jax.lax.map(lambda xs: fn(*xs), batched)
 
     def start_one(key: jax.Array, z0: jax.Array, args: tuple, target: jax.Array) -> HMCState:
-        return _nuts(model, settings, target, z0, args, key)[0]
+        return _nuts(potential_fn_gen, settings, target, z0, args, key)[0]
 
     def advance_one(state: HMCState, args: tuple, target: jax.Array):
         _, consts, center, chol, _ = args
-        kernel = _nuts(model, settings, target, state.z, args, state.rng_key)[1]
+        kernel = _nuts(potential_fn_gen, settings, target, state.z, args, state.rng_key)[1]
 
         def step(st, _):
             st = kernel(st, model_args=args)
@@ -185,11 +189,15 @@ def chain_settings(counts: DrawCounts, cfg: SamplerConfig) -> ChainSettings:
 
 
 def sampler_args(
-    shard: Shard, consts: ModelConstants, center: np.ndarray, chol: np.ndarray, num_shards: int
+    data: ShardArrays,
+    consts: ModelConstants,
+    center: np.ndarray,
+    chol: np.ndarray,
+    num_shards: int,
 ) -> tuple:
     """The data arguments of the compiled sampler (every shard of a run has their shapes)."""
     return (
-        shard_arrays(shard),
+        data,
         consts,
         jnp.asarray(center),
         jnp.asarray(chol),
@@ -219,7 +227,7 @@ def sampler_outline(
     counts = {DrawCounts.for_shard(cfg, shard.num_points, model.dim) for shard in shards}
     settings = [chain_settings(each, cfg) for each in sorted(counts, key=repr)]
     d = model.dim
-    args = sampler_args(shards[0], consts, np.zeros(d), np.eye(d), len(shards))
+    args = sampler_args(shard_arrays(shards[0]), consts, np.zeros(d), np.eye(d), len(shards))
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), args)
     return SamplerOutline(model, tuple(settings), shapes)
 

@@ -130,6 +130,7 @@ def build_summary(
         },
         "run": {
             "executor": executor,
+            "method": cfg.sampler.method,
             "num_shards": len(results),
             "shards_included": len(included),
             "sharding_strategy": cfg.sharding.strategy,
@@ -309,9 +310,12 @@ def format_table(summary: dict[str, Any]) -> str:
         )
     c = summary["convergence"]
     run = summary["run"]
+    if run.get("method") == "exact":
+        used = "exact sampling of the full data; "
+    else:
+        used = f"shards {run['shards_included']}/{run['num_shards']} used; "
     lines.append(
-        f"shards {run['shards_included']}/{run['num_shards']} used; "
-        f"max R-hat {c['max_r_hat']:.3f} (shards {c['max_shard_r_hat']:.3f}), "
+        used + f"max R-hat {c['max_r_hat']:.3f} (shards {c['max_shard_r_hat']:.3f}), "
         f"min bulk ESS {c['min_ess_bulk']:.0f}, divergences {c['divergences']}, "
         f"min E-BFMI {c['min_bfmi']:.2f}, mean leapfrog steps {c['mean_leapfrog_steps']:.1f}: "
         + ("converged" if c["converged"] else "NOT converged (see summary.json)")

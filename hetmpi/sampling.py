@@ -25,7 +25,10 @@ import numpy as np
 from hetmpi.config import SamplerConfig
 from hetmpi.dispatch import AttemptControl, Superseded
 from hetmpi.drawcounts import DrawCounts
+from hetmpi.exact import Reduce, block_arrays, block_count, global_blocks, local_sum
 from hetmpi.kernel import chain_blocks, chain_keys, chain_settings, compiled_sampler, sampler_args
+from hetmpi.model.posterior import ShardArrays
+from hetmpi.problem import shard_arrays
 from hetmpi.records import STAT_FIELDS, ShardResult, merge_results
 from hetmpi.sharding import Shard
 from hetmpi.warmstart import WarmStart
@@ -72,7 +75,7 @@ class ShardTask:
         return np.linalg.solve(chol, w - center)
 
 
-def draw_counts(shard: Shard, task: ShardTask) -> DrawCounts:
+def draw_counts(shard: Shard | Target, task: ShardTask) -> DrawCounts:
     """The warmup and draw counts ``shard`` runs with under ``task``."""
     return DrawCounts.for_shard(task.cfg, shard.num_points, task.warm.problem.model.dim)
 
@@ -81,8 +84,39 @@ class ShardTimeout(Exception):
     """The shard ran past its time limit."""
 
 
+@dataclass(frozen=True, eq=False)
+class Target:
+    """What this process samples: shard ``index`` (``num_points`` real points), the data
+    argument of the compiled sampler, and for an exact run the ``reduce`` that sums the
+    likelihood of the blocks held here with every other block of the run (see ``exact``)."""
+
+    index: int
+    num_points: int
+    data: ShardArrays  # one padded shard, or (blocks held, block length) in an exact run
+    reduce: Reduce | None = None
+
+
+def target_of(shard: Shard, task: ShardTask) -> Target:
+    """The Target of a process that holds all of ``shard``."""
+    if task.cfg.method == "exact":
+        count = block_count(shard.num_points, task.cfg.likelihood_blocks)
+        data = block_arrays(global_blocks(shard, count))
+        return Target(shard.index, shard.num_points, data, local_sum)
+    return Target(shard.index, shard.num_points, shard_arrays(shard))
+
+
 def sample_shard(
     shard: Shard,
+    task: ShardTask,
+    blocks: Sequence[tuple[int, ...]] | None = None,
+    control: AttemptControl | None = None,
+) -> ShardResult:
+    """``sample_target`` of the whole ``shard``."""
+    return sample_target(target_of(shard, task), task, blocks, control)
+
+
+def sample_target(
+    target: Target,
     task: ShardTask,
     blocks: Sequence[tuple[int, ...]] | None = None,
     control: AttemptControl | None = None,
@@ -90,11 +124,12 @@ def sample_shard(
     """NUTS on one shard under the tempered prior: its chain ``blocks`` (default: all of
     ``chain_blocks``), one after another, each retried on its own at the higher target
     acceptance when its divergence rate is too high. A failure (also running past
-    ``task.timeout`` seconds, checked between chunks of iterations) becomes a failed ShardResult
-    carrying the error text; the only exception raised is ``Superseded``, and only as
-    ``control`` asks (a ``control.first`` above 1 needs a single block). Each block is
-    deterministic for (``task.cfg.seed``, shard.index, block), so results split by blocks and merged
-    (``merge_results``) equal a whole run."""
+    ``task.timeout`` seconds, checked between chunks of iterations) becomes a failed
+    ShardResult carrying the error text; the only exception raised is ``Superseded``, and
+    only as ``control`` asks (a ``control.first`` above 1 needs a single block). Each block
+    is deterministic for (``task.cfg.seed``, shard index, block), so results split by blocks
+    and merged (``merge_results``) equal a whole run."""
+    shard = target
     counts = draw_counts(shard, task)
     blocks = chain_blocks(task.cfg) if blocks is None else tuple(blocks)
     if control is not None and control.first != 1 and len(blocks) != 1:
@@ -135,7 +170,7 @@ def _chunks(
 
 
 def _sample(
-    shard: Shard,
+    shard: Target,
     task: ShardTask,
     counts: DrawCounts,
     block: tuple[int, ...],
@@ -146,7 +181,7 @@ def _sample(
     on; raises on failure."""
     center, chol = task.whitening
     problem = task.warm.problem
-    args = sampler_args(shard, problem.consts, center, chol, task.num_shards)
+    args = sampler_args(shard.data, problem.consts, center, chol, task.num_shards)
     # each chain draws from its own stream, so blocking chains differently changes nothing
     rngs = [np.random.default_rng([task.cfg.seed, shard.index, chain]) for chain in block]
 
@@ -162,7 +197,7 @@ def _sample(
     attempts = control.first - 1
     warmup_seconds = sample_seconds = 0.0  # over every attempt run here
     settings = chain_settings(counts, task.cfg)
-    start, advance = compiled_sampler(problem.model, settings)
+    start, advance = compiled_sampler(problem.model, settings, shard.reduce)
     while True:
         attempts += 1
         operands = (args, jnp.asarray(target_accept, dtype=jnp.float64))
@@ -211,7 +246,7 @@ def _sample(
 
 
 def failed_result(
-    shard: Shard,
+    shard: Shard | Target,
     task: ShardTask,
     counts: DrawCounts,
     error: str,

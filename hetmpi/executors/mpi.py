@@ -119,7 +119,6 @@ def _run_unit(
 def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
     """The protocol of a rank other than 0, from the first broadcast to the gather."""
     from hetmpi.kernel import compile_monitor, precompile
-    from hetmpi.records import ShardNote
 
     with compile_monitor() as compiles:
         idle_barrier(comm)  # while rank 0 loads the data
@@ -134,24 +133,39 @@ def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
         idle_barrier(comm)  # while rank 0 fits the warm start
         header = received(comm.bcast(None, root=0))
         results: list[tuple[ShardResult, bool]] = []
-        verdicts: Verdicts = {TAG_CANCEL: set(), TAG_WON: set()}
-        note = None
-        while (dealt := _request(notes, header, note, verdicts)) is not None:
-            won = partial(_verdict, notes, verdicts, TAG_WON, dealt.key)
-            if dealt.speculative:
-                called_off = partial(_verdict, notes, verdicts, TAG_CANCEL, dealt.key)
-                control = AttemptControl(first=dealt.first, cancelled=called_off)
-            else:
-                control = AttemptControl(may_retry=partial(_ask_to_retry, notes))
-            try:
-                result, undecided = _run_unit(dealt, header, control, won)
-            except Superseded:
-                note = None
-                continue
-            results.append((result, undecided))
-            note = ShardNote.of(result)
+        if header.task.cfg.method == "exact":
+            if header.length:  # 0: --resume found the run's shard done
+                from hetmpi.executors.mpi_exact import sample_exact
+
+                sample_exact(comm, header, None)
+        else:
+            _sample_dealt_units(notes, header, results)
     idle_barrier(comm)  # until every rank has sampled
     gather_results(comm, results, compiles)
+
+
+def _sample_dealt_units(
+    notes: MPI.Comm, header: RunHeader, results: list[tuple[ShardResult, bool]]
+) -> None:
+    """Ask rank 0 for units until none is left, sampling each (a rank other than 0)."""
+    from hetmpi.records import ShardNote
+
+    verdicts: Verdicts = {TAG_CANCEL: set(), TAG_WON: set()}
+    note = None
+    while (dealt := _request(notes, header, note, verdicts)) is not None:
+        won = partial(_verdict, notes, verdicts, TAG_WON, dealt.key)
+        if dealt.speculative:
+            called_off = partial(_verdict, notes, verdicts, TAG_CANCEL, dealt.key)
+            control = AttemptControl(first=dealt.first, cancelled=called_off)
+        else:
+            control = AttemptControl(may_retry=partial(_ask_to_retry, notes))
+        try:
+            result, undecided = _run_unit(dealt, header, control, won)
+        except Superseded:
+            note = None
+            continue
+        results.append((result, undecided))
+        note = ShardNote.of(result)
 
 
 def _ask_to_retry(notes: MPI.Comm) -> bool:
@@ -226,6 +240,30 @@ class MpiExecutor:
         idle_barrier(self.comm)
         self.comm.bcast(SEARCH_DONE, root=0)
 
+    def _run_exact(
+        self, shards: Sequence[Shard], header: RunHeader, report: Report
+    ) -> list[ShardResult]:
+        """Every rank samples the full data in step (``mpi_exact``); rank 0 saves the result."""
+        from hetmpi.executors.mpi_exact import sample_exact
+        from hetmpi.kernel import compile_monitor
+        from hetmpi.records import ShardNote
+        from hetmpi.results import save_shard_result
+
+        results: list[tuple[ShardResult, bool]] = []
+        with compile_monitor() as compiles:
+            if shards:  # empty when --resume found the run's shard done
+                result = sample_exact(self.comm, header, shards[0])
+                save_shard_result(header.task.out_dir, result)
+                report(ShardNote.of(result))
+                results.append((result, False))
+        idle_barrier(self.comm)
+        everything, compiled = gather_results(self.comm, results, compiles)
+        self.timings = {
+            "compiles_per_process": [count for count, _ in compiled],
+            "compile_seconds_per_process": [seconds for _, seconds in compiled],
+        }
+        return [result for result, _ in everything]
+
     def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
         from hetmpi.kernel import chain_blocks, compile_monitor
         from hetmpi.records import ShardNote
@@ -240,6 +278,8 @@ class MpiExecutor:
         idle_barrier(self.comm)
         self.comm.bcast(header, root=0)
         self.dispatched = True
+        if task.cfg.method == "exact":
+            return self._run_exact(shards, header, report)
         rank0_samples = size == 1 or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
         samplers = size if rank0_samples else size - 1
         ordered = [shards[k] for k in longest_first(shards)]

@@ -1,0 +1,191 @@
+"""Exact sampling (sampler.method: exact) over MPI ranks: speed-up, equal draws, projection.
+
+    python benchmarks/exact.py [--frames 1000] [--ranks 1,2] [--warmup 10] [--samples 10]
+                               [--blocks 64] [--workdir DIR]
+
+Simulates the standard job (``--frames 1000``: the production job of
+shared/spec/reference_job.md, 1,998,000 points), then for each rank count R runs
+``mpiexec -n R hetmpi run`` with ``method: exact``, one chain, ``--warmup`` + ``--samples``
+iterations (few: the figure is the time per leapfrog step, not a posterior), and prints
+
+- wall time, sampling time, seconds per leapfrog step (kept draws: their sampling seconds
+  over their leapfrog steps), speed-up against the first rank count, peak RSS of the largest
+  process, and whether the draws equal the first run's bit for bit;
+- the collective alone: ``mpiexec -n R`` of this script's ``--collective`` mode times the
+  Allgatherv + ordered sum of the partials (what every evaluation adds), and its share of a
+  leapfrog step;
+- a projection to 64 and 512 ranks for this job and for 23 angles (~11.5 M points): a step
+  costs a + b N / R + c(R), with b the compute per point from the two measured rank counts,
+  a the rest of a step (NUTS, prior, maps: the same on every rank) and c(R) the collective,
+  modelled as the measured host-callback overhead plus ``--latency-us`` per doubling of R and
+  the gathered bytes at ``--bandwidth`` GB/s. The parallel efficiency t(1) / (R t(R)) and
+  where it drops below 80% follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from reference_job import write_standard_job  # noqa: E402
+
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+POINTS_23_ANGLES = 23 * 999 * 1000 // 2
+# runs a command and prints the peak RSS (kB) of the largest process it started
+PEAK_RSS = (
+    "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+)
+
+
+def collective_seconds(blocks: int, width: int, calls: int) -> float:
+    """Mean seconds of one AllgatherSum on this MPI job (run under mpiexec)."""
+    from mpi4py import MPI
+
+    from hetmpi.exact import block_ranges
+    from hetmpi.executors.mpi_exact import AllgatherSum
+
+    comm = MPI.COMM_WORLD
+    ranges = block_ranges(blocks, comm.Get_size())
+    start, stop = ranges[comm.Get_rank()]
+    reduce = AllgatherSum(comm, ranges, width)
+    partials = np.random.default_rng(comm.Get_rank()).normal(size=(stop - start, width))
+    for _ in range(50):
+        reduce(partials)
+    comm.Barrier()
+    began = time.perf_counter()
+    for _ in range(calls):
+        reduce(partials)
+    return (time.perf_counter() - began) / calls
+
+
+def run_exact(work: Path, ranks: int) -> dict:
+    out = work / f"out{ranks}"
+    began = time.perf_counter()
+    command = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hetmpi", "run", "cfg.yaml",
+               "-o", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command], cwd=work, capture_output=True, text=True
+    )
+    wall = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise SystemExit(f"{ranks} ranks failed:\n{proc.stderr[-3000:]}")
+    peak_kb = int(proc.stdout.split()[-1])
+    summary = json.loads((out / "summary.json").read_text())
+    with h5py.File(out / "shards" / "shard_0000.h5") as f:
+        draws = f["draws"][()]
+        steps = float(f["stats"]["num_steps"][()].sum())
+        sample_seconds = float(f.attrs["sample_seconds"])
+    return {
+        "ranks": ranks,
+        "wall": wall,
+        "warm_start": summary["run"]["timings"]["warm_start"],
+        "sampling": summary["run"]["timings"]["sampling"],
+        "step": sample_seconds / steps,
+        "draws": draws,
+        "rss_gb": peak_kb / 2**20,
+        "points": summary["data"]["num_points"],
+    }
+
+
+def measured_collective(ranks: int, blocks: int, width: int) -> float:
+    proc = subprocess.run(
+        [MPIEXEC, "-n", str(ranks), sys.executable, __file__, "--collective",
+         "--blocks", str(blocks), "--width", str(width)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return float(proc.stdout.split()[-1])
+
+
+def project(runs: list[dict], collective: dict[int, float], args: argparse.Namespace) -> None:
+    first, second = runs[0], runs[1]
+    n = first["points"]
+    r1, r2 = first["ranks"], second["ranks"]
+    c1, c2 = collective[r1], collective[r2]
+    per_point = (first["step"] - c1 - (second["step"] - c2)) / (n / r1 - n / r2)
+    rest = first["step"] - c1 - per_point * n / r1
+    callback = c1
+    width = 1 + first["draws"].shape[-1]
+    print(f"\nmodel of a leapfrog step: {rest * 1e6:.0f} us (NUTS, prior, maps) + "
+          f"{per_point * 1e9:.1f} ns per point held + collective")  # fmt: skip
+    print(f"{'job':<24}{'ranks':>6}{'blocks':>8}{'step ms':>10}{'collective %':>14}"
+          f"{'efficiency':>12}")  # fmt: skip
+    for label, points in (("production (4 angles)", n), ("23 angles", POINTS_23_ANGLES)):
+        single = rest + per_point * points + callback
+        below = None
+        for ranks in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+            blocks = max(args.blocks, ranks)
+            gathered = blocks * width * 8 / (args.bandwidth * 1e9)
+            latency = callback + args.latency_us * 1e-6 * math.log2(ranks) + gathered
+            step = rest + per_point * points / ranks + (latency if ranks > 1 else callback)
+            efficiency = single / (ranks * step)
+            if below is None and efficiency < 0.8:
+                below = ranks
+            if ranks in (1, 64, 512):
+                share = (latency if ranks > 1 else callback) / step
+                print(f"{label:<24}{ranks:>6}{blocks:>8}{step * 1e3:>10.3f}{share:>14.1%}"
+                      f"{efficiency:>12.1%}")  # fmt: skip
+        print(f"{label}: parallel efficiency below 80% from {below or 'beyond 512'} ranks")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--ranks", default="1,2")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--blocks", type=int, default=64)
+    parser.add_argument("--latency-us", type=float, default=2.0)
+    parser.add_argument("--bandwidth", type=float, default=10.0, help="GB/s")
+    parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--collective", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=int, default=21, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.collective:
+        print(collective_seconds(args.blocks, args.width, 2000))
+        return
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-exact-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path = write_standard_job(work, frames=args.frames, shards=None)
+    config = yaml.safe_load(cfg_path.read_text())
+    config["sharding"].pop("num_shards", None)
+    config["sampler"].update(
+        method="exact", likelihood_blocks=args.blocks, num_chains=1, adaptive=False,
+        num_warmup=args.warmup, num_samples=args.samples, max_retries=0,
+    )  # fmt: skip
+    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    runs = [run_exact(work, int(r)) for r in args.ranks.split(",")]
+    width = 1 + runs[0]["draws"].shape[-1]
+    collective = {run["ranks"]: measured_collective(run["ranks"], args.blocks, width)
+                  for run in runs}  # fmt: skip
+    base = runs[0]
+    print(f"exact sampling, {base['points']} points, {args.blocks} blocks, 1 chain, "
+          f"{args.warmup} + {args.samples} iterations ({work})")  # fmt: skip
+    print(f"{'ranks':>6}{'wall s':>9}{'warm s':>9}{'sampling s':>12}{'step ms':>10}"
+          f"{'speed-up':>10}{'collective':>12}{'peak RSS GB':>13}  draws equal")  # fmt: skip
+    for run in runs:
+        share = collective[run["ranks"]] / run["step"]
+        equal = np.array_equal(run["draws"], base["draws"])
+        print(f"{run['ranks']:>6}{run['wall']:>9.1f}{run['warm_start']:>9.1f}"
+              f"{run['sampling']:>12.1f}{run['step'] * 1e3:>10.3f}"
+              f"{base['step'] / run['step']:>10.2f}{share:>12.1%}{run['rss_gb']:>13.2f}"
+              f"  {equal}")  # fmt: skip
+    if len(runs) >= 2:
+        project(runs, collective, args)
+
+
+if __name__ == "__main__":
+    main()
