@@ -1,11 +1,11 @@
 """The compiled NUTS programs of a run, in the manner of BlackJAX's kernels.
 
-``compiled_sampler(model, settings)`` returns two jitted functions, ``start`` and ``advance``,
-and every runtime value (shard data, model constants, the whitening, the prior weight 1/K,
-the target acceptance, PRNG keys, states) is an argument of theirs: one compilation per
-process serves every shard of a run (same padded length), every chain block and every retry.
-``precompile`` builds them from a ``SamplerOutline`` (shapes only) before the warm start exists.
-"""
+``compiled_sampler(model, settings, reduce)`` returns two jitted functions, ``start`` and
+``advance``, and every runtime value (shard data, model constants, the whitening, the prior
+weight 1/K, the target acceptance, PRNG keys, states) is an argument of theirs: one
+compilation per process serves every shard of a run (same padded length), every chain block
+and every retry. ``precompile`` builds them from a ``SamplerOutline`` (shapes only) before
+the warm start exists."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def _nuts(
 
 
 @lru_cache(maxsize=16)
-def compiled_sampler(model: PosteriorModel, settings: ChainSettings, reduce: Reduce | None = None):
+def compiled_sampler(model: PosteriorModel, settings: ChainSettings, reduce: Reduce | None):
     """(start, advance) jitted functions for one model and settings, on NumPyro's functional
     NUTS kernel: ``start`` initialises every chain; ``advance`` runs ``settings.chunk``
     iterations (warmup or kept: the state knows which) and returns the new states with what
@@ -236,7 +236,7 @@ def precompile(outline: SamplerOutline) -> None:
     """Compile the sampler programs of ``outline`` ahead of time; ``sample_shard`` calls with
     the same model, settings and shapes then reuse them instead of compiling."""
     for settings in outline.settings:
-        start, advance = compiled_sampler(outline.model, settings)
+        start, advance = compiled_sampler(outline.model, settings, None)
         keys = jax.eval_shape(partial(chain_keys, [0] * settings.num_chains))
         z0 = jax.ShapeDtypeStruct((settings.num_chains, outline.model.dim), jnp.float64)
         target = jax.ShapeDtypeStruct((), jnp.float64)

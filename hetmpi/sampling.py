@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hetmpi.checkpoint import Progress, StateFiles
 from hetmpi.config import SamplerConfig
 from hetmpi.dispatch import AttemptControl, Superseded
 from hetmpi.drawcounts import DrawCounts
@@ -94,6 +95,7 @@ class Target:
     num_points: int
     data: ShardArrays  # one padded shard, or (blocks held, block length) in an exact run
     reduce: Reduce | None = None
+    checkpoint: StateFiles | None = None  # exact runs: progress kept after every chunk
 
 
 def target_of(shard: Shard, task: ShardTask) -> Target:
@@ -101,7 +103,10 @@ def target_of(shard: Shard, task: ShardTask) -> Target:
     if task.cfg.method == "exact":
         count = block_count(shard.num_points, task.cfg.likelihood_blocks)
         data = block_arrays(global_blocks(shard, count))
-        return Target(shard.index, shard.num_points, data, local_sum)
+        checkpoint = None
+        if task.out_dir is not None:
+            checkpoint = StateFiles(task.out_dir, shard.index, task.run_id)
+        return Target(shard.index, shard.num_points, data, local_sum, checkpoint)
     return Target(shard.index, shard.num_points, shard_arrays(shard))
 
 
@@ -129,8 +134,7 @@ def sample_target(
     only as ``control`` asks (a ``control.first`` above 1 needs a single block). Each block
     is deterministic for (``task.cfg.seed``, shard index, block), so results split by blocks
     and merged (``merge_results``) equal a whole run."""
-    shard = target
-    counts = draw_counts(shard, task)
+    counts = draw_counts(target, task)
     blocks = chain_blocks(task.cfg) if blocks is None else tuple(blocks)
     if control is not None and control.first != 1 and len(blocks) != 1:
         raise ValueError("a speculative retry runs exactly one chain block")
@@ -140,50 +144,55 @@ def sample_target(
     control = control or AttemptControl()
     try:
         return merge_results(
-            [_sample(shard, task, counts, block, deadline, control) for block in blocks]
+            [_sample_block(target, task, counts, block, deadline, control) for block in blocks]
         )
     except Superseded:
         raise
     except ShardTimeout:
         return failed_result(
-            shard, task, counts, f"timed out after {timeout:g} s (executor.shard_timeout)", chains
+            target, task, counts, f"timed out after {timeout:g} s (executor.shard_timeout)", chains
         )
     except Exception as exc:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return failed_result(shard, task, counts, text, chains)
+        return failed_result(target, task, counts, text, chains)
 
 
-def _chunks(
-    fn, states, operands: tuple, count: int, deadline: float | None, cancelled: Callable[[], bool]
-):
-    """Call ``fn(states, *operands)`` ``count`` times; returns the last states and every
-    output."""
-    outputs = []
-    for _ in range(count):
-        if deadline is not None and time.monotonic() > deadline:
-            raise ShardTimeout
-        if cancelled():
-            raise Superseded
-        states, output = fn(states, *operands)
-        outputs.append(output)
-    return jax.block_until_ready(states), outputs
-
-
-def _sample(
-    shard: Target,
+def _sample_block(
+    target: Target,
     task: ShardTask,
     counts: DrawCounts,
     block: tuple[int, ...],
     deadline: float | None,
     control: AttemptControl,
 ) -> ShardResult:
-    """The chains ``block`` of ``shard``, retried as a block from attempt ``control.first``
-    on; raises on failure."""
+    """``_sample`` of one chain block, through the target's checkpoint when it has one: a
+    block finished before is taken from its file, an unfinished one continued."""
+    if target.checkpoint is None:
+        return _sample(target, task, counts, block, deadline, control)
+    found = target.checkpoint.load(block)
+    if isinstance(found, ShardResult):
+        return found
+    result = _sample(target, task, counts, block, deadline, control, found)
+    target.checkpoint.save_block(result)
+    return result
+
+
+def _sample(
+    target: Target,
+    task: ShardTask,
+    counts: DrawCounts,
+    block: tuple[int, ...],
+    deadline: float | None,
+    control: AttemptControl,
+    progress: Progress | None = None,
+) -> ShardResult:
+    """The chains ``block`` of ``target``, retried as a block from attempt ``control.first``
+    on, or continued from ``progress`` (a checkpoint); raises on failure."""
     center, chol = task.whitening
     problem = task.warm.problem
-    args = sampler_args(shard.data, problem.consts, center, chol, task.num_shards)
+    args = sampler_args(target.data, problem.consts, center, chol, task.num_shards)
     # each chain draws from its own stream, so blocking chains differently changes nothing
-    rngs = [np.random.default_rng([task.cfg.seed, shard.index, chain]) for chain in block]
+    rngs = [np.random.default_rng([task.cfg.seed, target.index, chain]) for chain in block]
 
     def attempt_inputs() -> tuple[list[int], np.ndarray]:
         seeds = [int(rng.integers(2**31)) for rng in rngs]
@@ -195,34 +204,56 @@ def _sample(
     retry_target = max(task.cfg.target_accept, task.cfg.retry_target_accept)
     target_accept = task.cfg.target_accept if control.first == 1 else retry_target
     attempts = control.first - 1
-    warmup_seconds = sample_seconds = 0.0  # over every attempt run here
     settings = chain_settings(counts, task.cfg)
-    start, advance = compiled_sampler(problem.model, settings, shard.reduce)
+    start, advance = compiled_sampler(problem.model, settings, target.reduce)
+    warmup_chunks = counts.num_warmup // settings.chunk
+    all_chunks = warmup_chunks + counts.num_samples // settings.chunk
+    seconds = [0.0, 0.0]  # of warmup and of kept iterations, over every attempt run here
     while True:
         attempts += 1
-        operands = (args, jnp.asarray(target_accept, dtype=jnp.float64))
         seeds, z0 = attempt_inputs()
-        started = time.perf_counter()
+        if progress is not None and attempts < progress.attempt:
+            target_accept = retry_target  # this attempt ran before the checkpoint, and failed
+            continue
+        operands = (args, jnp.asarray(target_accept, dtype=jnp.float64))
+        began = time.perf_counter()
         states = start(chain_keys(seeds), jnp.asarray(z0), *operands)
-        count = counts.num_warmup // settings.chunk
-        states, _ = _chunks(advance, states, operands, count, deadline, control.cancelled)
-        warmed = time.perf_counter()
-        count = counts.num_samples // settings.chunk
-        states, chunks = _chunks(advance, states, operands, count, deadline, control.cancelled)
-        finished = time.perf_counter()
-        warmup_seconds += warmed - started
-        sample_seconds += finished - warmed
-        # chunks: per call, (u, *STAT_FIELDS) each of (chains, chunk, ...)
+        done, kept = 0, []
+        if progress is not None:
+            leaves = [jnp.asarray(leaf) for leaf in progress.leaves]
+            states = jax.tree.unflatten(jax.tree.structure(states), leaves)
+            done, kept = progress.chunks, list(progress.kept)
+            seconds = [progress.warmup_seconds, progress.sample_seconds]
+            progress = None
+        for chunk in range(done, all_chunks):
+            if deadline is not None and time.monotonic() > deadline:
+                raise ShardTimeout
+            if control.cancelled():
+                raise Superseded
+            states, output = advance(states, *operands)
+            if chunk >= warmup_chunks:
+                kept.append(output)
+            if target.checkpoint is not None or chunk + 1 in (warmup_chunks, all_chunks):
+                jax.block_until_ready(states)
+            seconds[chunk >= warmup_chunks] += time.perf_counter() - began
+            began = time.perf_counter()
+            if target.checkpoint is not None:
+                saved = Progress(
+                    attempts, target_accept, chunk + 1, jax.device_get(jax.tree.leaves(states)),
+                    [tuple(np.asarray(x) for x in out) for out in kept], *seconds,
+                )  # fmt: skip
+                target.checkpoint.save_progress(block, saved)
+        # kept: per chunk, (u, *STAT_FIELDS) each of (chains, chunk, ...)
         u, *collected = (
-            np.concatenate([np.asarray(chunk[k]) for chunk in chunks], axis=1)
+            np.concatenate([np.asarray(out[k]) for out in kept], axis=1)
             for k in range(1 + len(STAT_FIELDS))
         )
         stats = dict(zip(STAT_FIELDS, collected, strict=True))
         result = ShardResult(
-            index=shard.index,
+            index=target.index,
             status="ok",
             names=problem.model.names,
-            num_points=shard.num_points,
+            num_points=target.num_points,
             chains=block,
             draws=u,
             values=problem.model.to_values(u, problem.consts),
@@ -232,8 +263,8 @@ def _sample(
             num_warmup=counts.num_warmup,
             num_samples=counts.num_samples,
             attempts=attempts,
-            warmup_seconds=warmup_seconds,
-            sample_seconds=sample_seconds,
+            warmup_seconds=seconds[0],
+            sample_seconds=seconds[1],
             extra={"run_id": task.run_id, "devices": len(states.z.sharding.device_set)},
         )
         if result.divergence_rate <= task.cfg.retry_divergence_rate:

@@ -3,6 +3,10 @@ same draws bit for bit on one process and on 2 or 3 MPI ranks (real mpiexec)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import jax
@@ -10,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import shard_draws, write_config
-from test_parallel import needs_mpi, run
+from test_parallel import _processes, _wait_for, env, hetmpi_command, needs_mpi, run
 
 from hetmpi.config import load_config
 from hetmpi.context import prepare
@@ -91,6 +95,52 @@ def test_mpi_ranks_draw_what_one_process_draws(folder: Path, cpu_exact: Path, ra
     assert list(got) == [0]
     np.testing.assert_array_equal(got[0], expected[0])
     assert f"executor mpi ({ranks} MPI ranks)" in proc.stderr
+
+
+def _killed_then_resumed(folder: Path, out: Path, ranks: int | None) -> None:
+    """Run into ``out``, kill the run (rank 1 under MPI) once it has saved its progress
+    inside the shard, check the job ended within 60 s, then resume it."""
+    temporary = folder / f"tmp_{out.name}"  # a killed job cannot remove its compile cache
+    temporary.mkdir()
+    proc = subprocess.Popen(
+        hetmpi_command("run", "cfg.yaml", "-o", str(out), ranks=ranks), cwd=folder,
+        env={**env(), "TMPDIR": str(temporary)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        progress = ("shard_0000_state.h5", "shard_0000_chains_0.h5")
+        _wait_for(lambda: any((out / "shards" / name).exists() for name in progress), 600)
+        if ranks is None:
+            victim = proc.pid
+        else:
+            found = _processes(lambda cmd, e, _: str(out) in cmd and e.get("PMI_RANK") == "1")
+            assert found, "rank 1 not found"
+            victim = found[0]
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(timeout=60)
+        assert time.monotonic() - killed < 60
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode != 0
+    assert not (out / "shards" / "shard_0000.h5").exists()
+    resumed = run("run", "cfg.yaml", "-o", str(out), "--resume", cwd=folder, ranks=ranks)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(path.name for path in (out / "shards").iterdir()) == ["shard_0000.h5"]
+
+
+def test_a_killed_exact_run_resumes_to_the_same_draws(folder: Path, cpu_exact: Path) -> None:
+    out = folder / "killed_cpu"
+    _killed_then_resumed(folder, out, None)
+    np.testing.assert_array_equal(shard_draws(out)[0], shard_draws(cpu_exact)[0])
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_exact_job_and_resume_matches(folder: Path, cpu_exact: Path) -> None:
+    out = folder / "killed_mpi"
+    _killed_then_resumed(folder, out, 2)
+    np.testing.assert_array_equal(shard_draws(out)[0], shard_draws(cpu_exact)[0])
 
 
 @needs_mpi

@@ -9,15 +9,18 @@ from typing import Any
 from hetmpi.dispatch import Dispatch, Report, longest_first, work_units
 from hetmpi.records import ShardNote, ShardResult
 from hetmpi.results import save_shard_result
-from hetmpi.sampling import ShardTask, sample_shard
+from hetmpi.sampling import ShardTask, sample_target, target_of
 from hetmpi.sharding import Shard
 
 
 def sample_and_save(shard: Shard, task: ShardTask) -> ShardResult:
     """Sample one shard and write its result file (the checkpoint) in ``task.out_dir`` at
-    once."""
-    result = sample_shard(shard, task)
+    once; an exact run's checkpoints inside the shard are dropped then."""
+    target = target_of(shard, task)
+    result = sample_target(target, task)
     save_shard_result(task.out_dir, result)
+    if target.checkpoint is not None and result.status == "ok":
+        target.checkpoint.clear()
     return result
 
 

@@ -247,13 +247,11 @@ class MpiExecutor:
         from hetmpi.executors.mpi_exact import sample_exact
         from hetmpi.kernel import compile_monitor
         from hetmpi.records import ShardNote
-        from hetmpi.results import save_shard_result
 
         results: list[tuple[ShardResult, bool]] = []
         with compile_monitor() as compiles:
             if shards:  # empty when --resume found the run's shard done
                 result = sample_exact(self.comm, header, shards[0])
-                save_shard_result(header.task.out_dir, result)
                 report(ShardNote.of(result))
                 results.append((result, False))
         idle_barrier(self.comm)

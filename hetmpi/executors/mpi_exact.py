@@ -18,9 +18,11 @@ import math
 import numpy as np
 from mpi4py import MPI
 
+from hetmpi.checkpoint import StateFiles
 from hetmpi.exact import block_arrays, block_count, block_ranges, global_blocks, ordered_sum
 from hetmpi.executors.mpiwire import RunHeader
 from hetmpi.records import ShardResult
+from hetmpi.results import save_shard_result
 from hetmpi.sampling import Target, sample_target
 from hetmpi.sharding import Shard
 
@@ -55,7 +57,8 @@ class AllgatherSum:
 
 def sample_exact(comm: MPI.Comm, header: RunHeader, shard: Shard | None) -> ShardResult:
     """On every rank of ``comm`` at once: receive this rank's blocks of the run's single
-    shard (``shard`` on rank 0, None elsewhere) and sample every chain in step."""
+    shard (``shard`` on rank 0, None elsewhere) and sample every chain in step, continuing
+    from the checkpoint of a killed run; rank 0 writes the checkpoints and the shard file."""
     task = header.task
     num_points = header.length  # an exact run's one shard has no padding
     count = block_count(num_points, task.cfg.likelihood_blocks)
@@ -83,5 +86,14 @@ def sample_exact(comm: MPI.Comm, header: RunHeader, shard: Shard | None) -> Shar
         send = None if every is None else [every[name], (sizes, offsets)]
         comm.Scatterv(send, mine[name], root=0)
     reduce = AllgatherSum(comm, ranges, 1 + task.warm.problem.model.dim)
-    target = Target(0, num_points, block_arrays(mine), reduce)
-    return sample_target(target, dataclasses.replace(task, timeout=None))
+    checkpoint = StateFiles(
+        task.out_dir, 0, task.run_id, writer=comm.Get_rank() == 0,
+        share=lambda found: comm.bcast(found, root=0),
+    )  # fmt: skip
+    target = Target(0, num_points, block_arrays(mine), reduce, checkpoint)
+    result = sample_target(target, dataclasses.replace(task, timeout=None))
+    if comm.Get_rank() == 0:
+        save_shard_result(task.out_dir, result)
+        if result.status == "ok":
+            checkpoint.clear()
+    return result
