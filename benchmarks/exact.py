@@ -155,7 +155,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=21, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.collective:
-        print(collective_seconds(args.blocks, args.width, 2000))
+        from mpi4py import MPI
+
+        seconds = collective_seconds(args.blocks, args.width, 2000)
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            print(seconds)
         return
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-exact-"))
     work.mkdir(parents=True, exist_ok=True)

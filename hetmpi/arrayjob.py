@@ -10,7 +10,7 @@ import json
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +99,9 @@ def combine(out_dir: Path) -> dict[str, Any]:
         return _combine(context, journal, started)
 
 
-def _combine(context: RunContext, journal: runlog.RunLogHandler, started: float) -> dict[str, Any]:
-    from hetmpi import report
+def every_shard_result(context: RunContext, fix: Callable[[str], str]) -> dict[int, ShardResult]:
+    """index -> result of every shard of the planned run; RunError naming the missing ones,
+    with ``fix(how to run them)``."""
     from hetmpi.results import load_valid_shards
 
     out_dir, task = context.out_dir, context.task
@@ -108,9 +109,16 @@ def _combine(context: RunContext, journal: runlog.RunLogHandler, started: float)
     missing = sorted(set(range(task.num_shards)) - set(results))
     if missing:
         raise RunError(
-            f"{out_dir}: no result for shards {', '.join(map(str, missing))}; run them "
-            f"({rerun_hint(out_dir, missing)}) and combine again"
+            f"{out_dir}: no result for shards {', '.join(map(str, missing))}; "
+            + fix(rerun_hint(out_dir, missing))
         )
+    return results
+
+
+def _combine(context: RunContext, journal: runlog.RunLogHandler, started: float) -> dict[str, Any]:
+    from hetmpi import report
+
+    results = every_shard_result(context, lambda hint: f"run them ({hint}) and combine again")
     sampled = [r.warmup_seconds + r.sample_seconds for r in results.values()]
     timings = {**context.seconds, "sampling": float(sum(sampled))}
     summary = conclude(context, list(results.values()), "array", timings, started)
@@ -124,7 +132,6 @@ def report_run(out_dir: Path) -> dict[str, Any]:
     as the run wrote them. Returns the summary (timings: the run's)."""
     from hetmpi import report
     from hetmpi.config import ConfigError, load_config
-    from hetmpi.results import load_valid_shards
 
     if not (out_dir / "config.yaml").is_file():
         raise ConfigError(f"{out_dir}: no hetmpi run here (no config.yaml); give a run's folder")
@@ -134,15 +141,13 @@ def report_run(out_dir: Path) -> dict[str, Any]:
         "output folder"
     )
     context = planned_context(out_dir, cfg, changed=changed)
-    task = context.task
-    results = load_valid_shards(out_dir, lambda r: r.extra.get("run_id") == task.run_id)
-    missing = sorted(set(range(task.num_shards)) - set(results))
-    if missing:
-        raise RunError(
-            f"{out_dir}: no result for shards {', '.join(map(str, missing))}; a consensus of "
-            f"the others would be another posterior, so run them ({rerun_hint(out_dir, missing)})"
-            " and report again"
-        )
+    results = every_shard_result(
+        context,
+        lambda hint: (
+            "a consensus of the others would be another posterior, so run them "
+            f"({hint}) and report again"
+        ),
+    )
     plots_dir = out_dir / "plots"
     if plots_dir.exists() and not plots_dir.is_dir():
         raise InputError(f"{plots_dir}: exists and is not a folder; move it away")

@@ -21,21 +21,14 @@ from mpi4py import MPI
 from hetmpi.checkpoint import StateFiles
 from hetmpi.exact import block_arrays, block_count, block_ranges, global_blocks, ordered_sum
 from hetmpi.executors.mpiwire import RunHeader
-from hetmpi.records import ShardResult
+from hetmpi.records import SHARD_FIELDS, ShardResult
 from hetmpi.results import save_shard_result
 from hetmpi.sampling import Target, sample_target
 from hetmpi.sharding import Shard
 
 log = logging.getLogger("hetmpi")
 
-BLOCK_FIELDS: dict[str, type] = {
-    "c2": np.float64,
-    "i1": np.int32,
-    "i2": np.int32,
-    "angle": np.int32,
-    "weight": np.float64,
-    "sigma": np.float64,
-}
+BLOCK_FIELDS = {name: dtype for name, dtype in SHARD_FIELDS.items() if name != "point_ids"}
 
 
 class AllgatherSum:
