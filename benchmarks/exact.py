@@ -14,12 +14,9 @@ iterations (few: the figure is the time per leapfrog step, not a posterior), and
 - the collective alone: ``mpiexec -n R`` of this script's ``--collective`` mode times the
   Allgatherv + ordered sum of the partials (what every evaluation adds), and its share of a
   leapfrog step;
-- a projection to 64 and 512 ranks for this job and for 23 angles (~11.5 M points): a step
-  costs a + b N / R + c(R), with b the compute per point from the two measured rank counts,
-  a the rest of a step (NUTS, prior, maps: the same on every rank) and c(R) the collective,
-  modelled as the measured host-callback overhead plus ``--latency-us`` per doubling of R and
-  the gathered bytes at ``--bandwidth`` GB/s. The parallel efficiency t(1) / (R t(R)) and
-  where it drops below 80% follow.
+- a projection to 64 and 512 ranks for this job and for 23 angles (~11.5 M points) from the
+  work per point measured on one rank and the collective (``project``): the parallel
+  efficiency t(1) / (R t(R)) and where it drops below 80%.
 """
 
 from __future__ import annotations
@@ -111,33 +108,38 @@ def measured_collective(ranks: int, blocks: int, width: int) -> float:
 
 
 def project(runs: list[dict], collective: dict[int, float], args: argparse.Namespace) -> None:
-    first, second = runs[0], runs[1]
+    """Parallel efficiency t(1) / (R t(R)) with t(R) = w N / R + c(R): w the measured work
+    per point and step on one rank (everything in a step but the collective, taken to split
+    evenly over the points: the prior, the maps and NUTS on 20 coordinates cost microseconds),
+    c(R) the collective: the one measured on this machine at the largest rank count run, plus
+    ``--latency-us`` per doubling of R beyond it and the gathered bytes at ``--bandwidth``."""
+    first, last = runs[0], runs[-1]
     n = first["points"]
-    r1, r2 = first["ranks"], second["ranks"]
-    c1, c2 = collective[r1], collective[r2]
-    per_point = (first["step"] - c1 - (second["step"] - c2)) / (n / r1 - n / r2)
-    rest = first["step"] - c1 - per_point * n / r1
-    callback = c1
+    per_point = (first["step"] - collective[first["ranks"]]) / (n / first["ranks"])
+    base = collective[last["ranks"]]
     width = 1 + first["draws"].shape[-1]
-    print(f"\nmodel of a leapfrog step: {rest * 1e6:.0f} us (NUTS, prior, maps) + "
-          f"{per_point * 1e9:.1f} ns per point held + collective")  # fmt: skip
-    print(f"{'job':<24}{'ranks':>6}{'blocks':>8}{'step ms':>10}{'collective %':>14}"
+    print(
+        f"\nprojection: {per_point * 1e9:.0f} ns per point and leapfrog step (measured, "
+        f"{first['ranks']} rank), collective {base * 1e6:.0f} us at {last['ranks']} ranks "
+        f"(measured) + {args.latency_us:g} us per doubling + bytes at {args.bandwidth:g} GB/s"
+    )
+    print(f"{'job':<28}{'ranks':>6}{'blocks':>8}{'step ms':>10}{'collective %':>14}"
           f"{'efficiency':>12}")  # fmt: skip
-    for label, points in (("production (4 angles)", n), ("23 angles", POINTS_23_ANGLES)):
-        single = rest + per_point * points + callback
+    for label, points in ((f"this job ({n} points)", n), ("23 angles", POINTS_23_ANGLES)):
+        single = per_point * points
         below = None
-        for ranks in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512):
+        for ranks in (2, 4, 8, 16, 32, 64, 128, 256, 512):
             blocks = max(args.blocks, ranks)
-            gathered = blocks * width * 8 / (args.bandwidth * 1e9)
-            latency = callback + args.latency_us * 1e-6 * math.log2(ranks) + gathered
-            step = rest + per_point * points / ranks + (latency if ranks > 1 else callback)
+            doublings = max(0.0, math.log2(ranks / last["ranks"]))
+            latency = base + args.latency_us * 1e-6 * doublings
+            latency += blocks * width * 8 / (args.bandwidth * 1e9)
+            step = single / ranks + latency
             efficiency = single / (ranks * step)
             if below is None and efficiency < 0.8:
                 below = ranks
-            if ranks in (1, 64, 512):
-                share = (latency if ranks > 1 else callback) / step
-                print(f"{label:<24}{ranks:>6}{blocks:>8}{step * 1e3:>10.3f}{share:>14.1%}"
-                      f"{efficiency:>12.1%}")  # fmt: skip
+            if ranks in (64, 512):
+                print(f"{label:<28}{ranks:>6}{blocks:>8}{step * 1e3:>10.3f}"
+                      f"{latency / step:>14.1%}{efficiency:>12.1%}")  # fmt: skip
         print(f"{label}: parallel efficiency below 80% from {below or 'beyond 512'} ranks")
 
 

@@ -28,11 +28,9 @@ Reduce = Callable[[np.ndarray], np.ndarray]  # (blocks held, 1 + d) -> (1 + d,) 
 
 
 def ordered_sum(rows: np.ndarray) -> np.ndarray:
-    """The sum of ``rows`` (n, k) added one row after another, first to last."""
-    total = np.array(rows[0], dtype=np.float64)
-    for row in rows[1:]:
-        total += row
-    return total
+    """The sum of ``rows`` (n, k) added one row after another, first to last: the last
+    running sum (``np.add.reduce`` may add pairwise instead)."""
+    return np.add.accumulate(np.asarray(rows, dtype=np.float64), axis=0)[-1]
 
 
 def local_sum(partials: np.ndarray) -> np.ndarray:

@@ -54,9 +54,12 @@ def test_blocks_hold_every_point_once_in_order() -> None:
     np.testing.assert_array_equal(blocks["c2"].ravel()[:n], shard.c2)
     assert blocks["weight"].sum() == n  # padding weighs nothing
     np.testing.assert_array_equal(blocks["sigma"], 1.0)
-    rows = rng.normal(size=(5, 3))
-    total = rows[0] + rows[1] + rows[2] + rows[3] + rows[4]
-    np.testing.assert_array_equal(ordered_sum(rows), total)
+    for shape in ((300, 21), (513, 1), (64, 2)):  # NumPy sums a single column pairwise
+        rows = rng.normal(size=shape) * 10.0 ** rng.integers(-8, 8, size=(shape[0], 1))
+        total = rows[0].copy()
+        for row in rows[1:]:
+            total += row
+        np.testing.assert_array_equal(ordered_sum(rows), total)
 
 
 def test_blocked_likelihood_is_the_shards_likelihood(folder: Path) -> None:
