@@ -5,8 +5,10 @@
 
 Simulates the standard job (``--frames 1000``: the production job of
 shared/spec/reference_job.md, 1,998,000 points), then for each rank count R runs
-``mpiexec -n R hetmpi run`` with ``method: exact``, one chain, ``--warmup`` + ``--samples``
-iterations (few: the figure is the time per leapfrog step, not a posterior), and prints
+``mpiexec -n R hetmpi run`` with ``method: exact``, one thread per rank (``--threads``: a
+single rank would otherwise use every core through XLA's threads), one chain, ``--warmup``
++ ``--samples`` iterations (few: the figure is the time per leapfrog step, not a posterior),
+and prints
 
 - wall time, sampling time, seconds per leapfrog step (kept draws: their sampling seconds
   over their leapfrog steps), speed-up against the first rank count, peak RSS of the largest
@@ -150,6 +152,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--blocks", type=int, default=64)
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="executor.threads_per_process: 1 makes R ranks use R cores (default)",
+    )  # fmt: skip
     parser.add_argument("--latency-us", type=float, default=2.0)
     parser.add_argument("--bandwidth", type=float, default=10.0, help="GB/s")
     parser.add_argument("--workdir", type=Path)
@@ -172,6 +178,7 @@ def main() -> None:
         method="exact", likelihood_blocks=args.blocks, num_chains=1, adaptive=False,
         num_warmup=args.warmup, num_samples=args.samples, max_retries=0,
     )  # fmt: skip
+    config["executor"] = {**config.get("executor", {}), "threads_per_process": args.threads}
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
     runs = [run_exact(work, int(r)) for r in args.ranks.split(",")]
     width = 1 + runs[0]["draws"].shape[-1]
@@ -179,7 +186,8 @@ def main() -> None:
                   for run in runs}  # fmt: skip
     base = runs[0]
     print(f"exact sampling, {base['points']} points, {args.blocks} blocks, 1 chain, "
-          f"{args.warmup} + {args.samples} iterations ({work})")  # fmt: skip
+          f"{args.warmup} + {args.samples} iterations, {args.threads} thread(s) per rank "
+          f"({work})")  # fmt: skip
     print(f"{'ranks':>6}{'wall s':>9}{'warm s':>9}{'sampling s':>12}{'step ms':>10}"
           f"{'speed-up':>10}{'collective':>12}{'peak RSS GB':>13}  draws equal")  # fmt: skip
     for run in runs:
