@@ -128,9 +128,12 @@ class StateFiles:
         self.path.unlink(missing_ok=True)
 
     def clear(self) -> None:
-        """The shard is done (its shard file written): drop its chain and progress files."""
+        """The shard is done (its shard file written): drop its chain and progress files,
+        and the temporary files of writes a killed run left unfinished."""
         if not self.writer:
             return
-        self.path.unlink(missing_ok=True)
-        for path in (self.out_dir / SHARD_DIR).glob(f"shard_{self.index:04d}_chains_*.h5"):
-            path.unlink(missing_ok=True)
+        folder = self.out_dir / SHARD_DIR
+        prefix = f"shard_{self.index:04d}"
+        for pattern in (f"{prefix}_state.h5", f"{prefix}_chains_*.h5", f".{prefix}[._]*.tmp"):
+            for path in folder.glob(pattern):
+                path.unlink(missing_ok=True)
