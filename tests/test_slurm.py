@@ -221,6 +221,33 @@ def test_mpi_mode_runs_mpiexec_in_an_sbatch_job(
 
 
 @needs_venv
+@needs_mpich
+def test_exact_sampling_over_two_ranks_in_an_sbatch_job(tmp_path: Path, tiny_h5: Path) -> None:
+    """sampler.method exact in `submit --mode mpi`: the job's 2 ranks draw what one process
+    draws (`hetmpi run --executor cpu` of the same config), bit for bit."""
+    out = tmp_path / "out"
+    cfg = write_config(
+        tmp_path, tiny_h5, sharding={"num_shards": 1},
+        sampler={**SAMPLER, "method": "exact", "likelihood_blocks": 8},
+        scheduler={"walltime": "00:15:00", "job_name": "hetmpi-exact", "venv": str(VENV),
+                   "ranks_per_node": 2, "launcher": "mpiexec"},
+    )  # fmt: skip
+    done = cli("submit", str(cfg), "--scheduler", "slurm", "--mode", "mpi", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (job,) = submitted(out)
+    alone = cli("run", str(cfg), "--executor", "cpu", "--output", str(tmp_path / "alone"),
+                cwd=tmp_path, timeout=TIMEOUT_S)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr
+    wait_until_done("slurm", [job["job_id"]], out / "jobs")
+    assert (out / "posterior.nc").is_file(), logs(out / "jobs")
+    assert summary(out)["run"]["method"] == "exact"
+    assert "executor mpi (2 MPI ranks)" in (out / "run.log").read_text()
+    got, expected = shard_draws(out), shard_draws(tmp_path / "alone")
+    assert list(got) == list(expected) == [0]
+    assert np.array_equal(got[0], expected[0])
+
+
+@needs_venv
 @needs_qsub
 def test_pbs_array_through_torque_qsub(tmp_path: Path, tiny_h5: Path, reference: Reference) -> None:
     """The PBS template, submitted with qsub -W depend=afterok, runs the real array mode."""
