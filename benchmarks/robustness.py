@@ -30,6 +30,7 @@ import yaml
 import hetmpi.jaxenv  # noqa: F401  (x64 before JAX is used)
 from hetmpi.config import config_from_dict
 from hetmpi.context import load_data
+from hetmpi.fitblocks import fit_data
 from hetmpi.formats.hetmpi_schema import write_dataset
 from hetmpi.modesearch import local_optimum
 from hetmpi.problem import pooled_arrays
@@ -94,7 +95,7 @@ def truth_gap(cfg, truth: dict, warm) -> float:
     the warm start's noise sd."""
     dataset = load_data(cfg)
     points = pool_points(dataset)
-    data = pooled_arrays(points)
+    data = fit_data(pooled_arrays(points), cfg.mode_search.cheap_points)
     fit = _fit_problem(_fit_config(cfg.model), dataset, warm.noise_sigma)
     values = []
     for name in fit.model.names:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
@@ -38,8 +37,15 @@ import scipy.stats.qmc
 
 from hetmpi.config import ModeSearchConfig
 from hetmpi.errors import RunError
+from hetmpi.fitblocks import (
+    FitData,
+    negative_log_posterior,
+    scaled_prediction,
+    scaled_values,
+    subsample,
+)
 from hetmpi.model.parameters import PHYSICS_NAMES
-from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
+from hetmpi.model.posterior import PosteriorModel
 from hetmpi.problem import Problem
 
 MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
@@ -99,21 +105,9 @@ class SearchResult:
         return np.exp(log_mass - scipy.special.logsumexp(log_mass))
 
 
-def _objective(
-    model: PosteriorModel, u: jax.Array, data: ShardArrays, c: ModelConstants
-) -> jax.Array:
-    return -model.log_density(u, data, c, jnp.float64(1.0))
-
-
-# The model is static (hashable); data and constants are arguments, so the cheap and full
-# data versions each compile once and a new sigma compiles nothing.
-value_and_grad = jax.jit(jax.value_and_grad(_objective, argnums=1), static_argnums=0)
-prediction = jax.jit(PosteriorModel.predict, static_argnums=0)
-
-
 def local_optimum(
     problem: Problem,
-    data: ShardArrays,
+    data: FitData,
     u0: np.ndarray,
     *,
     maxiter: int = 5000,
@@ -125,8 +119,7 @@ def local_optimum(
     model, consts = problem.model, problem.consts
 
     def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
-        value, grad = value_and_grad(model, u, data, consts)
-        return float(value), np.asarray(grad)
+        return negative_log_posterior(model, u, data, consts)
 
     # a line search that steps where the model overflows only backs off: not worth a warning
     with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -140,13 +133,6 @@ def local_optimum(
     finite = np.all(np.isfinite(result.x)) and np.isfinite(result.fun)
     found = finite and result.status in stopped and np.all(np.isfinite(result.jac))
     return Optimum(result.x, float(result.fun) if found else np.inf)
-
-
-def cheap_arrays(data: ShardArrays, target: int) -> ShardArrays:
-    """Every k-th point of ``data``, k = ceil(size / target): all angles and times, fewer
-    points."""
-    stride = max(1, math.ceil(data.c2.shape[0] / target))
-    return ShardArrays(*(a[::stride] for a in data))
 
 
 def clip_start(u: np.ndarray, model: PosteriorModel) -> np.ndarray:
@@ -166,7 +152,7 @@ def line_fit(g: np.ndarray, c2: np.ndarray, weight: np.ndarray) -> tuple[float, 
     return float(slope), float(c2_mean - slope * g_mean)
 
 
-def fit_scaling(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
+def fit_scaling(problem: Problem, data: FitData, u: np.ndarray) -> np.ndarray:
     """u with its per-angle contrast and offset set by weighted linear least squares at its
     physics (c2 ~ offset + contrast * g per angle); unchanged where the model samples no
     scaling or an angle's g is flat."""
@@ -175,13 +161,12 @@ def fit_scaling(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarra
         return u
     values = model.to_values(u, consts)
     n_free, n_phi = len(model.free_physics), model.n_phi
-    _, contrast, offset, _ = model.unpack(jnp.asarray(u), consts)
-    contrast, offset = np.asarray(contrast), np.asarray(offset)
-    predicted = np.asarray(prediction(model, u, data, consts))
-    angle = np.asarray(data.angle)
-    g = (predicted - offset[angle]) / contrast[angle]
-    weight = np.asarray(data.weight) / np.asarray(data.sigma) ** 2
-    c2 = np.asarray(data.c2)
+    scaled = scaled_values(model, u, consts)
+    contrast, offset = np.array(scaled[1]), np.array(scaled[2])
+    angle = data.host.angle
+    g = (scaled_prediction(scaled, data, consts) - offset[angle]) / contrast[angle]
+    weight = data.host.weight / data.host.sigma**2
+    c2 = data.host.c2
     fitted_contrast, fitted_offset = contrast.copy(), offset.copy()
     for a in range(n_phi):
         mine = (angle == a) & (weight > 0)
@@ -215,7 +200,7 @@ def _inside(values: np.ndarray, problem: Problem) -> np.ndarray:
 
 
 def design_starts(
-    problem: Problem, data: ShardArrays, configured: np.ndarray, count: int, seed: int
+    problem: Problem, data: FitData, configured: np.ndarray, count: int, seed: int
 ) -> list[np.ndarray]:
     """The configured start, then ``count`` scrambled-Sobol points over the prior of the free
     physics coordinates (u ~ Normal(0, 1)), each with its scaling fitted to ``data``."""
@@ -307,20 +292,20 @@ def _distinct(optima: Sequence[Optimum], n_free: int) -> tuple[list[int], list[i
 
 def search_modes(
     problem: Problem,
-    data: ShardArrays,
+    data: FitData,
     configured: np.ndarray,
     settings: ModeSearchConfig,
     map_fn: MapFn = lambda fn, items: list(map(fn, items)),
 ) -> tuple[list[Optimum], list[int], SearchResult]:
     """The cheap stage and the full-data refinement: (refined optima, how many design starts
     reached each, and a provisional result without Hessians: see ``basins_of``)."""
-    cheap = cheap_arrays(data, settings.cheap_points)
+    cheap = subsample(data, settings.cheap_points)
     starts = design_starts(problem, cheap, configured, settings.starts, settings.seed)
     search = partial(_cheap_search, problem, cheap)
     cheap_optima = map_fn(search, starts)
     n_free = len(problem.model.free_physics)
     kept, owner = _distinct(cheap_optima, n_free)
-    stride = data.c2.shape[0] / cheap.c2.shape[0]
+    stride = data.num_points / cheap.num_points
     hopeless = cheap_optima[kept[0]].nlp + REFINE_WITHIN / stride if kept else np.inf
     chosen = [k for k in kept[: settings.refine] if cheap_optima[k].nlp <= hopeless]
     counts = [sum(1 for o in owner if o == k) for k in chosen]
@@ -337,17 +322,17 @@ def search_modes(
     provisional = SearchResult(
         basins=(),
         num_starts=len(starts),
-        cheap_points=int(cheap.c2.shape[0]),
+        cheap_points=cheap.num_points,
         starts_elsewhere=len(starts) - sum(counts),
     )
     return refined, reached, provisional
 
 
-def _cheap_search(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
+def _cheap_search(problem: Problem, data: FitData, u0: np.ndarray) -> Optimum:
     return local_optimum(problem, data, u0, maxiter=CHEAP_MAXITER, gtol=1e-4, short=True)
 
 
-def _full_search(problem: Problem, data: ShardArrays, u0: np.ndarray) -> Optimum:
+def _full_search(problem: Problem, data: FitData, u0: np.ndarray) -> Optimum:
     return local_optimum(problem, data, u0)
 
 
@@ -383,19 +368,19 @@ def positive_definite(h: np.ndarray) -> np.ndarray:
     return (eigvec * eigval) @ eigvec.T
 
 
-def u_hessian(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
+def u_hessian(problem: Problem, data: FitData, u: np.ndarray) -> np.ndarray:
     """Hessian of the negative log posterior in u at u (differences of exact gradients)."""
     model, consts = problem.model, problem.consts
 
     def gradient(x: np.ndarray) -> np.ndarray:
-        return np.asarray(value_and_grad(model, x, data, consts)[1])
+        return negative_log_posterior(model, x, data, consts)[1]
 
     return difference_hessian(gradient, np.asarray(u, dtype=np.float64))
 
 
 def basins_of(
     problem: Problem,
-    data: ShardArrays,
+    data: FitData,
     optima: Sequence[Optimum],
     reached: Sequence[int],
     provisional: SearchResult,
@@ -434,6 +419,6 @@ def basins_of(
     )
 
 
-def _finite_hessian(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray | None:
+def _finite_hessian(problem: Problem, data: FitData, u: np.ndarray) -> np.ndarray | None:
     h = u_hessian(problem, data, u)
     return h if np.all(np.isfinite(h)) else None

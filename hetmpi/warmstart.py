@@ -17,16 +17,20 @@ from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hetmpi.config import ModelConfig, ModeSearchConfig
 from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError, RunError
+from hetmpi.fitblocks import (
+    FitData,
+    fit_data,
+    negative_log_posterior,
+    prediction,
+    scaled_prediction,
+)
 from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
-from hetmpi.model.physics import c2_pooled
-from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.modesearch import (
     MapFn,
     Optimum,
@@ -39,8 +43,6 @@ from hetmpi.modesearch import (
     local_optimum,
     search_modes,
 )
-from hetmpi.modesearch import prediction as _prediction
-from hetmpi.modesearch import value_and_grad as u_value_and_grad
 from hetmpi.problem import Problem, build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import PooledPoints
 
@@ -96,9 +98,7 @@ class WarmStart:
     @cached_property
     def _u_jacobian(self) -> np.ndarray:
         """du/dw (d, d) at the mode."""
-        model, consts = self.problem.model, self.problem.consts
-        to_u = jax.jacfwd(lambda w: model.sampler_to_u(w, consts)[0])
-        return np.asarray(to_u(jnp.asarray(self.sampler_center)))
+        return self.problem.model.u_jacobian(self.sampler_center, self.problem.consts)
 
     @cached_property
     def u_covariance(self) -> np.ndarray:
@@ -154,26 +154,14 @@ def initial_noise_estimate(points: PooledPoints) -> float:
     return robust_sd((np.diff(c2) / pair_sd)[neighbour])
 
 
-def _sampler_objective(
-    model: PosteriorModel, w: jax.Array, data: ShardArrays, c: ModelConstants
-) -> jax.Array:
-    return -model.sampler_log_density(w, data, c, jnp.float64(1.0))
-
-
-_sampler_value_and_grad = jax.jit(
-    jax.value_and_grad(_sampler_objective, argnums=1), static_argnums=0
-)
-_pooled_c2 = jax.jit(c2_pooled)
-
-
-def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np.ndarray:
+def laplace_covariance(problem: Problem, data: FitData, w: np.ndarray) -> np.ndarray:
     """Inverse Hessian of the negative log posterior in sampler coordinates at w,
     eigenvalues floored to stay positive definite."""
     model, consts = problem.model, problem.consts
-    value_and_grad = _sampler_value_and_grad if model.sampler_map_on(consts) else u_value_and_grad
+    sampler = model.sampler_map_on(consts)
 
     def gradient(x: np.ndarray) -> np.ndarray:
-        return np.asarray(value_and_grad(model, x, data, consts)[1])
+        return negative_log_posterior(model, x, data, consts, sampler=sampler)[1]
 
     h = difference_hessian(gradient, np.asarray(w, dtype=np.float64))
     bad = ~np.isfinite(h).all(axis=0)
@@ -191,7 +179,7 @@ def laplace_covariance(problem: Problem, data: ShardArrays, w: np.ndarray) -> np
 
 
 def scaling_from_data(
-    cfg: ModelConfig, dataset: Dataset, points: PooledPoints
+    cfg: ModelConfig, fit: Problem, data: FitData
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-angle (contrast, offset), each (n_phi,), from the data at the configured physics.
 
@@ -200,23 +188,20 @@ def scaling_from_data(
     points (weighted by the per-point sigma, if any), clipped inside the configured bounds.
     An angle whose g is flat keeps the configured values.
     """
-    n_phi = len(dataset.phi)
-    physics = {name: jnp.float64(cfg.parameter(name).value) for name in PHYSICS_NAMES}
-    g = np.asarray(
-        _pooled_c2(
-            physics, jnp.asarray(dataset.t), dataset.q, dataset.dt, jnp.asarray(dataset.phi),
-            jnp.ones(n_phi), jnp.zeros(n_phi), points.i1, points.i2, points.angle,
-        )
-    )  # fmt: skip
-    weight = np.ones_like(points.c2) if points.sigma is None else points.sigma**-2.0
+    n_phi = fit.model.n_phi
+    physics = jnp.asarray([cfg.parameter(name).value for name in PHYSICS_NAMES])
+    scaled = (physics, jnp.ones(n_phi), jnp.zeros(n_phi), jnp.float64(1.0))
+    g = scaled_prediction(scaled, data, fit.consts)
+    points = data.host
+    weight = points.weight / points.sigma**2
     contrast_cfg, offset_cfg = (cfg.parameter(name) for name in SCALING_NAMES)
     contrast = np.full(n_phi, contrast_cfg.value)
     offset = np.full(n_phi, offset_cfg.value)
     for a in range(n_phi):
         mine = points.angle == a
-        fit = line_fit(g[mine], points.c2[mine], weight[mine]) if mine.any() else None
-        if fit is not None:
-            contrast[a], offset[a] = fit
+        fit_line = line_fit(g[mine], points.c2[mine], weight[mine]) if mine.any() else None
+        if fit_line is not None:
+            contrast[a], offset[a] = fit_line
     return _inside(contrast, contrast_cfg.bounds), _inside(offset, offset_cfg.bounds)
 
 
@@ -242,9 +227,10 @@ def _fit_problem(cfg: ModelConfig, dataset: Dataset, sigma: float) -> Problem:
     )
 
 
-def _residual(problem: Problem, data: ShardArrays, u: np.ndarray) -> np.ndarray:
+def _residual(problem: Problem, data: FitData, u: np.ndarray) -> np.ndarray:
     """(model - data) / the per-point sd (1 where the data carry none)."""
-    return np.asarray((_prediction(problem.model, u, data, problem.consts) - data.c2) / data.sigma)
+    predicted = prediction(problem.model, u, data, problem.consts)
+    return (predicted - data.host.c2) / data.host.sigma
 
 
 def growth_detected(
@@ -262,7 +248,7 @@ def growth_detected(
     return bool(abs(g) >= GROWTH_DETECTION_Z * shard_sd)
 
 
-def _polished(problem: Problem, data: ShardArrays, optimum: Optimum) -> Optimum:
+def _polished(problem: Problem, data: FitData, optimum: Optimum) -> Optimum:
     """The optimum refined under ``problem`` (a new noise sd); unchanged if not finite."""
     return local_optimum(problem, data, optimum.u) if np.isfinite(optimum.nlp) else optimum
 
@@ -276,12 +262,12 @@ def find_basins(
 ) -> tuple[Problem, SearchResult, float]:
     """The fit's problem, the basins of its posterior (lowest first, those the labelling
     rules out left out) and the noise sd they were found at."""
-    data = pooled_arrays(points)
+    data = fit_data(pooled_arrays(points), settings.cheap_points)
     estimate = cfg.noise.sigma is None
     sigma = initial_noise_estimate(points) if estimate else cfg.noise.sigma
     fit_cfg = _fit_config(cfg)
     fit = _fit_problem(fit_cfg, dataset, sigma)
-    contrast, offset = scaling_from_data(fit_cfg, dataset, points)
+    contrast, offset = scaling_from_data(fit_cfg, fit, data)
     start = initial_values(fit_cfg, fit.model, sigma, contrast=contrast, offset=offset)
     u = clip_start(fit.model.to_unconstrained(start, fit.consts), fit.model)
     optima, reached, provisional = search_modes(fit, data, u, settings, map_fn)
@@ -407,7 +393,7 @@ def warm_start_at(
     """The sampling problem around the best of ``basins`` (``find_basins``' result) for
     ``num_shards`` shards, its Laplace covariance, and where chains start; ``started`` is
     the ``time.perf_counter()`` at which the search began."""
-    data = pooled_arrays(points)
+    data = fit_data(pooled_arrays(points), settings.cheap_points)
     fit, found, sigma = basins
     best = found.basins[0]
     values = fit.model.to_values(best.u, fit.consts)

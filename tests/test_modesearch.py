@@ -13,9 +13,10 @@ from hetmpi.config import ConsensusConfig, ModeSearchConfig, SamplerConfig, conf
 from hetmpi.consensus import BasinCheck, select_shards
 from hetmpi.dataset import Dataset
 from hetmpi.errors import RunError
+from hetmpi.fitblocks import fit_data, subsample
 from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
-from hetmpi.modesearch import cheap_arrays, local_optimum, search_modes
+from hetmpi.modesearch import local_optimum, search_modes
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.records import ShardResult
 from hetmpi.sampling import ShardTask
@@ -51,10 +52,10 @@ def _configured_start(cfg, dataset: Dataset):
     problem = build_problem(
         cfg, dataset, per_angle_mode=cfg.per_angle_mode, sample_sigma=False, sigma=SIGMA
     )
-    points = pool_points(dataset)
-    contrast, offset = scaling_from_data(cfg, dataset, points)
+    data = fit_data(pooled_arrays(pool_points(dataset)), SEARCH.cheap_points)
+    contrast, offset = scaling_from_data(cfg, problem, data)
     start = initial_values(cfg, problem.model, SIGMA, contrast=contrast, offset=offset)
-    return problem, pooled_arrays(points), problem.model.to_unconstrained(start, problem.consts)
+    return problem, data, problem.model.to_unconstrained(start, problem.consts)
 
 
 def test_the_search_finds_the_basin_one_local_fit_misses(dataset: Dataset, truth: dict) -> None:
@@ -93,10 +94,11 @@ def test_the_search_is_the_same_however_its_starts_are_spread(dataset: Dataset) 
 
 
 def test_cheap_data_keep_every_angle(dataset: Dataset) -> None:
-    data = pooled_arrays(pool_points(dataset))
-    cheap = cheap_arrays(data, 100)
-    assert 50 < cheap.c2.shape[0] <= 100
-    assert set(np.asarray(cheap.angle).tolist()) == {0, 1}
+    data = fit_data(pooled_arrays(pool_points(dataset)), 100)
+    cheap = subsample(data, 100)
+    assert 50 < cheap.num_points <= 100
+    assert len(cheap.blocks) == 1
+    assert set(cheap.host.angle.tolist()) == {0, 1}
 
 
 def test_a_labelling_keeps_the_basin_it_names(dataset: Dataset, truth: dict) -> None:

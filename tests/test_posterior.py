@@ -12,6 +12,7 @@ import scipy.stats
 from hetmpi.config import ConsensusConfig, config_from_dict
 from hetmpi.consensus import combine_draws, select_shards, shard_shapes, skewed
 from hetmpi.errors import RunError
+from hetmpi.fitblocks import fit_data, negative_log_posterior, prediction
 from hetmpi.formats import load_dataset
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.records import ShardResult
@@ -190,3 +191,27 @@ def test_shards_are_excluded_by_explicit_rules() -> None:
         select_shards(results, dataclasses.replace(cfg, min_success_rate=0.5))
     kept, _ = select_shards(results, dataclasses.replace(cfg, max_divergence_rate=0.35))
     assert [r.index for r in kept] == [0, 1]
+
+
+@pytest.mark.parametrize("block_length", [10_000, 37, 1])
+def test_blocked_fit_objective_is_the_model_density(problem_and_data, block_length) -> None:
+    """The fits' value and gradient, summed over blocks of any length (the last padded), are
+    minus the model's full-data log density and its gradient, in u and in w; the blocked
+    prediction is the model's."""
+    cfg, problem, data = problem_and_data
+    model, consts = problem.model, problem.consts
+    values = initial_values(cfg.model, model, 0.01)
+    values[model.names.index("f3")] = 0.05
+    u = model.to_unconstrained(values, consts) + 0.1
+    blocks = fit_data(data, block_length)
+    one = jnp.float64(1.0)
+    for sampler, density in ((False, model.log_density), (True, model.sampler_log_density)):
+        value, gradient = negative_log_posterior(model, u, blocks, consts, sampler=sampler)
+        expected, expected_gradient = jax.value_and_grad(density)(jnp.asarray(u), data, consts, one)
+        assert value == pytest.approx(-float(expected), rel=1e-12)
+        np.testing.assert_allclose(gradient, -np.asarray(expected_gradient), rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(
+        prediction(model, u, blocks, consts),
+        model.predict(jnp.asarray(u), data, consts),
+        rtol=1e-13,
+    )

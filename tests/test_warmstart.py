@@ -11,6 +11,7 @@ import pytest
 from hetmpi.config import ModelConfig, ModeSearchConfig, config_from_dict
 from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
+from hetmpi.fitblocks import fit_data
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2
 from hetmpi.modesearch import difference_hessian, label_swapped, local_optimum, swap_labels
@@ -76,7 +77,7 @@ def test_fit_lands_in_the_true_basin(warm: WarmStart, truth: dict) -> None:
 def test_swapped_alternative_is_worse(warm: WarmStart, dataset: Dataset) -> None:
     """The swapped basin is a distinct, worse optimum, which the mode search reports as a
     basin of its own with the nats it lies above the best."""
-    data = pooled_arrays(pool_points(dataset))
+    data = fit_data(pooled_arrays(pool_points(dataset)), SEARCH.cheap_points)
     kept = local_optimum(warm.problem, data, warm.center)
     start = label_swapped(warm.problem, warm.center)
     assert start is not None
@@ -95,7 +96,11 @@ def test_swapped_alternative_is_worse(warm: WarmStart, dataset: Dataset) -> None
 def test_scaling_start_from_data(dataset: Dataset, truth: dict) -> None:
     """At the true physics the closed-form fit recovers the true contrast and offset."""
     cfg = _model_config({name: {"value": v} for name, v in truth["parameters"].items()})
-    contrast, offset = scaling_from_data(cfg, dataset, pool_points(dataset))
+    problem = build_problem(
+        cfg, dataset, per_angle_mode=cfg.per_angle_mode, sample_sigma=False, sigma=SIGMA
+    )
+    data = fit_data(pooled_arrays(pool_points(dataset)), 50)
+    contrast, offset = scaling_from_data(cfg, problem, data)
     np.testing.assert_allclose(contrast, truth["contrast"][:2], atol=2e-3)
     np.testing.assert_allclose(offset, truth["offset"][:2], atol=1e-3)
 
@@ -191,7 +196,8 @@ def test_fraction_coordinates_stay_on_only_where_shards_see_the_growth(dataset: 
     triple = np.asarray(split.problem.model.fraction_indices)  # in u; the rest as sheared
     np.testing.assert_array_equal(split.sampler_center[triple], split.center[triple])
     np.testing.assert_allclose(split.center, whole.center, atol=1e-8)
-    expected = laplace_covariance(split.problem, pooled_arrays(points), split.sampler_center)
+    data = fit_data(pooled_arrays(points), SEARCH.cheap_points)
+    expected = laplace_covariance(split.problem, data, split.sampler_center)
     np.testing.assert_allclose(split.covariance, expected, rtol=1e-10)
 
 

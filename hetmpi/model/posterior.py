@@ -33,8 +33,9 @@ no new compile. ``sampler_log_density`` is the shard density of u carried to w.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
 from typing import NamedTuple
 
@@ -87,6 +88,37 @@ class ModelConstants(NamedTuple):
     sigma: Array  # fixed scalar noise sd, or the HalfNormal scale when sigma is sampled
     fraction_span: Array  # T (s) of the fraction coordinates; 0: the triple is sampled in u
     transport_time: Array  # (2,) t* (s) of the reference's and sample's rate shear; 0: off
+
+
+def predicted_c2(
+    p: Mapping[str, Array],
+    contrast: Array,
+    offset: Array,
+    data: ShardArrays,
+    consts: ModelConstants,
+) -> Array:
+    """Model c2 at the points of ``data`` (P,) for physics ``p`` and per-angle scaling."""
+    return c2_pooled(
+        p, consts.t, consts.q, consts.dt, consts.phi, contrast, offset,
+        data.i1, data.i2, data.angle,
+    )  # fmt: skip
+
+
+def gaussian_log_likelihood(
+    p: Mapping[str, Array],
+    contrast: Array,
+    offset: Array,
+    sigma: Array,
+    data: ShardArrays,
+    consts: ModelConstants,
+) -> Array:
+    """Gaussian log likelihood of the real points of ``data`` (padding has weight 0) for
+    physics ``p``, per-angle scaling and noise sd ``sigma``, up to a constant."""
+    squares = pooled_sum_of_squares(
+        p, consts.t, consts.q, consts.dt, consts.phi, contrast, offset,
+        data.i1, data.i2, data.angle, data.c2, data.weight / (data.sigma * data.sigma),
+    )  # fmt: skip
+    return -0.5 * squares / (sigma * sigma) - jnp.sum(data.weight) * jnp.log(sigma)
 
 
 @dataclass(frozen=True)
@@ -187,19 +219,11 @@ class PosteriorModel:
 
     def predict(self, u: Array, data: ShardArrays, consts: ModelConstants) -> Array:
         p, contrast, offset, _ = self.unpack(u, consts)
-        return c2_pooled(
-            p, consts.t, consts.q, consts.dt, consts.phi, contrast, offset,
-            data.i1, data.i2, data.angle,
-        )  # fmt: skip
+        return predicted_c2(p, contrast, offset, data, consts)
 
     def log_likelihood(self, u: Array, data: ShardArrays, consts: ModelConstants) -> Array:
         """Gaussian log likelihood of the shard's real points (padding has weight 0)."""
-        p, contrast, offset, sigma = self.unpack(u, consts)
-        squares = pooled_sum_of_squares(
-            p, consts.t, consts.q, consts.dt, consts.phi, contrast, offset,
-            data.i1, data.i2, data.angle, data.c2, data.weight / (data.sigma * data.sigma),
-        )  # fmt: skip
-        return -0.5 * squares / (sigma * sigma) - jnp.sum(data.weight) * jnp.log(sigma)
+        return gaussian_log_likelihood(*self.unpack(u, consts), data, consts)
 
     def log_density(
         self, u: Array, data: ShardArrays, consts: ModelConstants, prior_weight: Array
@@ -367,10 +391,22 @@ class PosteriorModel:
 
     def value_jacobian(self, w: np.ndarray, consts: ModelConstants) -> np.ndarray:
         """d(parameter values)/dw (d, d) at sampler coordinates w (d,)."""
-        w = jnp.asarray(w, dtype=jnp.float64)
-        return np.asarray(
-            jax.jacfwd(lambda x: self.values(self.sampler_to_u(x, consts)[0], consts))(w)
-        )
+        return np.asarray(_jacobians(self, jnp.asarray(w, dtype=jnp.float64), consts)[1])
+
+    def u_jacobian(self, w: np.ndarray, consts: ModelConstants) -> np.ndarray:
+        """du/dw (d, d) at sampler coordinates w (d,)."""
+        return np.asarray(_jacobians(self, jnp.asarray(w, dtype=jnp.float64), consts)[0])
+
+
+@partial(jax.jit, static_argnums=0)
+def _jacobians(model: PosteriorModel, w: Array, consts: ModelConstants) -> tuple[Array, Array]:
+    """(du/dw, d(parameter values)/dw), each (d, d), at w: one program for both."""
+
+    def both(x: Array) -> tuple[Array, Array]:
+        u = model.sampler_to_u(x, consts)[0]
+        return u, model.values(u, consts)
+
+    return jax.jacfwd(both)(w)
 
 
 def _truncated_quantile(
