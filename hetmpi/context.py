@@ -11,7 +11,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,13 +22,16 @@ import numpy as np
 from hetmpi.config import Config, config_to_dict
 from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
+from hetmpi.fitblocks import FitData, fit_data, held_here
 from hetmpi.formats import load_dataset
 from hetmpi.kernel import SamplerOutline, sampler_outline
 from hetmpi.model.parameters import num_scaling_coordinates
-from hetmpi.problem import build_problem, scaling_mode
+from hetmpi.model.posterior import Geometry
+from hetmpi.problem import build_problem, dataset_geometry, pooled_arrays, scaling_mode
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.warmstart import (
+    WarmStart,
     basin_note,
     find_basins,
     fit_warm_start,
@@ -72,13 +77,15 @@ def sampled_dimension(cfg: Config, num_angles: int) -> int:
 
 class PrepareHelpers(Protocol):
     """What the other processes of a run do for the one that prepares it (MPI ranks):
-    compile the sampler from its ``outline`` and run shares of the mode search
-    (``map_search`` has ``fn`` applied to every item, results in item order) until
-    ``search_done``."""
+    compile the sampler from its ``outline``, run shares of the mode search (``map_search``
+    has ``fn`` applied to every item, results in item order) and, inside ``spread_fits``,
+    evaluate their share of the fits' blocks, until ``search_done``."""
 
     def announce(self, outline: SamplerOutline) -> None: ...
 
     def map_search(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
+
+    def spread_fits(self, data: FitData, geometry: Geometry) -> AbstractContextManager[FitData]: ...
 
     def search_done(self) -> None: ...
 
@@ -126,12 +133,7 @@ def prepare(
         warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
     else:
         helpers.announce(outline(cfg, dataset, plan))
-        search_started = time.perf_counter()
-        basins = find_basins(cfg.model, dataset, points, cfg.mode_search, helpers.map_search)
-        helpers.search_done()  # the others compile the sampler during the Laplace step
-        warm = warm_start_at(
-            basins, cfg.model, dataset, points, num_shards, cfg.mode_search, search_started
-        )
+        warm = _helped_warm_start(cfg, dataset, points, num_shards, helpers)
     fitted = time.perf_counter()
     log.info(
         "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
@@ -160,6 +162,33 @@ def prepare(
     )
     seconds = {"load": loaded - started, "warm_start": fitted - loaded}
     return RunContext(cfg, dataset, points, plan, task, seconds)
+
+
+def _helped_warm_start(
+    cfg: Config,
+    dataset: Dataset,
+    points: PooledPoints,
+    num_shards: int,
+    helpers: PrepareHelpers,
+) -> WarmStart:
+    """The warm start with the other processes' help. They run shares of the mode search;
+    in an exact run they then evaluate their share of the full data in every fit (the
+    refinements, Hessians and Laplace covariance), so no process fits it alone; otherwise
+    they compile the sampler while this process computes the Laplace covariance."""
+    started = time.perf_counter()
+    settings = cfg.mode_search
+    data = fit_data(pooled_arrays(points), settings.cheap_points)
+    exact = cfg.sampler.method == "exact"
+    spread = held_here
+    if exact:
+        spread = partial(helpers.spread_fits, geometry=dataset_geometry(dataset))
+    basins = find_basins(cfg.model, dataset, points, data, settings, helpers.map_search, spread)
+    if not exact:
+        helpers.search_done()
+    warm = warm_start_at(basins, cfg.model, dataset, data, num_shards, settings, started, spread)
+    if exact:
+        helpers.search_done()
+    return warm
 
 
 def planned_context(out_dir: Path, cfg: Config, *, changed: str) -> RunContext:

@@ -5,44 +5,68 @@ Every program that reads data points is compiled for one block length and serves
 size: the mode search's subsample (one block) and the full data (many) alike. The programs
 are split where the model meets the data:
 
-- ``_head`` (per model, no data): the physics, per-angle scaling and noise sd of a point x in
-  u (or in the sampler's coordinates w), and the log prior with the labelling wall and the
-  coordinate map's log Jacobian; ``_head_gradient`` its vector-Jacobian product;
-- ``_block_likelihood`` (no model): one block's Gaussian log likelihood and its gradient in
-  the physics, scaling and noise sd, the same program for every model of a run.
+- ``_head`` (per model, no data): the point x in u (or in the sampler's coordinates w) as one
+  flat vector of the likelihood's inputs (14 physics values, per-angle contrast and offset,
+  noise sd), and the log prior with the labelling wall and the coordinate map's log
+  Jacobian; ``_head_gradient`` its vector-Jacobian product;
+- ``_block_row`` (no model): one block's Gaussian log likelihood and its gradient in that
+  vector, the same program for every model of a run.
 
-A value is the head's plus the blocks' in block order, so it does not depend on how many
-processes evaluate the fits.
+The blocks' rows are added in block order (``ordered_sum``), then the head's value: the same
+numbers whether one process holds every block or MPI ranks hold contiguous ranges of them
+(``Spread``), so the fits do not depend on how many processes run them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hetmpi.exact import ordered_sum
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.posterior import (
+    Geometry,
     ModelConstants,
     PosteriorModel,
     ShardArrays,
     gaussian_log_likelihood,
+    geometry_of,
     predicted_c2,
 )
 
-Scaled = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # physics (14,), contrast, offset, sd
+_PADDING = {"c2": 0.0, "i1": 0, "i2": 1, "angle": 0, "weight": 0.0, "sigma": 1.0}
+_NUM_PHYSICS = len(PHYSICS_NAMES)
+
+
+class Spread(Protocol):
+    """Blocks spread over processes: this one evaluates blocks ``own`` = [start, stop)."""
+
+    own: tuple[int, int]
+
+    def total(self, vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The rows (value, gradient) of every block at ``vector``, added in block order,
+        given this process's ``rows`` (own blocks)."""
+        ...
+
+
+Spreader = Callable[["FitData"], AbstractContextManager["FitData"]]
 
 
 class FitData(NamedTuple):
     """Points as blocks (each field a device array (length,), weight 0 past the last point)
-    and as one host copy of each field (numpy (num_points,))."""
+    and one host copy of each field (numpy (num_points,)); ``spread`` when other processes
+    evaluate some of the blocks."""
 
     blocks: tuple[ShardArrays, ...]
     host: ShardArrays
+    spread: Spread | None = None
 
     @property
     def num_points(self) -> int:
@@ -51,6 +75,11 @@ class FitData(NamedTuple):
     @property
     def block_length(self) -> int:
         return int(self.blocks[0].c2.shape[0])
+
+
+def held_here(data: FitData) -> AbstractContextManager[FitData]:
+    """The ``Spreader`` of one process: ``data`` as it is."""
+    return nullcontext(data)
 
 
 def fit_data(points: ShardArrays, target: int) -> FitData:
@@ -62,20 +91,29 @@ def fit_data(points: ShardArrays, target: int) -> FitData:
     return _blocked(host, length)
 
 
-def _blocked(host: ShardArrays, length: int) -> FitData:
+def padded_fields(host: ShardArrays, length: int) -> dict[str, np.ndarray]:
+    """Every field of ``host`` padded and cut into rows of ``length``: (n_blocks, length)."""
     n = host.c2.shape[0]
     size = math.ceil(n / length) * length
-    padding = {"c2": 0.0, "i1": 0, "i2": 1, "angle": 0, "weight": 0.0, "sigma": 1.0}
     fields = {}
     for name, values in host._asdict().items():
-        padded = np.full(size, padding[name], dtype=values.dtype)
+        padded = np.full(size, _PADDING[name], dtype=values.dtype)
         padded[:n] = values
         fields[name] = padded.reshape(-1, length)
-    blocks = tuple(
+    return fields
+
+
+def device_blocks(fields: dict[str, np.ndarray]) -> tuple[ShardArrays, ...]:
+    """One ``ShardArrays`` of device arrays per row of ``fields`` (n_blocks, length)."""
+    count = fields["c2"].shape[0]
+    return tuple(
         ShardArrays(**{name: jnp.asarray(rows[k]) for name, rows in fields.items()})
-        for k in range(size // length)
+        for k in range(count)
     )
-    return FitData(blocks, host)
+
+
+def _blocked(host: ShardArrays, length: int) -> FitData:
+    return FitData(device_blocks(padded_fields(host, length)), host)
 
 
 def subsample(data: FitData, target: int) -> FitData:
@@ -85,48 +123,80 @@ def subsample(data: FitData, target: int) -> FitData:
     return _blocked(ShardArrays(*(a[::stride] for a in data.host)), data.block_length)
 
 
+def vector_width(n_phi: int) -> int:
+    """Length of the likelihood's input vector: physics, contrast, offset, noise sd."""
+    return _NUM_PHYSICS + 2 * n_phi + 1
+
+
+class ScaledValues(NamedTuple):
+    physics: jax.Array  # (14,)
+    contrast: jax.Array  # (n_phi,)
+    offset: jax.Array  # (n_phi,)
+    sigma: jax.Array  # ()
+
+
+def unflatten(vector: jax.Array) -> ScaledValues:
+    n_phi = (vector.shape[0] - _NUM_PHYSICS - 1) // 2
+    cut = (_NUM_PHYSICS, _NUM_PHYSICS + n_phi, _NUM_PHYSICS + 2 * n_phi)
+    return ScaledValues(vector[: cut[0]], vector[cut[0] : cut[1]], vector[cut[1] : cut[2]],
+                        vector[cut[2]])  # fmt: skip
+
+
 def _parts(
     model: PosteriorModel, x: jax.Array, consts: ModelConstants, sampler: bool
-) -> tuple[Scaled, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
     if sampler:
         u, log_det = model.sampler_to_u(x, consts)
     else:
         u, log_det = x, jnp.zeros((), dtype=x.dtype)
     p, contrast, offset, sigma = model.unpack(u, consts)
     physics = jnp.stack([p[name] for name in PHYSICS_NAMES])
+    vector = jnp.concatenate([physics, contrast, offset, jnp.reshape(sigma, (1,))])
     rest = model.log_prior(u, consts) + model.labelling_wall(u, consts) + log_det
-    return (physics, contrast, offset, sigma), rest
+    return vector, rest
 
 
 @partial(jax.jit, static_argnums=(0, 3))
 def _head(
     model: PosteriorModel, x: jax.Array, consts: ModelConstants, sampler: bool
-) -> tuple[Scaled, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
     return _parts(model, x, consts, sampler)
 
 
 @partial(jax.jit, static_argnums=(0, 3))
 def _head_gradient(
-    model: PosteriorModel, x: jax.Array, consts: ModelConstants, sampler: bool, cotangent: Scaled
+    model: PosteriorModel, x: jax.Array, consts: ModelConstants, sampler: bool, cotangent
 ) -> jax.Array:
     _, pullback = jax.vjp(lambda y: _parts(model, y, consts, sampler), x)
     return pullback((cotangent, jnp.ones((), dtype=x.dtype)))[0]
 
 
-def _scaled_log_likelihood(scaled: Scaled, block: ShardArrays, consts: ModelConstants):
-    physics, contrast, offset, sigma = scaled
+def _log_likelihood(vector: jax.Array, block: ShardArrays, geometry: Geometry) -> jax.Array:
+    physics, contrast, offset, sigma = unflatten(vector)
     p = {name: physics[k] for k, name in enumerate(PHYSICS_NAMES)}
-    return gaussian_log_likelihood(p, contrast, offset, sigma, block, consts)
-
-
-_block_likelihood = jax.jit(jax.value_and_grad(_scaled_log_likelihood))
+    return gaussian_log_likelihood(p, contrast, offset, sigma, block, geometry)
 
 
 @jax.jit
-def _block_prediction(scaled: Scaled, block: ShardArrays, consts: ModelConstants) -> jax.Array:
-    physics, contrast, offset, _ = scaled
+def _block_row(vector: jax.Array, block: ShardArrays, geometry: Geometry) -> jax.Array:
+    value, gradient = jax.value_and_grad(_log_likelihood)(vector, block, geometry)
+    return jnp.concatenate([value[None], gradient])
+
+
+@jax.jit
+def _block_prediction(vector: jax.Array, block: ShardArrays, geometry: Geometry) -> jax.Array:
+    physics, contrast, offset, _ = unflatten(vector)
     p = {name: physics[k] for k, name in enumerate(PHYSICS_NAMES)}
-    return predicted_c2(p, contrast, offset, block, consts)
+    return predicted_c2(p, contrast, offset, block, geometry)
+
+
+def block_rows(
+    vector: np.ndarray, blocks: tuple[ShardArrays, ...], geometry: Geometry
+) -> np.ndarray:
+    """(value, gradient in ``vector``) of each block's log likelihood: (n_blocks, 1 + width)."""
+    vector = jnp.asarray(vector, dtype=jnp.float64)
+    rows = [np.asarray(_block_row(vector, block, geometry)) for block in blocks]
+    return np.stack(rows) if rows else np.empty((0, 1 + vector.shape[0]))
 
 
 def negative_log_posterior(
@@ -140,34 +210,34 @@ def negative_log_posterior(
     """(value, gradient in x) of minus the full-data log posterior, prior untempered, at x
     in u (or in the sampler's coordinates w when ``sampler``)."""
     x = jnp.asarray(x, dtype=jnp.float64)
-    scaled, rest = _head(model, x, consts, sampler)
-    total = float(rest)
-    gradients = [np.zeros(np.shape(part)) for part in scaled]
-    for block in data.blocks:
-        value, grads = _block_likelihood(scaled, block, consts)
-        total += float(value)
-        for summed, grad in zip(gradients, grads, strict=True):
-            summed += np.asarray(grad)
-    cotangent = tuple(jnp.asarray(g) for g in gradients)
-    gradient = np.asarray(_head_gradient(model, x, consts, sampler, cotangent))
-    return -total, -gradient
+    vector, rest = _head(model, x, consts, sampler)
+    vector = np.asarray(vector)
+    geometry = geometry_of(consts)
+    if data.spread is None:
+        total = ordered_sum(block_rows(vector, data.blocks, geometry))
+    else:
+        start, stop = data.spread.own
+        total = data.spread.total(vector, block_rows(vector, data.blocks[start:stop], geometry))
+    gradient = _head_gradient(model, x, consts, sampler, jnp.asarray(total[1:]))
+    return -(float(rest) + float(total[0])), -np.asarray(gradient)
 
 
-def scaled_values(model: PosteriorModel, u: np.ndarray, consts: ModelConstants) -> Scaled:
-    """The physics values (14,), per-angle contrast and offset (n_phi,) and noise sd of u."""
-    scaled, _ = _head(model, jnp.asarray(u, dtype=jnp.float64), consts, False)
-    return scaled
+def scaled_values(model: PosteriorModel, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
+    """The likelihood's input vector of u: physics values (14,), per-angle contrast and
+    offset (n_phi each), noise sd."""
+    return np.asarray(_head(model, jnp.asarray(u, dtype=jnp.float64), consts, False)[0])
 
 
 def prediction(
     model: PosteriorModel, u: np.ndarray, data: FitData, consts: ModelConstants
 ) -> np.ndarray:
     """Model c2 at every point of ``data`` (num_points,) for u."""
-    return scaled_prediction(scaled_values(model, u, consts), data, consts)
+    return vector_prediction(scaled_values(model, u, consts), data, geometry_of(consts))
 
 
-def scaled_prediction(scaled: Scaled, data: FitData, consts: ModelConstants) -> np.ndarray:
-    """Model c2 at every point of ``data`` (num_points,) for physics values (14,), per-angle
-    contrast and offset (n_phi,) and a noise sd (unused)."""
-    rows = [np.asarray(_block_prediction(scaled, b, consts)) for b in data.blocks]
+def vector_prediction(vector: np.ndarray, data: FitData, geometry: Geometry) -> np.ndarray:
+    """Model c2 at every point of ``data`` (num_points,) for the likelihood's input vector
+    (the noise sd unused); every block evaluated here."""
+    vector = jnp.asarray(vector, dtype=jnp.float64)
+    rows = [np.asarray(_block_prediction(vector, b, geometry)) for b in data.blocks]
     return np.concatenate(rows)[: data.num_points]

@@ -40,12 +40,13 @@ from hetmpi.errors import RunError
 from hetmpi.fitblocks import (
     FitData,
     negative_log_posterior,
-    scaled_prediction,
     scaled_values,
     subsample,
+    unflatten,
+    vector_prediction,
 )
 from hetmpi.model.parameters import PHYSICS_NAMES
-from hetmpi.model.posterior import PosteriorModel
+from hetmpi.model.posterior import PosteriorModel, geometry_of
 from hetmpi.problem import Problem
 
 MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
@@ -161,10 +162,11 @@ def fit_scaling(problem: Problem, data: FitData, u: np.ndarray) -> np.ndarray:
         return u
     values = model.to_values(u, consts)
     n_free, n_phi = len(model.free_physics), model.n_phi
-    scaled = scaled_values(model, u, consts)
-    contrast, offset = np.array(scaled[1]), np.array(scaled[2])
+    vector = scaled_values(model, u, consts)
+    scaled = unflatten(vector)
+    contrast, offset = np.array(scaled.contrast), np.array(scaled.offset)
     angle = data.host.angle
-    g = (scaled_prediction(scaled, data, consts) - offset[angle]) / contrast[angle]
+    g = (vector_prediction(vector, data, geometry_of(consts)) - offset[angle]) / contrast[angle]
     weight = data.host.weight / data.host.sigma**2
     c2 = data.host.c2
     fitted_contrast, fitted_offset = contrast.copy(), offset.copy()
@@ -290,15 +292,27 @@ def _distinct(optima: Sequence[Optimum], n_free: int) -> tuple[list[int], list[i
     return kept, owner
 
 
-def search_modes(
+def full_data_map(data: FitData, map_fn: MapFn) -> MapFn:
+    """The map for fits on ``data``: ``map_fn``, which spreads them over processes, unless
+    the data's blocks are spread over the processes instead (then one fit after another)."""
+    return map_fn if data.spread is None else _in_turn
+
+
+def _in_turn(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    return [fn(item) for item in items]
+
+
+def cheap_stage(
     problem: Problem,
     data: FitData,
     configured: np.ndarray,
     settings: ModeSearchConfig,
-    map_fn: MapFn = lambda fn, items: list(map(fn, items)),
-) -> tuple[list[Optimum], list[int], SearchResult]:
-    """The cheap stage and the full-data refinement: (refined optima, how many design starts
-    reached each, and a provisional result without Hessians: see ``basins_of``)."""
+    map_fn: MapFn = _in_turn,
+) -> tuple[list[np.ndarray], list[int], SearchResult]:
+    """Short fits from the configured start and the design starts on a subsample of
+    ``data``: (the candidates to refine on the full data, each best distinct end point
+    followed by its label-swapped counterpart; how many design starts reached each; a
+    provisional result without basins: see ``basins_of``)."""
     cheap = subsample(data, settings.cheap_points)
     starts = design_starts(problem, cheap, configured, settings.starts, settings.seed)
     search = partial(_cheap_search, problem, cheap)
@@ -318,14 +332,20 @@ def search_modes(
         if swapped is not None:
             to_refine.append(swapped)
             reached.append(0)
-    refined = map_fn(partial(_full_search, problem, data), to_refine)
     provisional = SearchResult(
         basins=(),
         num_starts=len(starts),
         cheap_points=cheap.num_points,
         starts_elsewhere=len(starts) - sum(counts),
     )
-    return refined, reached, provisional
+    return to_refine, reached, provisional
+
+
+def refined(
+    problem: Problem, data: FitData, candidates: Sequence[np.ndarray], map_fn: MapFn = _in_turn
+) -> list[Optimum]:
+    """Each candidate refined by BFGS on the full ``data``."""
+    return full_data_map(data, map_fn)(partial(_full_search, problem, data), candidates)
 
 
 def _cheap_search(problem: Problem, data: FitData, u0: np.ndarray) -> Optimum:
@@ -392,7 +412,8 @@ def basins_of(
     finite = sorted(
         (k for k, o in enumerate(optima) if np.isfinite(o.nlp)), key=lambda k: optima[k].nlp
     )
-    hessians = map_fn(partial(_finite_hessian, problem, data), [optima[k].u for k in finite])
+    full_map = full_data_map(data, map_fn)
+    hessians = full_map(partial(_finite_hessian, problem, data), [optima[k].u for k in finite])
     basins: list[Basin] = []
     for k, hessian in zip(finite, hessians, strict=True):
         if hessian is None and not basins:

@@ -18,7 +18,7 @@ from hetmpi.model.parameters import (
     BoundedPrior,
     bounded_prior,
 )
-from hetmpi.model.posterior import ModelConstants, PosteriorModel, ShardArrays
+from hetmpi.model.posterior import Geometry, ModelConstants, PosteriorModel, ShardArrays
 from hetmpi.sharding import PooledPoints, Shard
 
 FRACTION_SPAN_SHARE = 0.8
@@ -188,6 +188,13 @@ def shard_arrays(shard: Shard) -> ShardArrays:
         weight=jnp.asarray(shard.weight),
         sigma=jnp.asarray(sigma),
     )
+
+
+def dataset_geometry(dataset: Dataset) -> Geometry:
+    """The likelihood's measurement constants of ``dataset`` (numpy float64, as in the
+    ``ModelConstants`` of its problems)."""
+    values = (dataset.t, dataset.q, dataset.dt, dataset.phi)
+    return Geometry(*(np.asarray(v, dtype=np.float64) for v in values))
 
 
 def pooled_arrays(points: PooledPoints) -> ShardArrays:

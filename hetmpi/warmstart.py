@@ -25,23 +25,28 @@ from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError, RunError
 from hetmpi.fitblocks import (
     FitData,
+    Spreader,
     fit_data,
+    held_here,
     negative_log_posterior,
     prediction,
-    scaled_prediction,
+    vector_prediction,
 )
 from hetmpi.model.parameters import PHYSICS_NAMES, SCALING_NAMES
+from hetmpi.model.posterior import geometry_of
 from hetmpi.modesearch import (
     MapFn,
     Optimum,
     SearchResult,
     basins_of,
+    cheap_stage,
     clip_start,
     difference_hessian,
+    full_data_map,
     labelling_holds,
     line_fit,
     local_optimum,
-    search_modes,
+    refined,
 )
 from hetmpi.problem import Problem, build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import PooledPoints
@@ -189,9 +194,9 @@ def scaling_from_data(
     An angle whose g is flat keeps the configured values.
     """
     n_phi = fit.model.n_phi
-    physics = jnp.asarray([cfg.parameter(name).value for name in PHYSICS_NAMES])
-    scaled = (physics, jnp.ones(n_phi), jnp.zeros(n_phi), jnp.float64(1.0))
-    g = scaled_prediction(scaled, data, fit.consts)
+    physics = [cfg.parameter(name).value for name in PHYSICS_NAMES]
+    vector = np.concatenate([physics, np.ones(n_phi), np.zeros(n_phi), [1.0]])
+    g = vector_prediction(vector, data, geometry_of(fit.consts))
     points = data.host
     weight = points.weight / points.sigma**2
     contrast_cfg, offset_cfg = (cfg.parameter(name) for name in SCALING_NAMES)
@@ -257,12 +262,15 @@ def find_basins(
     cfg: ModelConfig,
     dataset: Dataset,
     points: PooledPoints,
+    data: FitData,
     settings: ModeSearchConfig,
     map_fn: MapFn,
+    spread: Spreader = held_here,
 ) -> tuple[Problem, SearchResult, float]:
     """The fit's problem, the basins of its posterior (lowest first, those the labelling
-    rules out left out) and the noise sd they were found at."""
-    data = fit_data(pooled_arrays(points), settings.cheap_points)
+    rules out left out) and the noise sd they were found at; ``data`` holds ``points`` in
+    the fits' blocks (``fit_data(pooled_arrays(points), settings.cheap_points)``). The
+    cheap stage's fits go through ``map_fn``; the full-data fits run on ``spread(data)``."""
     estimate = cfg.noise.sigma is None
     sigma = initial_noise_estimate(points) if estimate else cfg.noise.sigma
     fit_cfg = _fit_config(cfg)
@@ -270,7 +278,23 @@ def find_basins(
     contrast, offset = scaling_from_data(fit_cfg, fit, data)
     start = initial_values(fit_cfg, fit.model, sigma, contrast=contrast, offset=offset)
     u = clip_start(fit.model.to_unconstrained(start, fit.consts), fit.model)
-    optima, reached, provisional = search_modes(fit, data, u, settings, map_fn)
+    candidates, reached, provisional = cheap_stage(fit, data, u, settings, map_fn)
+    with spread(data) as full:
+        return _full_data_basins(cfg, dataset, full, fit, candidates, reached, provisional, map_fn)
+
+
+def _full_data_basins(
+    cfg: ModelConfig,
+    dataset: Dataset,
+    data: FitData,
+    fit: Problem,
+    candidates: list[np.ndarray],
+    reached: list[int],
+    provisional: SearchResult,
+    map_fn: MapFn,
+) -> tuple[Problem, SearchResult, float]:
+    """``find_basins`` from the cheap stage's candidates on."""
+    optima = refined(fit, data, candidates, map_fn)
     if not any(np.isfinite(o.nlp) for o in optima):
         raise InputError(
             "model.parameters: every local fit of the mode search diverged; give start values "
@@ -283,11 +307,12 @@ def find_basins(
                 f"model.labelling: no optimum the mode search found has the order "
                 f"{cfg.labelling}; try the other labelling or free"
             )
-    if estimate:
+    sigma = float(fit.consts.sigma)
+    if cfg.noise.sigma is None:
         best = min(optima, key=lambda o: o.nlp)
         sigma = robust_sd(_residual(fit, data, best.u))
-        fit = _fit_problem(fit_cfg, dataset, sigma)
-        optima = map_fn(partial(_polished, fit, data), optima)
+        fit = _fit_problem(_fit_config(cfg), dataset, sigma)
+        optima = full_data_map(data, map_fn)(partial(_polished, fit, data), optima)
     return fit, basins_of(fit, data, optima, reached, provisional, map_fn), sigma
 
 
@@ -365,6 +390,25 @@ def _sampling_u(fit: Problem, problem: Problem, fit_u: np.ndarray, sigma: float)
     return problem.model.to_unconstrained(start, problem.consts)
 
 
+def _sampling_laplace(
+    problem: Problem, data: FitData, center: np.ndarray, num_shards: int
+) -> tuple[Problem, np.ndarray]:
+    """The sampling problem (its fraction coordinates off where a shard cannot see the
+    fraction grow) and its Laplace covariance in w at the mode ``center`` (u)."""
+    w = problem.model.u_to_sampler(center, problem.consts)
+    covariance = laplace_covariance(problem, data, w)
+    if problem.model.fraction_indices is None or growth_detected(
+        problem, w, covariance, num_shards
+    ):
+        return problem, covariance
+    log.info("warm start: no growth of the sample fraction detected on a shard's data; "
+             "sampling f0, f1, f3 in u")  # fmt: skip
+    off = jnp.zeros_like(problem.consts.fraction_span)
+    problem = Problem(problem.model, problem.consts._replace(fraction_span=off))
+    w = problem.model.u_to_sampler(center, problem.consts)
+    return problem, laplace_covariance(problem, data, w)
+
+
 def fit_warm_start(
     cfg: ModelConfig,
     dataset: Dataset,
@@ -377,23 +421,24 @@ def fit_warm_start(
     around the best basin for ``num_shards`` shards; ``map_fn`` runs the search's
     independent local fits (in parallel where the caller has processes)."""
     started = time.perf_counter()
-    basins = find_basins(cfg, dataset, points, settings, map_fn)
-    return warm_start_at(basins, cfg, dataset, points, num_shards, settings, started)
+    data = fit_data(pooled_arrays(points), settings.cheap_points)
+    basins = find_basins(cfg, dataset, points, data, settings, map_fn)
+    return warm_start_at(basins, cfg, dataset, data, num_shards, settings, started)
 
 
 def warm_start_at(
     basins: tuple[Problem, SearchResult, float],
     cfg: ModelConfig,
     dataset: Dataset,
-    points: PooledPoints,
+    data: FitData,
     num_shards: int,
     settings: ModeSearchConfig,
     started: float,
+    spread: Spreader = held_here,
 ) -> WarmStart:
     """The sampling problem around the best of ``basins`` (``find_basins``' result) for
     ``num_shards`` shards, its Laplace covariance, and where chains start; ``started`` is
     the ``time.perf_counter()`` at which the search began."""
-    data = fit_data(pooled_arrays(points), settings.cheap_points)
     fit, found, sigma = basins
     best = found.basins[0]
     values = fit.model.to_values(best.u, fit.consts)
@@ -417,18 +462,8 @@ def warm_start_at(
     )
     centers = np.stack([_sampling_u(fit, problem, b.u, sigma) for b in found.basins])
     center = centers[0]
-    w = problem.model.u_to_sampler(center, problem.consts)
-    covariance = laplace_covariance(problem, data, w)
-    if problem.model.fraction_indices is not None and not growth_detected(
-        problem, w, covariance, num_shards
-    ):
-        log.info("warm start: no growth of the sample fraction detected on a shard's data; "
-                 "sampling f0, f1, f3 in u")  # fmt: skip
-        off = jnp.zeros_like(problem.consts.fraction_span)
-        problem = Problem(problem.model, problem.consts._replace(fraction_span=off))
-        covariance = laplace_covariance(
-            problem, data, problem.model.u_to_sampler(center, problem.consts)
-        )
+    with spread(data) as full:
+        problem, covariance = _sampling_laplace(problem, full, center, num_shards)
     seconds = time.perf_counter() - started
     return WarmStart(
         problem=problem,

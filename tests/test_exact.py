@@ -36,7 +36,9 @@ EXACT = {"method": "exact", "likelihood_blocks": 8, "num_warmup": 20, "num_sampl
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
     folder = tmp_path_factory.mktemp("exact")
-    write_config(folder, tiny_h5, sharding={"num_shards": 1}, sampler=EXACT)
+    # the fits' 198 points in 2 blocks: 2 ranks hold one each, a third rank none
+    search = {"cheap_points": 100}
+    write_config(folder, tiny_h5, sharding={"num_shards": 1}, sampler=EXACT, mode_search=search)
     return folder
 
 
@@ -98,6 +100,7 @@ def test_mpi_ranks_draw_what_one_process_draws(folder: Path, cpu_exact: Path, ra
     assert list(got) == [0]
     np.testing.assert_array_equal(got[0], expected[0])
     assert f"executor mpi ({ranks} MPI ranks)" in proc.stderr
+    assert f"full-data fits: 2 blocks of 99 points spread over {ranks} MPI ranks" in proc.stderr
 
 
 def _killed_then_resumed(folder: Path, out: Path, ranks: int | None) -> None:

@@ -90,7 +90,11 @@ from hetmpi.executors.mpiwire import (
 )
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from hetmpi.fitblocks import FitData
     from hetmpi.kernel import SamplerOutline
+    from hetmpi.model.posterior import Geometry
     from hetmpi.records import ShardNote, ShardResult
     from hetmpi.sampling import ShardTask
     from hetmpi.sharding import Shard
@@ -118,13 +122,18 @@ def _run_unit(
 
 def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
     """The protocol of a rank other than 0, from the first broadcast to the gather."""
+    from hetmpi.executors.mpi_fits import SplitFits, serve_fits
     from hetmpi.kernel import compile_monitor, precompile
 
     with compile_monitor() as compiles:
         idle_barrier(comm)  # while rank 0 loads the data
         outline = received(comm.bcast(None, root=0))
         idle_barrier(comm)
-        while isinstance(stage := received(comm.bcast(None, root=0)), SearchShare):
+        while isinstance(stage := received(comm.bcast(None, root=0)), (SearchShare, SplitFits)):
+            if isinstance(stage, SplitFits):
+                serve_fits(comm, stage)
+                idle_barrier(comm)
+                continue
             share = stage.run(comm.Get_rank(), comm.Get_size())
             idle_barrier(comm)  # while the slower ranks finish their shares
             comm.gather(share, root=0)
@@ -234,6 +243,12 @@ class MpiExecutor:
         if failure is not None:
             raise failure
         return in_item_order(parts, len(stage.items))
+
+    def spread_fits(self, data: FitData, geometry: Geometry) -> AbstractContextManager[FitData]:
+        """``data`` with its blocks evaluated over every rank while the context lasts."""
+        from hetmpi.executors.mpi_fits import spread_fits
+
+        return spread_fits(self.comm, data, geometry)
 
     def search_done(self) -> None:
         """Release the other ranks from the search (they compile the sampler next)."""

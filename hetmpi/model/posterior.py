@@ -90,18 +90,30 @@ class ModelConstants(NamedTuple):
     transport_time: Array  # (2,) t* (s) of the reference's and sample's rate shear; 0: off
 
 
+class Geometry(NamedTuple):
+    """What the likelihood needs of the measurement besides its points: frame times t (s),
+    q (1/A), frame time dt (s) and the angles phi (deg)."""
+
+    t: Array
+    q: Array
+    dt: Array
+    phi: Array
+
+
+def geometry_of(consts: ModelConstants) -> Geometry:
+    return Geometry(consts.t, consts.q, consts.dt, consts.phi)
+
+
 def predicted_c2(
     p: Mapping[str, Array],
     contrast: Array,
     offset: Array,
     data: ShardArrays,
-    consts: ModelConstants,
+    geometry: Geometry,
 ) -> Array:
     """Model c2 at the points of ``data`` (P,) for physics ``p`` and per-angle scaling."""
-    return c2_pooled(
-        p, consts.t, consts.q, consts.dt, consts.phi, contrast, offset,
-        data.i1, data.i2, data.angle,
-    )  # fmt: skip
+    g = geometry
+    return c2_pooled(p, g.t, g.q, g.dt, g.phi, contrast, offset, data.i1, data.i2, data.angle)
 
 
 def gaussian_log_likelihood(
@@ -110,12 +122,13 @@ def gaussian_log_likelihood(
     offset: Array,
     sigma: Array,
     data: ShardArrays,
-    consts: ModelConstants,
+    geometry: Geometry,
 ) -> Array:
     """Gaussian log likelihood of the real points of ``data`` (padding has weight 0) for
     physics ``p``, per-angle scaling and noise sd ``sigma``, up to a constant."""
+    g = geometry
     squares = pooled_sum_of_squares(
-        p, consts.t, consts.q, consts.dt, consts.phi, contrast, offset,
+        p, g.t, g.q, g.dt, g.phi, contrast, offset,
         data.i1, data.i2, data.angle, data.c2, data.weight / (data.sigma * data.sigma),
     )  # fmt: skip
     return -0.5 * squares / (sigma * sigma) - jnp.sum(data.weight) * jnp.log(sigma)
@@ -219,11 +232,11 @@ class PosteriorModel:
 
     def predict(self, u: Array, data: ShardArrays, consts: ModelConstants) -> Array:
         p, contrast, offset, _ = self.unpack(u, consts)
-        return predicted_c2(p, contrast, offset, data, consts)
+        return predicted_c2(p, contrast, offset, data, geometry_of(consts))
 
     def log_likelihood(self, u: Array, data: ShardArrays, consts: ModelConstants) -> Array:
         """Gaussian log likelihood of the shard's real points (padding has weight 0)."""
-        return gaussian_log_likelihood(*self.unpack(u, consts), data, consts)
+        return gaussian_log_likelihood(*self.unpack(u, consts), data, geometry_of(consts))
 
     def log_density(
         self, u: Array, data: ShardArrays, consts: ModelConstants, prior_weight: Array
