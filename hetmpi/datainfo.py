@@ -27,6 +27,7 @@ from hetmpi.formats.aps import (
     APS_FRAME_TIME,
     APS_PHI,
     APS_Q,
+    read_aps_bins,
 )
 from hetmpi.formats.h5values import read_array
 from hetmpi.formats.hetmpi_schema import HETMPI_FORMAT
@@ -194,15 +195,10 @@ def aps_q_bins(f: h5py.File, where: str) -> list[ApsQBin]:
     only; no matrix is read)."""
     q_list = np.ravel(read_array(f, APS_Q, where)).astype(np.float64)
     phi_list = np.ravel(read_array(f, APS_PHI, where)).astype(np.float64)
-    bins = np.ravel(read_array(f, APS_BINS, where)).astype(np.int64)
     n_q, n_phi = q_list.size, phi_list.size
     found: dict[int, list[tuple[int, int]]] = {qi: [] for qi in range(n_q)}
-    for k, b in enumerate(bins):
-        if not 1 <= b <= n_q * n_phi:
-            raise InputError(
-                f"{APS_BINS}: bin {b} is outside 1..{n_q * n_phi} (n_q * n_phi){where}"
-            )
-        qi, pi = divmod(int(b) - 1, n_phi)
+    for k, b in enumerate(read_aps_bins(f, where, n_q * n_phi)):
+        qi, pi = divmod(b - 1, n_phi)
         found[qi].append((pi, k))
     result = []
     for qi in range(n_q):
@@ -228,8 +224,8 @@ def aps_q_bins(f: h5py.File, where: str) -> list[ApsQBin]:
 
 def _describe_aps(f: h5py.File, p: Path, where: str, q_index: int | None) -> str:
     q_bins = aps_q_bins(f, where)
-    bins = [int(b) for b in np.ravel(read_array(f, APS_BINS, where))]
     phi_list = np.ravel(read_array(f, APS_PHI, where)).astype(np.float64)
+    bins = read_aps_bins(f, where, len(q_bins) * phi_list.size)
     processed = [b for b in q_bins if b.phi_bins]
     if q_index is None:
         if not processed:

@@ -153,6 +153,9 @@ DATA_CASES = [
      "hetmpi_format: attribute must be an integer, got 'one' in "),
     ("format-fraction", lambda f: f.attrs.__setitem__("hetmpi_format", 1.5),
      "hetmpi_format: attribute must be an integer, got 1.5 in "),
+    ("c2-booleans", _replace("c2", np.ones((3, 12, 12), bool)),
+     "c2: must be numeric, got dtype bool in "),
+    ("q-boolean", lambda f: _set_q(f, True), "q: must be numeric, got dtype bool in "),
 ]  # fmt: skip
 
 
@@ -357,6 +360,45 @@ def test_bad_aps_time_axis(
     result = runner.invoke(main, ["run", str(cfg)])
     _assert_clean_failure(result, expected, tmp_path / "out")
     assert f" in {data}" in result.output
+
+
+BINS = "xpcs/twotime/processed_bins"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        (BINS, np.array([1.0, 3.0, 4.5, 5.0, 6.0]),
+         f"error: {BINS}: bin 4.5 is not a whole number in "),
+        (BINS, np.array([1, 1, 4, 5, 6]),
+         f"error: {BINS}: bin 1 is listed twice in {{data}}; each (q, phi) bin has one matrix, "
+         "so list it once"),
+        (BINS, np.array([[1, 3], [4, 5]]),
+         f"error: {BINS}: must be a list of bin numbers, got an array of shape (2, 2) in "),
+        (BINS, np.array([True, True]), f"error: {BINS}: must be numeric, got dtype bool in "),
+        ("entry/instrument/detector_1/frame_time", True,
+         "error: entry/instrument/detector_1/frame_time: must be numeric, got dtype bool in "),
+    ],
+)  # fmt: skip
+def test_bad_aps_bins(
+    tmp_path: Path, runner: CliRunner, name: str, value: object, expected: str
+) -> None:
+    """A malformed bin table is refused by run and inspect alike, not read as other bins."""
+    from test_data import write_aps
+
+    data = tmp_path / "aps.h5"
+    write_aps(data)
+    with h5py.File(data, "a") as f:
+        del f[name]
+        f[name] = value
+    expected = expected.format(data=data)
+    cfg = write_config(tmp_path, data)
+    result = runner.invoke(main, ["run", str(cfg)])
+    _assert_clean_failure(result, expected, tmp_path / "out")
+    assert f" in {data}" in result.output
+    result = runner.invoke(main, ["inspect", str(data)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(expected) and result.output.count("\n") == 1
 
 
 # --- hetmpi submit ---------------------------------------------------------------------

@@ -126,7 +126,7 @@ class _Layout:
     def read(self, f: h5py.File, field_name: str, where: str) -> np.ndarray:
         """Read ``field_name`` (c2 is read from ``self.name``) as (n_phi, N, N)."""
         name = self.name if field_name == "c2" else field_name
-        value = read_array(f, name, where)
+        value = read_array(f, name, where, boolean=field_name == "mask")
         if self.name == "c2":
             value = value[np.newaxis] if value.ndim == 2 else value
             if value.ndim != 3 or value.shape[1:] != (self.n, self.n):
