@@ -153,6 +153,8 @@ DATA_CASES = [
      "hetmpi_format: attribute must be an integer, got 'one' in "),
     ("format-fraction", lambda f: f.attrs.__setitem__("hetmpi_format", 1.5),
      "hetmpi_format: attribute must be an integer, got 1.5 in "),
+    ("format-unsigned-max", lambda f: f.attrs.__setitem__("hetmpi_format", np.uint64(2**64 - 1)),
+     "hetmpi_format: version 18446744073709551615 is not supported in "),
     ("c2-booleans", _replace("c2", np.ones((3, 12, 12), bool)),
      "c2: must be numeric, got dtype bool in "),
     ("q-boolean", lambda f: _set_q(f, True), "q: must be numeric, got dtype bool in "),

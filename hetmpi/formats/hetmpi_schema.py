@@ -207,7 +207,9 @@ def _number_attr(f: h5py.File, name: str, where: str, *, integer: bool = False) 
         raise InputError(
             f"{name}: attribute must be {kind}, got {value_text(value)}{where}; {_ATTR_FIXES[name]}"
         )
-    return int(number) if integer else number
+    if integer:  # exact, also beyond 2**53 where the float rounds
+        return int(value.reshape(()).item()) if value.dtype.kind in "iu" else int(number)
+    return number
 
 
 def _read_truth_attr(f: h5py.File, where: str) -> dict[str, Any] | None:
