@@ -193,6 +193,7 @@ def validate(config: str, fit: bool) -> None:
     points = pool_points(dataset)
     dim = context.sampled_dimension(cfg, len(dataset.phi))
     shards = context.shard_count(cfg, points.size, len(dataset.phi))
+    context.check_draw_memory(cfg, points.size, len(dataset.phi), shards)
     how = "exact: the full data as one" if cfg.sampler.method == "exact" else cfg.sharding.strategy
     click.echo(
         f"config OK: {len(dataset.phi)} angles x {len(dataset.t)} frames, {points.size} points, "
@@ -325,11 +326,10 @@ def inspect_file(file: str, q_index: int | None) -> None:
 def _check_simulation_memory(n_frames: Any, n_phi: int) -> None:
     """InputError naming n_frames when the simulated c2 (about four float64 arrays of
     n_phi x N x N while it is made) would not fit in this machine's memory."""
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return
-    if not isinstance(n_frames, int) or n_frames < 2 or have <= 0:
+    from hetmpi.memory import physical_memory
+
+    have = physical_memory()
+    if not isinstance(n_frames, int) or n_frames < 2 or have is None:
         return
     need = 4 * 8 * n_phi * n_frames**2
     if need > have:

@@ -19,11 +19,14 @@ import numpy as np
 
 from hetmpi.config import Config, config_to_dict
 from hetmpi.dataset import Dataset
+from hetmpi.drawcounts import DrawCounts
 from hetmpi.errors import InputError
 from hetmpi.formats import load_dataset
 from hetmpi.kernel import SamplerOutline, sampler_outline
+from hetmpi.memory import physical_memory, size_text
 from hetmpi.model.parameters import num_scaling_coordinates
 from hetmpi.problem import build_problem, scaling_mode
+from hetmpi.records import STAT_FIELDS
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.warmstart import (
@@ -36,6 +39,8 @@ from hetmpi.warmstart import (
 )
 
 log = logging.getLogger("hetmpi")
+
+DRAW_MEMORY_SHARE = 0.5  # of this machine's memory that a run's kept draws may take
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,33 @@ def shard_count(cfg: Config, num_points: int, num_angles: int) -> int:
     return choose_num_shards(num_points, num_angles, dimension, cfg.sharding)
 
 
+def check_draw_memory(cfg: Config, num_points: int, num_angles: int, num_shards: int) -> None:
+    """InputError naming sampler.num_samples when the draws the consensus holds in one process
+    (every shard's chains x kept draws x the draw in u, its parameter values and the
+    STAT_FIELDS, in float64; warmup draws are not kept) would take more than
+    DRAW_MEMORY_SHARE of this machine's memory. Every shard counts the draws of an even cut,
+    ceil(num_points / num_shards) points (sampler.adaptive draws fewer on small shards)."""
+    have = physical_memory()
+    if have is None:
+        return
+    sampler = cfg.sampler
+    dim = sampled_dimension(cfg, num_angles)
+    largest = -(-num_points // num_shards)
+    draws = DrawCounts.for_shard(sampler, largest, dim).num_samples
+    values = 2 * dim + len(STAT_FIELDS)
+    need = num_shards * sampler.num_chains * draws * values * 8
+    if need <= DRAW_MEMORY_SHARE * have:
+        return
+    counted = f"{draws} draws"
+    if draws != sampler.num_samples:
+        counted = f"{sampler.num_samples} ({counted} on shards of {largest} points)"
+    raise InputError(
+        f"sampler.num_samples: {counted} x {sampler.num_chains} chains x {num_shards} shards x "
+        f"{values} values need {size_text(need)}, more than half this machine's "
+        f"{size_text(have)} of memory; lower sampler.num_samples or sampler.num_chains"
+    )
+
+
 def prepare(
     cfg: Config, dataset: Dataset | None = None, *, helpers: PrepareHelpers | None = None
 ) -> RunContext:
@@ -121,6 +153,7 @@ def prepare(
     points = pool_points(dataset)
     loaded = time.perf_counter()
     num_shards = shard_count(cfg, points.size, len(dataset.phi))
+    check_draw_memory(cfg, points.size, len(dataset.phi), num_shards)
     plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
     if helpers is None:
         warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)

@@ -332,6 +332,22 @@ def test_simulate_too_many_frames(tmp_path: Path, runner: CliRunner) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["validate", "plan", "run"])
+def test_draws_beyond_memory(
+    tmp_path: Path, tiny_h5: Path, runner: CliRunner, command: str
+) -> None:
+    """Draws that cannot fit in memory are refused from the config and data alone, before
+    the warm start and before anything is written."""
+    cfg = write_config(tmp_path, tiny_h5, sampler={"num_samples": 10**12})
+    result = runner.invoke(main, [command, str(cfg)])
+    expected = "error: sampler.num_samples: 1000000000000 draws x 2 chains x 2 shards x 45 values"
+    _assert_clean_failure(result, expected, tmp_path / "out")
+    assert result.output.rstrip().endswith(
+        "of memory; lower sampler.num_samples or sampler.num_chains"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
 # --- APS files -------------------------------------------------------------------------
 
 
