@@ -217,6 +217,21 @@ def test_unwritable_output_directory(tmp_path: Path, tiny_h5: Path, runner: CliR
     assert not (blocker / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_output_folder_the_os_will_not_create(tmp_path: Path, tiny_h5: Path, command: str) -> None:
+    """A folder whose parent passes the permission check but refuses mkdir (/proc as root,
+    like root-squashed NFS) is refused before the warm start: the error is all there is."""
+    out = Path("/proc/hetmpi-test/out")
+    write_config(tmp_path, tiny_h5, output={"directory": str(out)})
+    proc = _hetmpi(command, "cfg.yaml", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: output.directory: cannot create {out} ("), proc.stderr
+    assert proc.stderr.endswith("; choose a folder you can write to with --output\n")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not out.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
 def test_real_process_exit_status_and_no_traceback(tmp_path: Path, tiny_h5: Path) -> None:
     cfg = write_config(tmp_path, tiny_h5, sampler={"num_chains": 0})
     proc = subprocess.run(
