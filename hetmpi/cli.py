@@ -263,13 +263,14 @@ def _identification_table(warm: WarmStart) -> str:
 @click.option("--offset", type=float, multiple=True, help="Offset per angle (or one for all).")
 @click.option("--sigma", type=float, help="Gaussian noise sd (0 writes the exact model).")
 @click.option("--seed", type=int, help="Noise seed.")
-def simulate(truth: str, output: str, **options: Any) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+def simulate(truth: str, output: str, overwrite: bool, **options: Any) -> None:
     """Write a synthetic dataset in hetmpi's HDF5 schema from a TRUTH file (YAML/JSON)."""
     from hetmpi.formats.hetmpi_schema import write_dataset
     from hetmpi.simulate import simulate_dataset
     from hetmpi.truthfile import load_truth
 
-    check_output_file(output, "--output")
+    check_output_file(output, "--output", overwrite=overwrite)
     spec = load_truth(truth)
     settings = {key: spec.get(key) for key in ("n_frames", "dt", "q", "phi", "contrast",
                                                 "offset", "sigma", "seed", "t_start")}  # fmt: skip

@@ -333,6 +333,23 @@ def test_simulate_output_under_a_file(tmp_path: Path, runner: CliRunner) -> None
     assert list(folder.iterdir()) == []
 
 
+def test_simulate_refuses_an_existing_file(tmp_path: Path, runner: CliRunner) -> None:
+    """An existing file is kept unless --overwrite is given, as run and plan keep results."""
+    truth = Path(__file__).parents[1] / "jobs" / "stress_truth.yaml"
+    out = tmp_path / "d.h5"
+    out.write_text("my notes\n")
+    args = ["simulate", str(truth), "-o", str(out), "--n-frames", "8"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: --output: {out} exists; pass --overwrite to replace it\n"
+    assert out.read_text() == "my notes\n"
+    for _ in range(2):
+        result = runner.invoke(main, [*args, "--overwrite"])
+        assert result.exit_code == 0, result.output
+        assert h5py.is_hdf5(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
+
+
 def test_simulate_too_many_frames(tmp_path: Path, runner: CliRunner) -> None:
     truth = Path(__file__).parents[1] / "jobs" / "stress_truth.yaml"
     out = tmp_path / "d.h5"
