@@ -16,6 +16,7 @@ from hetmpi import __version__
 from hetmpi.errors import InputError, RunError
 from hetmpi.paths import CheckedPath, check_output_file
 from hetmpi.runtime import launcher_rank
+from hetmpi.text import counted
 
 if TYPE_CHECKING:
     from hetmpi.warmstart import WarmStart
@@ -127,7 +128,7 @@ def plan(config: str, output: str | None, overwrite: bool) -> None:
     from hetmpi import arrayjob
 
     num_shards = arrayjob.plan_run(cfg, cfg.output.directory, overwrite=overwrite)
-    click.echo(f"planned {num_shards} shards in {cfg.output.directory}")
+    click.echo(f"planned {counted(num_shards, 'shard')} in {cfg.output.directory}")
 
 
 @main.command("run-shard")
@@ -197,7 +198,7 @@ def validate(config: str, fit: bool) -> None:
     how = "exact: the full data as one" if cfg.sampler.method == "exact" else cfg.sharding.strategy
     click.echo(
         f"config OK: {len(dataset.phi)} angles x {len(dataset.t)} frames, {points.size} points, "
-        f"{dim} sampled parameters, {shards} shards ({how})"
+        f"{dim} sampled parameters, {counted(shards, 'shard')} ({how})"
     )
     if fit:
         warm = context.prepare(cfg, dataset).task.warm

@@ -29,6 +29,7 @@ from hetmpi.problem import build_problem, scaling_mode
 from hetmpi.records import STAT_FIELDS
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
+from hetmpi.text import counted
 from hetmpi.warmstart import (
     basin_note,
     find_basins,
@@ -133,13 +134,14 @@ def check_draw_memory(cfg: Config, num_points: int, num_angles: int, num_shards:
     need = num_shards * sampler.num_chains * draws * values * 8
     if need <= DRAW_MEMORY_SHARE * have:
         return
-    counted = f"{draws} draws"
+    drawn = f"{draws} draws"
     if draws != sampler.num_samples:
-        counted = f"{sampler.num_samples} ({counted} on shards of {largest} points)"
+        drawn = f"{sampler.num_samples} ({drawn} on shards of {largest} points)"
     raise InputError(
-        f"sampler.num_samples: {counted} x {sampler.num_chains} chains x {num_shards} shards x "
-        f"{values} values need {size_text(need)}, more than half this machine's "
-        f"{size_text(have)} of memory; lower sampler.num_samples or sampler.num_chains"
+        f"sampler.num_samples: {drawn} x {counted(sampler.num_chains, 'chain')} x "
+        f"{counted(num_shards, 'shard')} x {values} values need {size_text(need)}, more than "
+        f"half this machine's {size_text(have)} of memory; lower sampler.num_samples or "
+        "sampler.num_chains"
     )
 
 
@@ -167,9 +169,10 @@ def prepare(
         )
     fitted = time.perf_counter()
     log.info(
-        "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
+        "data: %d angles x %d frames, %d points; %s of %d points (%s); "
         "warm start in %.1f s, noise sd %.3g, reduced chi2 %.3f",
-        len(dataset.phi), len(dataset.t), points.size, num_shards, plan.padded_length,
+        len(dataset.phi), len(dataset.t), points.size, counted(num_shards, "shard"),
+        plan.padded_length,
         cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
     )  # fmt: skip
     log.info(basin_note(warm.basins, warm.search["starts"]))

@@ -35,6 +35,9 @@ from hetmpi.model.parameters import PHYSICS_PARAMETERS
 from hetmpi.paths import path_problem
 from hetmpi.sharding import pool_points
 
+Q_INDEX_FIELD = "data.q_index:"
+Q_INDEX_OPTION = "--q-index:"  # the same field as `hetmpi inspect` takes it
+
 
 @dataclass(frozen=True)
 class ApsQBin:
@@ -52,7 +55,8 @@ def describe(path: str | Path, *, q_index: int | None = None) -> str:
 
     ``q_index``: the q bin the config section fits (APS files; default: the first q bin
     with two-time matrices). Raises InputError naming the file when it is missing, not
-    HDF5, in neither layout, or holds data a run would reject.
+    HDF5, in neither layout, or holds data a run would reject; one about a given
+    ``q_index`` names the option, --q-index.
     """
     problem = path_problem(str(path))
     if problem is not None:
@@ -66,6 +70,16 @@ def describe(path: str | Path, *, q_index: int | None = None) -> str:
         handle = h5py.File(p, "r")
     except OSError as exc:
         raise InputError(f"{p}: not an HDF5 file ({exc})") from exc
+    try:
+        return _describe_file(handle, p, q_index)
+    except InputError as exc:
+        if q_index is None or not str(exc).startswith(Q_INDEX_FIELD):
+            raise
+        raise InputError(Q_INDEX_OPTION + str(exc).removeprefix(Q_INDEX_FIELD)) from None
+
+
+def _describe_file(handle: h5py.File, p: Path, q_index: int | None) -> str:
+    """``describe`` of the open file ``handle`` at ``p`` (closed here)."""
     where = f" in {p}"
     with handle as f:
         try:

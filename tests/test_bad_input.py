@@ -451,6 +451,34 @@ def test_bad_aps_bins(
     assert result.output.startswith(expected) and result.output.count("\n") == 1
 
 
+def test_inspect_names_the_q_index_option(tmp_path: Path, tiny_h5: Path, runner: CliRunner) -> None:
+    """A bad --q-index is named as the user gave it, not as the config field."""
+    from test_data import write_aps
+
+    aps = tmp_path / "aps.h5"
+    write_aps(aps)
+    for data, bins in ((tiny_h5, "1 q bin"), (aps, "2 q bins")):
+        result = runner.invoke(main, ["inspect", str(data), "--q-index", "7"])
+        assert result.exit_code == 2, result.output
+        assert result.output == f"error: --q-index: 7 out of range (file has {bins}) in {data}\n"
+
+
+def test_one_shard_is_one_shard(tmp_path: Path, tiny_h5: Path, runner: CliRunner) -> None:
+    one = {"num_shards": 1}
+    cfg = write_config(tmp_path, tiny_h5, sharding=one)
+    result = runner.invoke(main, ["validate", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(", 1 shard (angle_balanced)")
+    (tmp_path / "exact").mkdir()
+    exact = write_config(tmp_path / "exact", tiny_h5, sampler={"method": "exact"}, sharding=one)
+    result = runner.invoke(main, ["validate", str(exact)])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(", 1 shard (exact: the full data as one)")
+    result = runner.invoke(main, ["plan", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert f"planned 1 shard in {tmp_path / 'out'}\n" in result.output
+
+
 # --- hetmpi submit ---------------------------------------------------------------------
 
 SCHEDULER = {"walltime": "00:10:00"}

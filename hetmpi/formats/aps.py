@@ -16,6 +16,7 @@ import numpy as np
 from hetmpi.dataset import Dataset, FieldNames, select_angles
 from hetmpi.errors import InputError
 from hetmpi.formats.h5values import read_array, value_text
+from hetmpi.text import counted
 
 APS_Q = "xpcs/qmap/dynamic_v_list_dim0"
 APS_PHI = "xpcs/qmap/dynamic_v_list_dim1"
@@ -38,7 +39,9 @@ def read_aps(
     n_q, n_phi = q_list.size, phi_list.size
     bins = read_aps_bins(f, where, n_q * n_phi)
     if not 0 <= q_index < n_q:
-        raise InputError(f"data.q_index: {q_index} out of range (file has {n_q} q bins){where}")
+        raise InputError(
+            f"data.q_index: {q_index} out of range (file has {counted(n_q, 'q bin')}){where}"
+        )
     # The k-th processed bin (0-based) is stored as correlation_map/c2_{k+1:05d}.
     in_q: list[tuple[int, int]] = []
     for k, b in enumerate(bins):

@@ -93,7 +93,7 @@ def read_hetmpi(
             f"{layout.name}{where}"
         )
     if q_index != 0:
-        raise InputError(f"data.q_index: {q_index} out of range (file has 1 q bins){where}")
+        raise InputError(f"data.q_index: {q_index} out of range (file has 1 q bin){where}")
     dt = float(t[1] - t[0])
     dt_attr = _number_attr(f, "dt", where)
     if dt_attr is not None:
