@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 
 ## demo: simulate a small standard-job dataset and fit it with 2 MPI ranks (one chain each)
 demo: $(BIN)/.installed
-	$(BIN)/hetmpi simulate jobs/standard_truth.yaml --n-frames 80 -o demo/standard.h5
+	$(BIN)/hetmpi simulate jobs/standard_truth.yaml --n-frames 80 -o demo/standard.h5 --overwrite
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mpiexec -n 2 $(BIN)/hetmpi run jobs/laptop.yaml --overwrite
 
 ## test: the test suite (real HDF5, NumPyro, mpiexec; Slurm tests need a running Slurm)

@@ -161,7 +161,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data.h5"
     subprocess.run([sys.executable, "-m", "hetmpi", "simulate", str(TRUTH), "-o", str(data),
-                    "--n-frames", str(args.frames)], check=True)  # fmt: skip
+                    "--n-frames", str(args.frames), "--overwrite"], check=True)  # fmt: skip
     truth = yaml.safe_load(TRUTH.read_text())["parameters"]
 
     config = yaml.safe_load(CONFIG.read_text())

@@ -37,7 +37,7 @@ def write_standard_job(work: Path, *, frames: int | None, shards: int | None) ->
     frames_option = ["--n-frames", str(frames)] if frames else []
     subprocess.run(
         [sys.executable, "-m", "hetmpi", "simulate", str(STANDARD_TRUTH), "-o",
-         str(work / "data.h5"), *frames_option],
+         str(work / "data.h5"), *frames_option, "--overwrite"],
         check=True,
     )  # fmt: skip
     config = yaml.safe_load(STANDARD_CONFIG.read_text())
@@ -68,7 +68,7 @@ def write_reference_job(
     truth = yaml.safe_load(TRUTH_FILE.read_text())
     subprocess.run(
         [sys.executable, "-m", "hetmpi", "simulate", str(TRUTH_FILE), "-o",
-         str(work / "data.h5"), "--n-frames", str(frames)],
+         str(work / "data.h5"), "--n-frames", str(frames), "--overwrite"],
         check=True, env=env,
     )  # fmt: skip
     parameters = {name: {"value": float(v)} for name, v in truth["parameters"].items()}

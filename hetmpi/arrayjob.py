@@ -22,6 +22,7 @@ from hetmpi.outdir import PLAN_FIX, check_output_dir, prepare_output_dir, write_
 from hetmpi.pipeline import conclude, consensus_of
 from hetmpi.records import ShardResult
 from hetmpi.scheduler.submit import JOBS_DIR, has_array_submission
+from hetmpi.text import counted
 
 log = logging.getLogger("hetmpi")
 
@@ -43,7 +44,7 @@ def plan_run(cfg: Config, out_dir: Path, *, overwrite: bool = False, fix: str = 
     prepare_output_dir(out_dir, overwrite=overwrite, resume=False)
     write_resolved_config(cfg, out_dir)
     write_plan(out_dir, context.task, context.plan)
-    log.info("planned %d shards in %s", context.task.num_shards, out_dir)
+    log.info("planned %s in %s", counted(context.task.num_shards, "shard"), out_dir)
     return context.task.num_shards
 
 

@@ -16,6 +16,7 @@ from hetmpi import __version__
 from hetmpi.errors import InputError, RunError
 from hetmpi.paths import CheckedPath, check_output_file
 from hetmpi.runtime import launcher_rank
+from hetmpi.text import counted
 
 if TYPE_CHECKING:
     from hetmpi.warmstart import WarmStart
@@ -127,7 +128,7 @@ def plan(config: str, output: str | None, overwrite: bool) -> None:
     from hetmpi import arrayjob
 
     num_shards = arrayjob.plan_run(cfg, cfg.output.directory, overwrite=overwrite)
-    click.echo(f"planned {num_shards} shards in {cfg.output.directory}")
+    click.echo(f"planned {counted(num_shards, 'shard')} in {cfg.output.directory}")
 
 
 @main.command("run-shard")
@@ -193,10 +194,11 @@ def validate(config: str, fit: bool) -> None:
     points = pool_points(dataset)
     dim = context.sampled_dimension(cfg, len(dataset.phi))
     shards = context.shard_count(cfg, points.size, len(dataset.phi))
+    context.check_draw_memory(cfg, points.size, len(dataset.phi), shards)
     how = "exact: the full data as one" if cfg.sampler.method == "exact" else cfg.sharding.strategy
     click.echo(
         f"config OK: {len(dataset.phi)} angles x {len(dataset.t)} frames, {points.size} points, "
-        f"{dim} sampled parameters, {shards} shards ({how})"
+        f"{dim} sampled parameters, {counted(shards, 'shard')} ({how})"
     )
     if fit:
         warm = context.prepare(cfg, dataset).task.warm
@@ -262,13 +264,14 @@ def _identification_table(warm: WarmStart) -> str:
 @click.option("--offset", type=float, multiple=True, help="Offset per angle (or one for all).")
 @click.option("--sigma", type=float, help="Gaussian noise sd (0 writes the exact model).")
 @click.option("--seed", type=int, help="Noise seed.")
-def simulate(truth: str, output: str, **options: Any) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+def simulate(truth: str, output: str, overwrite: bool, **options: Any) -> None:
     """Write a synthetic dataset in hetmpi's HDF5 schema from a TRUTH file (YAML/JSON)."""
     from hetmpi.formats.hetmpi_schema import write_dataset
     from hetmpi.simulate import simulate_dataset
     from hetmpi.truthfile import load_truth
 
-    check_output_file(output, "--output")
+    check_output_file(output, "--output", overwrite=overwrite)
     spec = load_truth(truth)
     settings = {key: spec.get(key) for key in ("n_frames", "dt", "q", "phi", "contrast",
                                                 "offset", "sigma", "seed", "t_start")}  # fmt: skip
@@ -325,11 +328,10 @@ def inspect_file(file: str, q_index: int | None) -> None:
 def _check_simulation_memory(n_frames: Any, n_phi: int) -> None:
     """InputError naming n_frames when the simulated c2 (about four float64 arrays of
     n_phi x N x N while it is made) would not fit in this machine's memory."""
-    try:
-        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return
-    if not isinstance(n_frames, int) or n_frames < 2 or have <= 0:
+    from hetmpi.memory import physical_memory
+
+    have = physical_memory()
+    if not isinstance(n_frames, int) or n_frames < 2 or have is None:
         return
     need = 4 * 8 * n_phi * n_frames**2
     if need > have:

@@ -21,15 +21,19 @@ import numpy as np
 
 from hetmpi.config import Config, config_to_dict
 from hetmpi.dataset import Dataset
+from hetmpi.drawcounts import DrawCounts
 from hetmpi.errors import InputError
 from hetmpi.fitblocks import FitData, fit_data, held_here
 from hetmpi.formats import load_dataset
 from hetmpi.kernel import SamplerOutline, sampler_outline
+from hetmpi.memory import physical_memory, size_text
 from hetmpi.model.parameters import num_scaling_coordinates
 from hetmpi.model.posterior import Geometry
 from hetmpi.problem import build_problem, dataset_geometry, pooled_arrays, scaling_mode
+from hetmpi.records import STAT_FIELDS
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
+from hetmpi.text import counted
 from hetmpi.warmstart import (
     WarmStart,
     basin_note,
@@ -41,6 +45,8 @@ from hetmpi.warmstart import (
 )
 
 log = logging.getLogger("hetmpi")
+
+DRAW_MEMORY_SHARE = 0.5  # of this machine's memory that a run's kept draws may take
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,34 @@ def shard_count(cfg: Config, num_points: int, num_angles: int) -> int:
     return choose_num_shards(num_points, num_angles, dimension, cfg.sharding)
 
 
+def check_draw_memory(cfg: Config, num_points: int, num_angles: int, num_shards: int) -> None:
+    """InputError naming sampler.num_samples when the draws the consensus holds in one process
+    (every shard's chains x kept draws x the draw in u, its parameter values and the
+    STAT_FIELDS, in float64; warmup draws are not kept) would take more than
+    DRAW_MEMORY_SHARE of this machine's memory. Every shard counts the draws of an even cut,
+    ceil(num_points / num_shards) points (sampler.adaptive draws fewer on small shards)."""
+    have = physical_memory()
+    if have is None:
+        return
+    sampler = cfg.sampler
+    dim = sampled_dimension(cfg, num_angles)
+    largest = -(-num_points // num_shards)
+    draws = DrawCounts.for_shard(sampler, largest, dim).num_samples
+    values = 2 * dim + len(STAT_FIELDS)
+    need = num_shards * sampler.num_chains * draws * values * 8
+    if need <= DRAW_MEMORY_SHARE * have:
+        return
+    drawn = f"{draws} draws"
+    if draws != sampler.num_samples:
+        drawn = f"{sampler.num_samples} ({drawn} on shards of {largest} points)"
+    raise InputError(
+        f"sampler.num_samples: {drawn} x {counted(sampler.num_chains, 'chain')} x "
+        f"{counted(num_shards, 'shard')} x {values} values need {size_text(need)}, more than "
+        f"half this machine's {size_text(have)} of memory; lower sampler.num_samples or "
+        "sampler.num_chains"
+    )
+
+
 def prepare(
     cfg: Config, dataset: Dataset | None = None, *, helpers: PrepareHelpers | None = None
 ) -> RunContext:
@@ -128,6 +162,7 @@ def prepare(
     points = pool_points(dataset)
     loaded = time.perf_counter()
     num_shards = shard_count(cfg, points.size, len(dataset.phi))
+    check_draw_memory(cfg, points.size, len(dataset.phi), num_shards)
     plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
     if helpers is None:
         warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
@@ -136,9 +171,10 @@ def prepare(
         warm = _helped_warm_start(cfg, dataset, points, num_shards, helpers)
     fitted = time.perf_counter()
     log.info(
-        "data: %d angles x %d frames, %d points; %d shards of %d points (%s); "
+        "data: %d angles x %d frames, %d points; %s of %d points (%s); "
         "warm start in %.1f s, noise sd %.3g, reduced chi2 %.3f",
-        len(dataset.phi), len(dataset.t), points.size, num_shards, plan.padded_length,
+        len(dataset.phi), len(dataset.t), points.size, counted(num_shards, "shard"),
+        plan.padded_length,
         cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
     )  # fmt: skip
     log.info(basin_note(warm.basins, warm.search["starts"]))

@@ -27,12 +27,16 @@ from hetmpi.formats.aps import (
     APS_FRAME_TIME,
     APS_PHI,
     APS_Q,
+    read_aps_bins,
 )
 from hetmpi.formats.h5values import read_array
 from hetmpi.formats.hetmpi_schema import HETMPI_FORMAT
 from hetmpi.model.parameters import PHYSICS_PARAMETERS
 from hetmpi.paths import path_problem
 from hetmpi.sharding import pool_points
+
+Q_INDEX_FIELD = "data.q_index:"
+Q_INDEX_OPTION = "--q-index:"  # the same field as `hetmpi inspect` takes it
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def describe(path: str | Path, *, q_index: int | None = None) -> str:
 
     ``q_index``: the q bin the config section fits (APS files; default: the first q bin
     with two-time matrices). Raises InputError naming the file when it is missing, not
-    HDF5, in neither layout, or holds data a run would reject.
+    HDF5, in neither layout, or holds data a run would reject; one about a given
+    ``q_index`` names the option, --q-index.
     """
     problem = path_problem(str(path))
     if problem is not None:
@@ -65,6 +70,16 @@ def describe(path: str | Path, *, q_index: int | None = None) -> str:
         handle = h5py.File(p, "r")
     except OSError as exc:
         raise InputError(f"{p}: not an HDF5 file ({exc})") from exc
+    try:
+        return _describe_file(handle, p, q_index)
+    except InputError as exc:
+        if q_index is None or not str(exc).startswith(Q_INDEX_FIELD):
+            raise
+        raise InputError(Q_INDEX_OPTION + str(exc).removeprefix(Q_INDEX_FIELD)) from None
+
+
+def _describe_file(handle: h5py.File, p: Path, q_index: int | None) -> str:
+    """``describe`` of the open file ``handle`` at ``p`` (closed here)."""
     where = f" in {p}"
     with handle as f:
         try:
@@ -194,15 +209,10 @@ def aps_q_bins(f: h5py.File, where: str) -> list[ApsQBin]:
     only; no matrix is read)."""
     q_list = np.ravel(read_array(f, APS_Q, where)).astype(np.float64)
     phi_list = np.ravel(read_array(f, APS_PHI, where)).astype(np.float64)
-    bins = np.ravel(read_array(f, APS_BINS, where)).astype(np.int64)
     n_q, n_phi = q_list.size, phi_list.size
     found: dict[int, list[tuple[int, int]]] = {qi: [] for qi in range(n_q)}
-    for k, b in enumerate(bins):
-        if not 1 <= b <= n_q * n_phi:
-            raise InputError(
-                f"{APS_BINS}: bin {b} is outside 1..{n_q * n_phi} (n_q * n_phi){where}"
-            )
-        qi, pi = divmod(int(b) - 1, n_phi)
+    for k, b in enumerate(read_aps_bins(f, where, n_q * n_phi)):
+        qi, pi = divmod(b - 1, n_phi)
         found[qi].append((pi, k))
     result = []
     for qi in range(n_q):
@@ -228,8 +238,8 @@ def aps_q_bins(f: h5py.File, where: str) -> list[ApsQBin]:
 
 def _describe_aps(f: h5py.File, p: Path, where: str, q_index: int | None) -> str:
     q_bins = aps_q_bins(f, where)
-    bins = [int(b) for b in np.ravel(read_array(f, APS_BINS, where))]
     phi_list = np.ravel(read_array(f, APS_PHI, where)).astype(np.float64)
+    bins = read_aps_bins(f, where, len(q_bins) * phi_list.size)
     processed = [b for b in q_bins if b.phi_bins]
     if q_index is None:
         if not processed:

@@ -26,6 +26,7 @@ from hetmpi.config import Config, ExecutorConfig
 from hetmpi.errors import InputError, RunError
 from hetmpi.executors import Executor, process_layout
 from hetmpi.runtime import ProcessLayout, available_cores, configure_process, launcher_world_size
+from hetmpi.text import counted
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -167,7 +168,7 @@ def select_local_executor(
         if cores >= 2 and num_shards >= 2:
             reason = f"auto: {cores} cores and {num_shards} shards, {workers} workers"
             return PoolExecutor(workers, settings), reason
-        return CpuExecutor(), f"auto: {cores} core(s), {num_shards} shard(s)"
+        return CpuExecutor(), f"auto: {counted(cores, 'core')}, {counted(num_shards, 'shard')}"
     raise InputError(
         f"executor.name: {name!r} needs an MPI launch; start hetmpi with mpiexec/srun, or use "
         "auto, cpu or multiprocessing"

@@ -23,7 +23,8 @@ PLAN_FIX = "pass --overwrite to replace its results, or choose another --output"
 
 
 def check_output_dir(out_dir: Path, *, overwrite: bool, resume: bool, fix: str = RUN_FIX) -> None:
-    """Refuse an unusable output folder before any work is done; writes nothing. ``fix`` says
+    """Refuse an unusable output folder before any work is done; leaves nothing behind (a
+    missing folder is created and removed again to learn that it can be). ``fix`` says
     what to do about a folder that is not empty with the options of the command at hand."""
     problem = path_problem(out_dir)
     if problem is not None:
@@ -53,6 +54,30 @@ def check_output_dir(out_dir: Path, *, overwrite: bool, resume: bool, fix: str =
             f"output.directory: cannot create {out_dir} ({ancestor} is not a writable folder); "
             "choose a folder you can write to with --output"
         )
+    try:
+        try_creating(out_dir)
+    except OSError as exc:
+        raise InputError(
+            f"output.directory: cannot create {out_dir} ({exc.strerror or exc}); "
+            "choose a folder you can write to with --output"
+        ) from None
+
+
+def try_creating(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, then remove the ones created here: OSError
+    when the OS refuses, where a permission check may pass (/proc, root-squashed NFS)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    created: list[Path] = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            created.append(path)
+    finally:
+        for path in reversed(created):
+            path.rmdir()
 
 
 def prepare_output_dir(out_dir: Path, *, overwrite: bool, resume: bool) -> None:

@@ -83,9 +83,10 @@ class CheckedPath(click.Path):
         return super().convert(value, param, ctx)
 
 
-def check_output_file(value: str | os.PathLike[str], option: str) -> Path:
-    """``value`` as an absolute file path a command may create or replace; InputError naming
-    ``option`` when it is a folder or its folder can neither be found nor created."""
+def check_output_file(value: str | os.PathLike[str], option: str, *, overwrite: bool) -> Path:
+    """``value`` as an absolute file path a command may create (or replace, with
+    ``overwrite``); InputError naming ``option`` when it is a folder, already exists without
+    ``overwrite``, or its folder can neither be found nor created."""
     problem = path_problem(value)
     if problem is not None:
         raise InputError(f"{option}: {problem}")
@@ -95,6 +96,8 @@ def check_output_file(value: str | os.PathLike[str], option: str) -> Path:
             raise InputError(
                 f"{option}: {path} is a folder; give the file to write, e.g. {path / 'data.h5'}"
             )
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise InputError(f"{option}: {path} exists; pass --overwrite to replace it")
         ancestor = path.parent
         while not ancestor.exists():
             ancestor = ancestor.parent

@@ -22,6 +22,7 @@ from hetmpi.outdir import check_output_dir, prepare_output_dir, write_resolved_c
 from hetmpi.records import ShardResult
 from hetmpi.results import write_json
 from hetmpi.sampling import ShardTask
+from hetmpi.text import counted
 
 if TYPE_CHECKING:
     from hetmpi.executors import Executor
@@ -204,7 +205,7 @@ def _run(
 
         merge_chain_files(out_dir, reusable)
         done = load_valid_shards(out_dir, reusable)
-        log.info("resume: %d of %d shards already done", len(done), task.num_shards)
+        log.info("resume: %d of %s already done", len(done), counted(task.num_shards, "shard"))
     todo = [s for s in context.plan.shards if s.index not in done]
     progress = ShardProgress(
         task.num_shards, already_done=len(done), enabled=cfg.sampler.progress_bar

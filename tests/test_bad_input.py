@@ -153,6 +153,11 @@ DATA_CASES = [
      "hetmpi_format: attribute must be an integer, got 'one' in "),
     ("format-fraction", lambda f: f.attrs.__setitem__("hetmpi_format", 1.5),
      "hetmpi_format: attribute must be an integer, got 1.5 in "),
+    ("format-unsigned-max", lambda f: f.attrs.__setitem__("hetmpi_format", np.uint64(2**64 - 1)),
+     "hetmpi_format: version 18446744073709551615 is not supported in "),
+    ("c2-booleans", _replace("c2", np.ones((3, 12, 12), bool)),
+     "c2: must be numeric, got dtype bool in "),
+    ("q-boolean", lambda f: _set_q(f, True), "q: must be numeric, got dtype bool in "),
 ]  # fmt: skip
 
 
@@ -210,6 +215,21 @@ def test_unwritable_output_directory(tmp_path: Path, tiny_h5: Path, runner: CliR
     assert result.exit_code == 2, result.output
     assert "output.directory" in result.output
     assert not (blocker / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_output_folder_the_os_will_not_create(tmp_path: Path, tiny_h5: Path, command: str) -> None:
+    """A folder whose parent passes the permission check but refuses mkdir (/proc as root,
+    like root-squashed NFS) is refused before the warm start: the error is all there is."""
+    out = Path("/proc/hetmpi-test/out")
+    write_config(tmp_path, tiny_h5, output={"directory": str(out)})
+    proc = _hetmpi(command, "cfg.yaml", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: output.directory: cannot create {out} ("), proc.stderr
+    assert proc.stderr.endswith("; choose a folder you can write to with --output\n")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert not out.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path: Path, tiny_h5: Path) -> None:
@@ -313,6 +333,23 @@ def test_simulate_output_under_a_file(tmp_path: Path, runner: CliRunner) -> None
     assert list(folder.iterdir()) == []
 
 
+def test_simulate_refuses_an_existing_file(tmp_path: Path, runner: CliRunner) -> None:
+    """An existing file is kept unless --overwrite is given, as run and plan keep results."""
+    truth = Path(__file__).parents[1] / "jobs" / "stress_truth.yaml"
+    out = tmp_path / "d.h5"
+    out.write_text("my notes\n")
+    args = ["simulate", str(truth), "-o", str(out), "--n-frames", "8"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: --output: {out} exists; pass --overwrite to replace it\n"
+    assert out.read_text() == "my notes\n"
+    for _ in range(2):
+        result = runner.invoke(main, [*args, "--overwrite"])
+        assert result.exit_code == 0, result.output
+        assert h5py.is_hdf5(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"]
+
+
 def test_simulate_too_many_frames(tmp_path: Path, runner: CliRunner) -> None:
     truth = Path(__file__).parents[1] / "jobs" / "stress_truth.yaml"
     out = tmp_path / "d.h5"
@@ -325,6 +362,22 @@ def test_simulate_too_many_frames(tmp_path: Path, runner: CliRunner) -> None:
     assert result.exit_code == 2, result.output
     assert "n_frames" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "run"])
+def test_draws_beyond_memory(
+    tmp_path: Path, tiny_h5: Path, runner: CliRunner, command: str
+) -> None:
+    """Draws that cannot fit in memory are refused from the config and data alone, before
+    the warm start and before anything is written."""
+    cfg = write_config(tmp_path, tiny_h5, sampler={"num_samples": 10**12})
+    result = runner.invoke(main, [command, str(cfg)])
+    expected = "error: sampler.num_samples: 1000000000000 draws x 2 chains x 2 shards x 45 values"
+    _assert_clean_failure(result, expected, tmp_path / "out")
+    assert result.output.rstrip().endswith(
+        "of memory; lower sampler.num_samples or sampler.num_chains"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml"]
 
 
 # --- APS files -------------------------------------------------------------------------
@@ -357,6 +410,73 @@ def test_bad_aps_time_axis(
     result = runner.invoke(main, ["run", str(cfg)])
     _assert_clean_failure(result, expected, tmp_path / "out")
     assert f" in {data}" in result.output
+
+
+BINS = "xpcs/twotime/processed_bins"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        (BINS, np.array([1.0, 3.0, 4.5, 5.0, 6.0]),
+         f"error: {BINS}: bin 4.5 is not a whole number in "),
+        (BINS, np.array([1, 1, 4, 5, 6]),
+         f"error: {BINS}: bin 1 is listed twice in {{data}}; each (q, phi) bin has one matrix, "
+         "so list it once"),
+        (BINS, np.array([[1, 3], [4, 5]]),
+         f"error: {BINS}: must be a list of bin numbers, got an array of shape (2, 2) in "),
+        (BINS, np.array([True, True]), f"error: {BINS}: must be numeric, got dtype bool in "),
+        ("entry/instrument/detector_1/frame_time", True,
+         "error: entry/instrument/detector_1/frame_time: must be numeric, got dtype bool in "),
+    ],
+)  # fmt: skip
+def test_bad_aps_bins(
+    tmp_path: Path, runner: CliRunner, name: str, value: object, expected: str
+) -> None:
+    """A malformed bin table is refused by run and inspect alike, not read as other bins."""
+    from test_data import write_aps
+
+    data = tmp_path / "aps.h5"
+    write_aps(data)
+    with h5py.File(data, "a") as f:
+        del f[name]
+        f[name] = value
+    expected = expected.format(data=data)
+    cfg = write_config(tmp_path, data)
+    result = runner.invoke(main, ["run", str(cfg)])
+    _assert_clean_failure(result, expected, tmp_path / "out")
+    assert f" in {data}" in result.output
+    result = runner.invoke(main, ["inspect", str(data)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(expected) and result.output.count("\n") == 1
+
+
+def test_inspect_names_the_q_index_option(tmp_path: Path, tiny_h5: Path, runner: CliRunner) -> None:
+    """A bad --q-index is named as the user gave it, not as the config field."""
+    from test_data import write_aps
+
+    aps = tmp_path / "aps.h5"
+    write_aps(aps)
+    for data, bins in ((tiny_h5, "1 q bin"), (aps, "2 q bins")):
+        result = runner.invoke(main, ["inspect", str(data), "--q-index", "7"])
+        assert result.exit_code == 2, result.output
+        assert result.output == f"error: --q-index: 7 out of range (file has {bins}) in {data}\n"
+
+
+def test_one_shard_is_one_shard(tmp_path: Path, tiny_h5: Path, runner: CliRunner) -> None:
+    one = {"num_shards": 1}
+    cfg = write_config(tmp_path, tiny_h5, sharding=one)
+    result = runner.invoke(main, ["validate", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(", 1 shard (angle_balanced)")
+    (tmp_path / "exact").mkdir()
+    exact = write_config(tmp_path / "exact", tiny_h5, sampler={"method": "exact"}, sharding=one)
+    result = runner.invoke(main, ["validate", str(exact)])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(", 1 shard (exact: the full data as one)")
+    result = runner.invoke(main, ["plan", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert f"planned 1 shard in {tmp_path / 'out'}\n" in result.output
 
 
 # --- hetmpi submit ---------------------------------------------------------------------

@@ -385,7 +385,7 @@ def test_bad_triu_length(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"q_index": 1}, r"data.q_index: 1 out of range \(file has 1 q bins\)"),
+        ({"q_index": 1}, r"data.q_index: 1 out of range \(file has 1 q bin\)"),
         ({"phi_indices": [3]}, "data.phi_indices: 3 out of range"),
         ({"phi_indices": [0, 0]}, "data.phi_indices: .* more than once"),
         ({"phi_indices": []}, "data.phi_indices: empty"),

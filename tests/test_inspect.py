@@ -217,7 +217,7 @@ def test_data_a_run_would_reject(tmp_path: Path) -> None:
     code, output = run_inspect(str(aps), "--q-index", "5")
     assert (code, output) == (
         2,
-        f"error: data.q_index: 5 out of range (file has 2 q bins) in {aps}\n",
+        f"error: --q-index: 5 out of range (file has 2 q bins) in {aps}\n",
     )
     bad = tmp_path / "bad.h5"
     write_hetmpi(bad, t=np.arange(9.0))  # 10 frames in c2

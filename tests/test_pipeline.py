@@ -9,6 +9,7 @@ from pathlib import Path
 
 import arviz as az
 import h5py
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from conftest import write_config
@@ -60,11 +61,17 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     assert idata.posterior["phi0"].shape == (2, 30)
     assert idata.sample_stats["diverging"].shape == (2, 30)
     assert idata.shard_sample_stats["diverging"].shape == (2, 30, 2)
-    # ArviZ's own functions, whose names 0.23 (Python 3.11) and 1.x (3.12, CI's smoke run)
-    # share; test_posterior_file_serves_arviz checks their results
+    # ArviZ's own functions under 0.23 (Python 3.11) and 1.x (3.12, CI's smoke run), where
+    # plot_ppc is plot_ppc_dist; test_posterior_file_serves_arviz checks their results
     assert len(az.summary(idata, var_names=["D0_ref", "contrast"])) == 4
     az.loo(idata)
     az.bfmi(idata)
+    if hasattr(az, "plot_ppc"):
+        az.plot_ppc(idata, num_pp_samples=5)
+    else:
+        az.plot_ppc_dist(idata, num_samples=5)
+    az.plot_pair(idata, var_names=["D0_ref", "alpha_ref"])
+    plt.close("all")
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["parameters"]) >= {"D0_ref", "contrast[2]", "offset[0]", "sigma"}
     assert set(summary["shard_shapes"]) == set(summary["parameters"])
@@ -102,8 +109,6 @@ def test_posterior_file_serves_arviz(finished_run: Path, tiny_h5: Path) -> None:
     """posterior.nc follows ArviZ's conventions: its own functions run on it, per-angle
     parameters are one variable over the angles, every value is in parameter units, and the
     pointwise groups belong to the draws and points they are labelled with."""
-    import matplotlib.pyplot as plt
-
     from hetmpi.config import load_config
     from hetmpi.formats import load_dataset
     from hetmpi.problem import build_problem

@@ -16,6 +16,7 @@ import numpy as np
 from hetmpi.dataset import Dataset, FieldNames, select_angles
 from hetmpi.errors import InputError
 from hetmpi.formats.h5values import read_array, value_text
+from hetmpi.text import counted
 
 APS_Q = "xpcs/qmap/dynamic_v_list_dim0"
 APS_PHI = "xpcs/qmap/dynamic_v_list_dim1"
@@ -35,24 +36,22 @@ def read_aps(
 ) -> Dataset:
     q_list = np.ravel(read_array(f, APS_Q, where)).astype(np.float64)
     phi_list = np.ravel(read_array(f, APS_PHI, where)).astype(np.float64)
-    bins = np.ravel(read_array(f, APS_BINS, where))
     n_q, n_phi = q_list.size, phi_list.size
+    bins = read_aps_bins(f, where, n_q * n_phi)
     if not 0 <= q_index < n_q:
-        raise InputError(f"data.q_index: {q_index} out of range (file has {n_q} q bins){where}")
+        raise InputError(
+            f"data.q_index: {q_index} out of range (file has {counted(n_q, 'q bin')}){where}"
+        )
     # The k-th processed bin (0-based) is stored as correlation_map/c2_{k+1:05d}.
     in_q: list[tuple[int, int]] = []
-    for k, b in enumerate(bins.astype(np.int64)):
-        if not 1 <= b <= n_q * n_phi:
-            raise InputError(
-                f"{APS_BINS}: bin {b} is outside 1..{n_q * n_phi} (n_q * n_phi){where}"
-            )
-        qi, pi = divmod(int(b) - 1, n_phi)
+    for k, b in enumerate(bins):
+        qi, pi = divmod(b - 1, n_phi)
         if qi == q_index:
             in_q.append((pi, k))
     if not in_q:
         raise InputError(
             f"data.q_index: q bin {q_index} has no processed two-time bins{where} "
-            f"(processed bins: {', '.join(str(int(b)) for b in bins)})"
+            f"(processed bins: {', '.join(str(b) for b in bins)})"
         )
     in_q.sort()
     chosen = [in_q[i] for i in select_angles(len(in_q), phi_indices, where)]
@@ -81,6 +80,34 @@ def read_aps(
         source=source,
         truth=None,
     )
+
+
+def read_aps_bins(f: h5py.File, where: str, n_bins: int) -> list[int]:
+    """The processed bin numbers of an open APS file, one per stored matrix; InputError
+    naming the dataset for a table that is not a list, a fraction, a bin outside 1..n_bins
+    or one listed twice (its two matrices would be fitted as two angles)."""
+    value = read_array(f, APS_BINS, where)
+    if value.ndim > 1:
+        raise InputError(
+            f"{APS_BINS}: must be a list of bin numbers, got {value_text(value)}{where}"
+        )
+    bins: list[int] = []
+    seen: set[int] = set()
+    for b in np.ravel(value).tolist():
+        if not float(b).is_integer():
+            raise InputError(f"{APS_BINS}: bin {b} is not a whole number{where}")
+        if not 1 <= b <= n_bins:
+            raise InputError(
+                f"{APS_BINS}: bin {int(b)} is outside 1..{n_bins} (n_q * n_phi){where}"
+            )
+        if int(b) in seen:
+            raise InputError(
+                f"{APS_BINS}: bin {int(b)} is listed twice{where}; each (q, phi) bin has one "
+                "matrix, so list it once"
+            )
+        seen.add(int(b))
+        bins.append(int(b))
+    return bins
 
 
 def _symmetrize(half: np.ndarray, name: str, where: str) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Values read from an open HDF5 file for the format readers, and shown in their messages.
 
-``read_array`` returns a numeric dataset or raises ``InputError`` naming it; ``value_text``
-renders an attribute or dataset value for an error message.
+``read_array`` returns a numeric dataset (booleans only where asked for, as for a mask) or
+raises ``InputError`` naming it; ``value_text`` renders an attribute or dataset value for an
+error message.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import numpy as np
 from hetmpi.errors import InputError
 
 
-def read_array(f: h5py.File, name: str, where: str) -> np.ndarray:
+def read_array(f: h5py.File, name: str, where: str, *, boolean: bool = False) -> np.ndarray:
     obj = f.get(name)
     if obj is None:
         raise InputError(f"{name}: missing dataset{where}")
     if not isinstance(obj, h5py.Dataset):
         raise InputError(f"{name}: is a group, expected a dataset{where}")
     value = np.asarray(obj[()])
-    if value.dtype.kind not in "biuf":
+    if value.dtype.kind not in ("biuf" if boolean else "iuf"):
         raise InputError(f"{name}: must be numeric, got dtype {value.dtype}{where}")
     return value
 

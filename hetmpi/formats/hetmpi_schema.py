@@ -93,7 +93,7 @@ def read_hetmpi(
             f"{layout.name}{where}"
         )
     if q_index != 0:
-        raise InputError(f"data.q_index: {q_index} out of range (file has 1 q bins){where}")
+        raise InputError(f"data.q_index: {q_index} out of range (file has 1 q bin){where}")
     dt = float(t[1] - t[0])
     dt_attr = _number_attr(f, "dt", where)
     if dt_attr is not None:
@@ -126,7 +126,7 @@ class _Layout:
     def read(self, f: h5py.File, field_name: str, where: str) -> np.ndarray:
         """Read ``field_name`` (c2 is read from ``self.name``) as (n_phi, N, N)."""
         name = self.name if field_name == "c2" else field_name
-        value = read_array(f, name, where)
+        value = read_array(f, name, where, boolean=field_name == "mask")
         if self.name == "c2":
             value = value[np.newaxis] if value.ndim == 2 else value
             if value.ndim != 3 or value.shape[1:] != (self.n, self.n):
@@ -207,7 +207,9 @@ def _number_attr(f: h5py.File, name: str, where: str, *, integer: bool = False) 
         raise InputError(
             f"{name}: attribute must be {kind}, got {value_text(value)}{where}; {_ATTR_FIXES[name]}"
         )
-    return int(number) if integer else number
+    if integer:  # exact, also beyond 2**53 where the float rounds
+        return int(value.reshape(()).item()) if value.dtype.kind in "iu" else int(number)
+    return number
 
 
 def _read_truth_attr(f: h5py.File, where: str) -> dict[str, Any] | None:
