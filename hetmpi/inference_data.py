@@ -40,6 +40,7 @@ import xarray as xr
 from hetmpi.atomic import atomic_path
 from hetmpi.diagnostics import SAMPLE_DIMS
 from hetmpi.errors import InputError
+from hetmpi.model.parameters import parameter_unit
 from hetmpi.model.posterior import PosteriorModel
 from hetmpi.problem import Problem, pooled_arrays
 from hetmpi.records import ShardResult
@@ -51,7 +52,8 @@ POINTWISE_VALUES = 2_000_000  # draws x points evaluated per compiled call (at m
 
 def posterior_group(draws: Mapping[str, np.ndarray], phi: np.ndarray) -> xr.Dataset:
     """The posterior: ``draws`` name -> (chains, draws), in order; names ``contrast[k]``
-    (k = 0, 1, ... in order) become the k-th entry of ``contrast`` over the angle dimension."""
+    (k = 0, 1, ... in order) become the k-th entry of ``contrast`` over the angle dimension.
+    Every variable carries its unit (``units`` attribute)."""
     columns: dict[str, list[np.ndarray] | np.ndarray] = {}  # in the order of ``draws``
     for name, values in draws.items():
         match = PER_ANGLE.match(name)
@@ -71,6 +73,8 @@ def posterior_group(draws: Mapping[str, np.ndarray], phi: np.ndarray) -> xr.Data
     if per_angle:
         coords["angle"] = np.asarray(phi, dtype=np.float64)
     group = xr.Dataset(variables, coords=coords)
+    for name in columns:
+        group[name].attrs["units"] = parameter_unit(name)
     if per_angle:
         group["angle"].attrs["units"] = "degrees"
     return group

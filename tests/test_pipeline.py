@@ -123,6 +123,8 @@ def test_posterior_file_serves_arviz(finished_run: Path, tiny_h5: Path) -> None:
         mean = summary["parameters"][f"contrast[{k}]"]["mean"]
         assert float(post["contrast"][..., k].mean()) == pytest.approx(mean, rel=1e-12)
     assert float(post["D0_ref"].min()) > 100.0  # Angstrom^2/s^alpha, not its log
+    assert post["D0_ref"].attrs["units"] == "A^2/s^alpha"
+    assert post["contrast"].attrs["units"] == "-" and post["sigma"].attrs["units"] == "c2"
     stats = idata.sample_stats
     for name in ("lp", "acceptance_rate", "n_steps", "tree_depth", "step_size", "diverging",
                  "energy"):  # fmt: skip

@@ -53,6 +53,13 @@ CONTRAST = ParameterSpec("contrast", "-", 0.5, (0.0, 1.0), 0.5, 0.25)
 OFFSET = ParameterSpec("offset", "-", 1.0, (0.5, 1.5), 1.0, 0.25)
 
 SCALING_NAMES: tuple[str, ...] = ("contrast", "offset")
+NOISE_UNIT = "c2"  # a scalar noise sd; with per-point sds in the data, a factor on them
+
+
+def parameter_unit(name: str) -> str:
+    """The unit of a sampled parameter (``sigma`` included), as the parameter table gives it."""
+    units = {p.name: p.unit for p in (*PHYSICS_PARAMETERS, CONTRAST, OFFSET)}
+    return units.get(name, NOISE_UNIT if name == "sigma" else "-")
 LABELLINGS: tuple[str, ...] = ("free", "reference_slower", "sample_slower")  # order of the rates
 PER_ANGLE_MODES: tuple[str, ...] = ("individual", "averaged", "constant")
 
