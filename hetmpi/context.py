@@ -23,7 +23,7 @@ from hetmpi.config import Config, config_to_dict
 from hetmpi.dataset import Dataset
 from hetmpi.drawcounts import DrawCounts
 from hetmpi.errors import InputError
-from hetmpi.fitblocks import FitData, fit_data, held_here
+from hetmpi.fitblocks import LOCAL_BLOCKS, FitData, fit_data, held_here
 from hetmpi.formats import load_dataset
 from hetmpi.kernel import SamplerOutline, sampler_outline
 from hetmpi.memory import physical_memory, size_text
@@ -165,7 +165,10 @@ def prepare(
     check_draw_memory(cfg, points.size, len(dataset.phi), num_shards)
     plan = make_shards(points, num_shards, strategy=cfg.sharding.strategy, seed=cfg.sharding.seed)
     if helpers is None:
-        warm = fit_warm_start(cfg.model, dataset, points, num_shards, cfg.mode_search)
+        warm = fit_warm_start(
+            cfg.model, dataset, points, num_shards, cfg.mode_search,
+            max_blocks=fit_block_limit(cfg),
+        )  # fmt: skip
     else:
         helpers.announce(outline(cfg, dataset, plan))
         warm = _helped_warm_start(cfg, dataset, points, num_shards, helpers)
@@ -200,6 +203,13 @@ def prepare(
     return RunContext(cfg, dataset, points, plan, task, seconds)
 
 
+def fit_block_limit(cfg: Config) -> int:
+    """The most blocks the fits cut the full data into: an exact run's likelihood blocks
+    (whatever the process count, so that the fits, hence the draws, are the same on any
+    number of ranks, and spread over as many ranks as the sampler is), else a few."""
+    return cfg.sampler.likelihood_blocks if cfg.sampler.method == "exact" else LOCAL_BLOCKS
+
+
 def _helped_warm_start(
     cfg: Config,
     dataset: Dataset,
@@ -213,7 +223,7 @@ def _helped_warm_start(
     they compile the sampler while this process computes the Laplace covariance."""
     started = time.perf_counter()
     settings = cfg.mode_search
-    data = fit_data(pooled_arrays(points), settings.cheap_points)
+    data = fit_data(pooled_arrays(points), settings.cheap_points, fit_block_limit(cfg))
     exact = cfg.sampler.method == "exact"
     spread = held_here
     if exact:

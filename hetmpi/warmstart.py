@@ -24,6 +24,7 @@ from hetmpi.config import ModelConfig, ModeSearchConfig
 from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError, RunError
 from hetmpi.fitblocks import (
+    LOCAL_BLOCKS,
     FitData,
     Spreader,
     fit_data,
@@ -416,12 +417,14 @@ def fit_warm_start(
     num_shards: int,
     settings: ModeSearchConfig,
     map_fn: MapFn = lambda fn, items: list(map(fn, items)),
+    max_blocks: int = LOCAL_BLOCKS,
 ) -> WarmStart:
     """Search the full data's basins, estimate the noise, and return the sampling problem
     around the best basin for ``num_shards`` shards; ``map_fn`` runs the search's
-    independent local fits (in parallel where the caller has processes)."""
+    independent local fits (in parallel where the caller has processes); the fits' data
+    in at most ``max_blocks`` blocks (``fit_block_limit``)."""
     started = time.perf_counter()
-    data = fit_data(pooled_arrays(points), settings.cheap_points)
+    data = fit_data(pooled_arrays(points), settings.cheap_points, max_blocks)
     basins = find_basins(cfg, dataset, points, data, settings, map_fn)
     return warm_start_at(basins, cfg, dataset, data, num_shards, settings, started)
 

@@ -60,6 +60,8 @@ def parameter_unit(name: str) -> str:
     """The unit of a sampled parameter (``sigma`` included), as the parameter table gives it."""
     units = {p.name: p.unit for p in (*PHYSICS_PARAMETERS, CONTRAST, OFFSET)}
     return units.get(name, NOISE_UNIT if name == "sigma" else "-")
+
+
 LABELLINGS: tuple[str, ...] = ("free", "reference_slower", "sample_slower")  # order of the rates
 PER_ANGLE_MODES: tuple[str, ...] = ("individual", "averaged", "constant")
 
