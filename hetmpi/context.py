@@ -87,6 +87,8 @@ class PrepareHelpers(Protocol):
     has ``fn`` applied to every item, results in item order) and, inside ``spread_fits``,
     evaluate their share of the fits' blocks, until ``search_done``."""
 
+    processes: int  # the run's processes, this one included
+
     def announce(self, outline: SamplerOutline) -> None: ...
 
     def map_search(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]: ...
@@ -217,22 +219,25 @@ def _helped_warm_start(
     num_shards: int,
     helpers: PrepareHelpers,
 ) -> WarmStart:
-    """The warm start with the other processes' help. They run shares of the mode search;
-    in an exact run they then evaluate their share of the full data in every fit (the
-    refinements, Hessians and Laplace covariance), so no process fits it alone; otherwise
-    they compile the sampler while this process computes the Laplace covariance."""
+    """The warm start with the other processes' help. They run shares of the mode search:
+    the short fits, then the full-data fits (refinements, polish, Hessians) a candidate
+    each, and compile the sampler while this process computes the Laplace covariance. In an
+    exact run with more processes than candidates (2 ``refine``) they instead evaluate
+    their share of the full data in every full-data fit, the Laplace step's included, so
+    that no process fits the full data alone. Both give the same numbers: the blocks are
+    added in one order either way."""
     started = time.perf_counter()
     settings = cfg.mode_search
     data = fit_data(pooled_arrays(points), settings.cheap_points, fit_block_limit(cfg))
-    exact = cfg.sampler.method == "exact"
+    spreads = cfg.sampler.method == "exact" and helpers.processes > 2 * settings.refine
     spread = held_here
-    if exact:
+    if spreads:
         spread = partial(helpers.spread_fits, geometry=dataset_geometry(dataset))
     basins = find_basins(cfg.model, dataset, points, data, settings, helpers.map_search, spread)
-    if not exact:
+    if not spreads:
         helpers.search_done()
     warm = warm_start_at(basins, cfg.model, dataset, data, num_shards, settings, started, spread)
-    if exact:
+    if spreads:
         helpers.search_done()
     return warm
 

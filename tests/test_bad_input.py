@@ -383,6 +383,9 @@ def test_draws_beyond_memory(
 # --- APS files -------------------------------------------------------------------------
 
 
+BINS = "xpcs/twotime/processed_bins"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
@@ -394,30 +397,6 @@ def test_draws_beyond_memory(
          "got 0 in "),
         ("entry/instrument/detector_1/frame_time", "0.01",
          "error: entry/instrument/detector_1/frame_time: must be numeric"),
-    ],
-)  # fmt: skip
-def test_bad_aps_time_axis(
-    tmp_path: Path, runner: CliRunner, name: str, value: object, expected: str
-) -> None:
-    from test_data import write_aps
-
-    data = tmp_path / "aps.h5"
-    write_aps(data)
-    with h5py.File(data, "a") as f:
-        del f[name]
-        f[name] = value
-    cfg = write_config(tmp_path, data)
-    result = runner.invoke(main, ["run", str(cfg)])
-    _assert_clean_failure(result, expected, tmp_path / "out")
-    assert f" in {data}" in result.output
-
-
-BINS = "xpcs/twotime/processed_bins"
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "expected"),
-    [
         (BINS, np.array([1.0, 3.0, 4.5, 5.0, 6.0]),
          f"error: {BINS}: bin 4.5 is not a whole number in "),
         (BINS, np.array([1, 1, 4, 5, 6]),
@@ -430,17 +409,16 @@ BINS = "xpcs/twotime/processed_bins"
          "error: entry/instrument/detector_1/frame_time: must be numeric, got dtype bool in "),
     ],
 )  # fmt: skip
-def test_bad_aps_bins(
+def test_bad_aps_file(
     tmp_path: Path, runner: CliRunner, name: str, value: object, expected: str
 ) -> None:
-    """A malformed bin table is refused by run and inspect alike, not read as other bins."""
-    from test_data import write_aps
+    """A malformed time axis or bin table is refused by run and inspect alike, naming the
+    dataset, not read as other frames or bins."""
+    from test_data import replace_dataset, write_aps
 
     data = tmp_path / "aps.h5"
     write_aps(data)
-    with h5py.File(data, "a") as f:
-        del f[name]
-        f[name] = value
+    replace_dataset(data, name, value)
     expected = expected.format(data=data)
     cfg = write_config(tmp_path, data)
     result = runner.invoke(main, ["run", str(cfg)])

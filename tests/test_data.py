@@ -166,6 +166,13 @@ APS_PHI = [0.0, 45.0, 90.0]
 APS_BINS = [1, 3, 4, 5, 6]  # bin 2 (q 0, angle 1) not processed
 
 
+def replace_dataset(path: Path, name: str, value: Any) -> None:
+    """Put ``value`` in place of the dataset ``name`` of the HDF5 file ``path``."""
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f[name] = value
+
+
 def write_aps(path: Path, n: int = 8, *, frame_time: float | None = 0.01, avg: int = 2) -> list:
     """Two q bins x three angles; half matrices alternate upper- and lower-filled."""
     full = symmetric_stack(len(APS_BINS), n, seed=4)
@@ -264,9 +271,7 @@ def test_aps_time_axis_values_name_the_dataset_at_fault(
 ) -> None:
     path = tmp_path / "aps.h5"
     write_aps(path)
-    with h5py.File(path, "a") as f:
-        del f[name]
-        f[name] = value
+    replace_dataset(path, name, value)
     with pytest.raises(InputError) as info:
         load_dataset(path)
     assert str(info.value).startswith(name.rsplit("/", 1)[0]), info.value

@@ -223,6 +223,10 @@ class MpiExecutor:
             idle_barrier(self.comm)
             self.comm.bcast(Abandon(str(exc), isinstance(exc, InputError)), root=0)
 
+    @property
+    def processes(self) -> int:
+        return self.comm.Get_size()
+
     def announce(self, outline: SamplerOutline) -> None:
         """Send the sampler outline to the other ranks (they compile it after the search)."""
         idle_barrier(self.comm)
