@@ -7,8 +7,11 @@ Protocol, in order, on ``COMM_WORLD``:
 2. the mode search's stages come as broadcasts of a ``SearchShare`` (a function and its
    items): every rank runs the items at positions rank, rank + size, ... and ``gather``
    returns the results to rank 0, which puts them back in item order (so the search is the
-   same for every rank count); ``SEARCH_DONE`` ends the search, and the others compile the
-   sampler while rank 0 finishes the warm start (the Laplace covariance at the best basin);
+   same for every rank count); in an exact run with more ranks than refinement candidates,
+   a ``SplitFits`` stage instead spreads the full data of the fits that follow over the
+   ranks, which evaluate their blocks for every input vector rank 0 broadcasts
+   (``executors.mpi_fits``); ``SEARCH_DONE`` ends the search, and the others compile the
+   sampler (while rank 0 finishes the warm start, unless its fits were spread);
 3. a second broadcast brings the run header (the ShardTask and the shards' shapes); either
    broadcast brings instead the error that stopped rank 0, which every rank then exits with
    (status 2 for bad input);
