@@ -156,7 +156,8 @@ def report_run(out_dir: Path) -> dict[str, Any]:
     fit = report.posterior_mean_c2(context, found.draws)
     summary = report.build_summary(
         context, found.results, found.verdicts, found.draws, fit, executor="report",
-        timings=saved_timings(out_dir / "summary.json"),
+        timings=saved_timings(out_dir / "summary.json"), check=found.check,
+        corrected=found.corrected,
     )  # fmt: skip
     report.write_plots(context, found, fit, summary, plots_dir)
     return summary

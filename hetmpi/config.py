@@ -29,7 +29,7 @@ from hetmpi.paramentry import parameter_fields
 DATA_FORMATS: tuple[str, ...] = ("auto", "hetmpi", "aps")
 SHARDING_STRATEGIES: tuple[str, ...] = ("random", "contiguous", "angle_balanced")
 CHAIN_METHODS: tuple[str, ...] = ("sequential", "parallel", "vectorized")
-CONSENSUS_METHODS: tuple[str, ...] = ("consensus", "gaussian", "average")
+CONSENSUS_METHODS: tuple[str, ...] = ("consensus", "gaussian", "average", "importance")
 SAMPLING_METHODS: tuple[str, ...] = ("consensus", "exact")
 EXECUTORS: tuple[str, ...] = ("auto", "cpu", "multiprocessing", "mpi")
 PARAMETER_NAMES: tuple[str, ...] = tuple(DEFAULT_SPECS)  # 14 physics, then contrast, offset
@@ -175,9 +175,10 @@ class SamplerConfig:
 class ConsensusConfig:
     """How shard posteriors are combined, and which shards are excluded."""
 
-    method: str = "consensus"
+    method: str = "importance"
     max_divergence_rate: float = 0.3
     min_success_rate: float = 0.9
+    check_draws: int = 2000  # importance draws of the exact posterior to check it by; 0 = off
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,17 @@ def _build_sampler(values: dict[str, Any], path: str, problems: v.Problems) -> S
     return sampler
 
 
+def _build_consensus(values: dict[str, Any], path: str, problems: v.Problems) -> ConsensusConfig:
+    consensus = ConsensusConfig(**v.valid(values))
+    if consensus.method == "importance" and consensus.check_draws == 0:
+        problems.add(
+            v.join(path, "check_draws"),
+            "must be >= 1 with method importance, got 0; the importance method draws its "
+            "posterior from them (2000 is the default)",
+        )
+    return consensus
+
+
 def _build(cls: type) -> Any:
     return lambda values, path, problems: cls(**v.valid(values))
 
@@ -370,6 +382,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
         "method": v.Choice(CONSENSUS_METHODS),
         "max_divergence_rate": _UNIT_CLOSED,
         "min_success_rate": v.Float(low=0, high=1, low_open=True),
+        "check_draws": v.Int(low=0),
     },
     "executor": {
         "name": v.Choice(EXECUTORS),
@@ -395,7 +408,7 @@ _BUILDERS = {
     "mode_search": _build(ModeSearchConfig),
     "sharding": _build_sharding,
     "sampler": _build_sampler,
-    "consensus": _build(ConsensusConfig),
+    "consensus": _build_consensus,
     "executor": _build(ExecutorConfig),
     "output": _build(OutputConfig),
 }

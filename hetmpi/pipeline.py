@@ -18,7 +18,10 @@ from hetmpi import __version__, runlog
 from hetmpi.config import Config
 from hetmpi.consensus import BasinCheck, ShardVerdict, combine_draws, select_shards
 from hetmpi.context import PrepareHelpers, RunContext, prepare
+from hetmpi.fitblocks import fit_data
+from hetmpi.importance import ConsensusCheck, check_consensus, check_note
 from hetmpi.outdir import check_output_dir, prepare_output_dir, write_resolved_config
+from hetmpi.problem import pooled_arrays
 from hetmpi.records import ShardResult
 from hetmpi.results import write_json
 from hetmpi.sampling import ShardTask
@@ -47,22 +50,59 @@ def basin_check(task: ShardTask) -> BasinCheck:
 @dataclass(frozen=True)
 class Consensus:
     """The consensus of a run's shard results (sorted by index): the shards kept, a verdict
-    per shard, the draws ``u`` (chains, draws, d) and the same in parameter units."""
+    per shard, the draws ``u`` (chains, draws, d) and the same in parameter units; the
+    check of the combined draws against the exact posterior, and whether the draws are the
+    check's (``corrected``) instead."""
 
     results: tuple[ShardResult, ...]
     kept: tuple[ShardResult, ...]
     verdicts: tuple[ShardVerdict, ...]
     u: np.ndarray
     draws: dict[str, np.ndarray]
+    check: ConsensusCheck | None = None
+    corrected: bool = False
 
 
 def consensus_of(context: RunContext, results: Sequence[ShardResult]) -> Consensus:
-    """Select the shards and combine their draws (in u)."""
+    """Select the shards, combine their draws (in u) and check the combination against the
+    exact posterior; the ``importance`` method then draws the posterior from the check's
+    weighted proposals instead, where their weights can be trusted."""
     cfg = context.cfg
     ordered = sorted(results, key=lambda r: r.index)
     kept, verdicts = select_shards(ordered, cfg.consensus, basin_check(context.task))
-    u = combine_draws([r.draws for r in kept], cfg.consensus.method, seed=cfg.sampler.seed)
-    return Consensus(tuple(ordered), tuple(kept), tuple(verdicts), u, parameter_draws(context, u))
+    method = cfg.consensus.method
+    averaged = "consensus" if method == "importance" else method
+    u = combine_draws([r.draws for r in kept], averaged, seed=cfg.sampler.seed)
+    check = consensus_check(context, u, len(kept))
+    corrected = method == "importance" and check is not None and check.reliable
+    if check is not None:
+        note = check_note(check.as_dict(), corrected=corrected)
+        log.warning(note) if check.differs and not corrected else log.info(note)
+    if corrected:
+        u = check.resampled(u.shape[0], u.shape[1], cfg.sampler.seed)
+    return Consensus(
+        tuple(ordered), tuple(kept), tuple(verdicts), u, parameter_draws(context, u), check,
+        corrected,
+    )  # fmt: skip
+
+
+def consensus_check(context: RunContext, u: np.ndarray, shards: int) -> ConsensusCheck | None:
+    """The consensus draws ``u`` (chains, draws, d) of ``shards`` shards against the exact
+    posterior by importance sampling; None for an exact run, a single shard or
+    ``consensus.check_draws`` 0."""
+    cfg = context.cfg
+    if cfg.sampler.method == "exact" or shards < 2 or cfg.consensus.check_draws == 0:
+        return None
+    warm = context.task.warm
+    data = fit_data(pooled_arrays(context.points), cfg.mode_search.cheap_points)
+    return check_consensus(
+        warm.problem,
+        data,
+        u.reshape(-1, u.shape[-1]),
+        warm.covariance,
+        cfg.consensus.check_draws,
+        cfg.sampler.seed,
+    )
 
 
 def finalize(
@@ -81,7 +121,7 @@ def finalize(
     fit = report.posterior_mean_c2(context, found.draws)
     summary = report.build_summary(
         context, found.results, found.verdicts, found.draws, fit, executor=executor,
-        timings=timings,
+        timings=timings, check=found.check, corrected=found.corrected,
     )  # fmt: skip
     seconds = summary["run"]["timings"]
     seconds["consensus"] = combined - started

@@ -17,6 +17,7 @@ from hetmpi import __version__, diagnostics, plots
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
 from hetmpi.dataset import Dataset
 from hetmpi.fitcheck import fit_check_note, residual_checks
+from hetmpi.importance import ConsensusCheck, check_note
 from hetmpi.model.physics import c2_grid
 from hetmpi.model.posterior import PosteriorModel, ShardArrays
 from hetmpi.problem import Problem
@@ -89,10 +90,18 @@ def build_summary(
     *,
     executor: str,
     timings: dict[str, float],
+    check: ConsensusCheck | None = None,
+    corrected: bool = False,
 ) -> dict[str, Any]:
-    """The content of summary.json; ``fit`` (n_phi, N, N) is the posterior-mean model."""
+    """The content of summary.json; ``fit`` (n_phi, N, N) is the posterior-mean model,
+    ``check`` the consensus against the exact posterior (none for an exact run), whose
+    importance draws are the posterior where ``corrected``."""
     cfg = prepared.cfg
     parameters = diagnostics.summarize(draws, hdi_prob=cfg.output.hdi_prob)
+    if corrected:  # resampled draws repeat: the weights' ESS bounds every parameter's
+        for entry in parameters.values():
+            entry["ess_bulk"] = min(entry["ess_bulk"], check.ess)
+            entry["ess_tail"] = min(entry["ess_tail"], check.ess)
     truth = simulated_values(prepared.dataset.truth, prepared.points.sigma is None)
     for name, entry in parameters.items():
         if name in truth:
@@ -112,11 +121,13 @@ def build_summary(
     shapes = shard_shapes([r.draws for r in kept], kept[0].names)
     convergence["non_gaussian_shards"] = skewed(shapes)
     convergence["max_shard_r_hat"] = max(s["max_r_hat"] for s in included)
+    convergence["consensus_differs"] = [] if check is None or corrected else check.differs
     convergence["converged"] = bool(
         convergence["max_r_hat"] <= RHAT_LIMIT
         and convergence["max_shard_r_hat"] <= SHARD_RHAT_LIMIT
         and convergence["divergences"] == 0
         and convergence["min_bfmi"] >= BFMI_LIMIT
+        and not convergence["consensus_differs"]
     )
     sigma = float(draws["sigma"].mean()) if "sigma" in draws else warm.noise_sigma
     checks = residual_checks(prepared.points, fit, sigma, prepared.dataset.phi)
@@ -147,6 +158,7 @@ def build_summary(
             "timings": dict(timings),
         },
         "convergence": convergence,
+        "consensus_check": None if check is None else {**check.as_dict(), "corrected": corrected},
         "fit_check": checks,
         "parameters": parameters,
         "shard_shapes": shapes,
@@ -326,6 +338,9 @@ def format_table(summary: dict[str, Any]) -> str:
             f"{', '.join(c['non_gaussian_shards'])}: their consensus is approximate; fewer "
             "shards (more data each), tighter priors or fixing them makes it exact again"
         )
+    if summary.get("consensus_check"):
+        check = summary["consensus_check"]
+        lines.append(check_note(check, corrected=check["corrected"]))
     search = run["mode_search"]
     lines.append(basin_note(tuple(search["basins"]), search["starts"]))
     if sum(b["competing"] for b in search["basins"]) > 1:

@@ -43,16 +43,16 @@ def tiny_h5(tmp_path_factory: pytest.TempPathFactory, truth: dict) -> Path:
 def write_config(folder: Path, data: Path, **sections: dict) -> Path:
     """A small run config in ``folder``: 2 shards, 2 chains, few draws, f2 fixed, every
     shard kept in the consensus (30 + 30 draws on 12 frames may diverge often; these runs
-    test plumbing, and the exclusion rules have their own tests). Trees are cut at depth 5
-    and no chain is retried: tiny shards would otherwise run to depth 10 and retry nearly
-    every chain (a retry runs the chain again), which costs the suite minutes and tests
-    nothing more; tests of retries turn them back on."""
+    test plumbing, and the exclusion rules have their own tests), 400 importance draws.
+    Trees are cut at depth 5 and no chain is retried: tiny shards would otherwise run to
+    depth 10 and retry nearly every chain (a retry runs the chain again), which costs the
+    suite minutes and tests nothing more; tests of retries turn them back on."""
     cfg = {
         "data": {"path": str(data)},
         "model": {"parameters": {"f2": {"fixed": True}}},
         "sharding": {"num_shards": 2},
         "sampler": dict(TINY_SAMPLER),
-        "consensus": {"max_divergence_rate": 1.0},
+        "consensus": {"max_divergence_rate": 1.0, "check_draws": 400},
         "output": {"directory": str(folder / "out"), "plots": False},
     }
     for key, value in sections.items():

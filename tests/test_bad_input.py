@@ -82,6 +82,7 @@ CONFIG_CASES = [
     ("zero-shards", {"sharding": {"num_shards": 0}}, "sharding.num_shards"),
     ("bad-consensus", {"consensus": {"method": "median"}}, "consensus.method"),
     ("success-rate", {"consensus": {"min_success_rate": 1.5}}, "consensus.min_success_rate"),
+    ("importance-without-draws", {"consensus": {"check_draws": 0}}, "consensus.check_draws"),
     ("bad-executor", {"executor": {"name": "gpu-cluster"}}, "executor.name"),
     ("hdi-prob", {"output": {"hdi_prob": 1.0}}, "output.hdi_prob"),
     ("too-many-shards", {"sharding": {"num_shards": 100000}}, "sharding.num_shards"),

@@ -622,7 +622,8 @@ def test_unknown_parameter_suggestion_ignores_case() -> None:
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     (error,) = errors_of(with_data(consensus={"zzz": 1}))
     assert error == (
-        "consensus.zzz: unknown key; allowed keys are method, max_divergence_rate, min_success_rate"
+        "consensus.zzz: unknown key; allowed keys are method, max_divergence_rate, "
+        "min_success_rate, check_draws"
     )
 
 

@@ -76,6 +76,11 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     assert set(summary["parameters"]) >= {"D0_ref", "contrast[2]", "offset[0]", "sigma"}
     assert set(summary["shard_shapes"]) == set(summary["parameters"])
     assert set(summary["convergence"]["non_gaussian_shards"]) <= set(summary["parameters"])
+    check = summary["consensus_check"]  # the default method, importance
+    assert check["proposals"] == 400 and check["corrected"] == check["reliable"]
+    assert set(check["parameters"]) == set(summary["parameters"])
+    assert summary["convergence"]["consensus_differs"] == ([] if check["corrected"] else
+                                                           check["differs"])  # fmt: skip
     assert len(summary["shards"]) == 2
     assert all(s["status"] == "ok" for s in summary["shards"])
     for entry in summary["parameters"].values():
