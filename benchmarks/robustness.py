@@ -11,7 +11,9 @@ is fitted from the parameter table's defaults, as a user would. Per dataset it p
 mode search's best negative log posterior minus that of a BFGS started at the truth (target
 <= 0.5 nat), the basins found and the search's seconds; for the datasets listed in ``--runs``
 a full ``hetmpi run`` (K = 2 shards, 2 chains, 300 + 300, multiprocessing) and its max |z| of
-the truth over the sampled physics parameters (target <= 3.3), max R-hat and divergences.
+the truth over the sampled physics parameters (target <= 3.3), max R-hat, divergences, the
+consensus check (its k-hat and ESS, and whether the posterior became its importance draws)
+and the run's verdict.
 """
 
 from __future__ import annotations
@@ -132,7 +134,22 @@ def full_run(cfg_path: Path, out: Path, truth: dict) -> dict:
     }
     worst = max(z, key=lambda n: abs(z[n]))
     c = summary["convergence"]
+    check = summary["consensus_check"]
     return {
+        "check": "-"
+        if check is None
+        else (
+            f"k-hat {check['k_hat']:.2f}, ESS {check['ess']:.0f}, "
+            + (
+                "corrected"
+                if check["corrected"]
+                else "inconclusive"
+                if not check["reliable"]
+                else "checked"
+            )
+            + (f" (consensus differed in {len(check['differs'])})" if check["differs"] else "")
+        ),
+        "converged": c["converged"],
         "wall": time.perf_counter() - started,
         "labelling": labelling,
         "max_abs_z": abs(z[worst]),
@@ -189,7 +206,9 @@ def main() -> None:
                 line += (
                     f"  labelling {run['labelling']}: max|z| {run['max_abs_z']:.2f} "
                     f"({run['worst']}), R-hat {run['r_hat']:.3f}, divergences "
-                    f"{run['divergences']}, shards {run['shards']}, {run['wall']:.0f} s"
+                    f"{run['divergences']}, shards {run['shards']}, consensus check "
+                    f"{run['check']}, {'converged' if run['converged'] else 'NOT converged'}, "
+                    f"{run['wall']:.0f} s"
                 )
         print(line, flush=True)
     within = sum(g <= 0.5 for g in gaps)

@@ -111,11 +111,11 @@ def pareto_k_hat(log_weights: np.ndarray) -> float:
     """Shape of a generalised Pareto fitted to the largest importance ratios (the tail of
     min(n/5, 3 sqrt(n)) ratios above the next largest), by Zhang and Stephens' (2009)
     posterior-mean estimate, shrunk towards 0.5 as in PSIS; inf when the tail is flat."""
-    ratios = np.sort(np.exp(log_weights - np.max(log_weights)))
-    n = ratios.size
+    n = log_weights.size
     tail = min(math.ceil(0.2 * n), math.ceil(3.0 * math.sqrt(n)))
     if tail < 5 or n <= tail:
         return math.inf
+    ratios = np.sort(np.exp(log_weights - np.max(log_weights)))
     excess = ratios[-tail:] - ratios[-tail - 1]
     if excess[-1] <= 0.0:
         return math.inf
@@ -146,7 +146,8 @@ def student_t_draws(
 
 
 @partial(jax.jit, static_argnums=0)
-def _to_u(model: PosteriorModel, w: jax.Array, consts: ModelConstants) -> jax.Array:
+def u_rows(model: PosteriorModel, w: jax.Array, consts: ModelConstants) -> jax.Array:
+    """u (n, d) of each row of sampler coordinates ``w`` (n, d)."""
     return jax.vmap(lambda x: model.sampler_to_u(x, consts)[0])(w)
 
 
@@ -178,16 +179,19 @@ def check_consensus(
     log_p = np.array(
         [-negative_log_posterior(model, w, data, consts, sampler=True)[0] for w in proposals]
     )
-    log_weights = np.where(np.isfinite(log_p), log_p - log_q, -np.inf)
-    u = np.asarray(_to_u(model, jnp.asarray(proposals), consts))
+    finite = np.isfinite(log_p)
+    log_weights = np.where(finite, log_p - log_q, -np.inf)
+    u = np.asarray(u_rows(model, jnp.asarray(proposals), consts))
+    if not finite.any():  # no proposal where the posterior lives: nothing to weigh
+        log_weights = np.zeros(count)
     mean, sd = weighted_moments(model.to_values(u, consts), log_weights)
     consensus = model.to_values(consensus_u, consts)
     weights = scipy.special.softmax(log_weights)
     return ConsensusCheck(
         names=model.names,
         proposals=count,
-        ess=float(1.0 / np.sum(weights**2)),
-        k_hat=pareto_k_hat(log_weights[np.isfinite(log_weights)]),
+        ess=float(1.0 / np.sum(weights**2)) if finite.any() else 0.0,
+        k_hat=pareto_k_hat(log_weights[finite]),
         mean=mean,
         sd=sd,
         sd_ratio=consensus.std(axis=0, ddof=1) / sd,

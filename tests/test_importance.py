@@ -19,10 +19,10 @@ from hetmpi.context import RunContext, prepare
 from hetmpi.fitblocks import fit_data
 from hetmpi.importance import (
     ConsensusCheck,
-    _to_u,
     check_consensus,
     pareto_k_hat,
     student_t_draws,
+    u_rows,
     weighted_moments,
 )
 from hetmpi.problem import pooled_arrays
@@ -121,4 +121,4 @@ def test_the_check_passes_exact_draws_and_flags_narrow_ones(fitted: RunContext) 
 
 def _u(fitted: RunContext, w: np.ndarray) -> np.ndarray:
     problem = fitted.task.warm.problem
-    return np.asarray(_to_u(problem.model, jnp.asarray(w), problem.consts))
+    return np.asarray(u_rows(problem.model, jnp.asarray(w), problem.consts))
