@@ -132,7 +132,8 @@ def report_run(out_dir: Path) -> dict[str, Any]:
     plan and shard files, and its plots drawn again; summary.json and posterior.nc are left
     as the run wrote them. Returns the summary (timings: the run's)."""
     from hetmpi import report
-    from hetmpi.config import ConfigError, load_config
+    from hetmpi.config import ConfigError
+    from hetmpi.configfile import load_config
 
     if not (out_dir / "config.yaml").is_file():
         raise ConfigError(f"{out_dir}: no hetmpi run here (no config.yaml); give a run's folder")

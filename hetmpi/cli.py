@@ -62,7 +62,7 @@ def main() -> None:
 
 
 def _load(config_path: str, output: str | None) -> Any:
-    from hetmpi.config import load_config
+    from hetmpi.configfile import load_config
 
     cfg = load_config(config_path)
     if output is not None:

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hetmpi.config import Config, config_to_dict
+from hetmpi.config import Config
+from hetmpi.configfile import config_to_dict
 from hetmpi.dataset import Dataset
 from hetmpi.drawcounts import DrawCounts
 from hetmpi.errors import InputError

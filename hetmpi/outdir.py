@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hetmpi.config import Config, ConfigError, config_to_dict, load_config
+from hetmpi.config import Config, ConfigError
+from hetmpi.configfile import config_to_dict, load_config
 from hetmpi.errors import InputError
 from hetmpi.paths import path_problem
 from hetmpi.results import SHARD_DIR, write_yaml

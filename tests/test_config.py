@@ -25,10 +25,9 @@ from hetmpi.config import (
     SamplerConfig,
     ShardingConfig,
     config_from_dict,
-    config_to_dict,
     default_parameter,
-    load_config,
 )
+from hetmpi.configfile import config_to_dict, load_config
 from hetmpi.errors import InputError
 from hetmpi.model.parameters import DEFAULT_SPECS, PHYSICS_NAMES
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import shard_draws, write_config
 from test_parallel import _processes, _wait_for, env, hetmpi_command, needs_mpi, run
 
-from hetmpi.config import load_config
+from hetmpi.configfile import load_config
 from hetmpi.context import prepare
 from hetmpi.exact import (
     block_arrays,

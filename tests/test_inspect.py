@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from test_data import APS_PHI, APS_Q, symmetric_stack, write_aps, write_hetmpi
 
 from hetmpi.cli import main
-from hetmpi.config import load_config
+from hetmpi.configfile import load_config
 from hetmpi.datainfo import describe
 from hetmpi.errors import InputError
 from hetmpi.formats import load_dataset

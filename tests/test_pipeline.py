@@ -114,7 +114,7 @@ def test_posterior_file_serves_arviz(finished_run: Path, tiny_h5: Path) -> None:
     """posterior.nc follows ArviZ's conventions: its own functions run on it, per-angle
     parameters are one variable over the angles, every value is in parameter units, and the
     pointwise groups belong to the draws and points they are labelled with."""
-    from hetmpi.config import load_config
+    from hetmpi.configfile import load_config
     from hetmpi.formats import load_dataset
     from hetmpi.problem import build_problem
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import write_config
 
 from hetmpi import kernel, sampling
-from hetmpi.config import load_config
+from hetmpi.configfile import load_config
 from hetmpi.context import RunContext, outline, prepare
 from hetmpi.sampling import ShardTask
 

@@ -149,7 +149,8 @@ def _sweep_files(
     cfg: Config, config_path: Path, sc: SchedulerConfig, out_dir: Path
 ) -> tuple[list[SweepRun], dict[str, str]]:
     """Per-entry configs (base config with the entry's overrides), each checked in full."""
-    from hetmpi.config import ConfigError, config_from_dict, config_to_dict
+    from hetmpi.config import ConfigError, config_from_dict
+    from hetmpi.configfile import config_to_dict
 
     if not sc.sweep:
         raise InputError(
@@ -227,7 +228,7 @@ def prepare_submission(
 ) -> Submission:
     """Check everything, then render the scripts of one submission (nothing written yet,
     except by ``plan`` in array mode, which writes the shard plan and inputs to OUT)."""
-    from hetmpi.config import load_config
+    from hetmpi.configfile import load_config
 
     config_path = Path(config_path).expanduser().absolute()
     cfg = load_config(config_path)
