@@ -76,8 +76,8 @@ def consensus_of(context: RunContext, results: Sequence[ShardResult]) -> Consens
     check = consensus_check(context, u, len(kept))
     corrected = method == "importance" and check is not None and check.reliable
     if check is not None:
-        note = check_note(check.as_dict(), corrected=corrected)
-        log.warning(note) if check.differs and not corrected else log.info(note)
+        level = logging.WARNING if check.differs and not corrected else logging.INFO
+        log.log(level, check_note(check.as_dict(), corrected=corrected))
     if corrected:
         u = check.resampled(u.shape[0], u.shape[1], cfg.sampler.seed)
     return Consensus(
