@@ -1,18 +1,21 @@
 """Exact sampling (sampler.method: exact) over MPI ranks: speed-up, equal draws, projection.
 
-    python benchmarks/exact.py [--frames 1000] [--ranks 1,2] [--warmup 10] [--samples 10]
-                               [--blocks 64] [--workdir DIR]
+    python benchmarks/exact.py [--frames 1000] [--ranks 1,2] [--chains 1] [--warmup 10]
+                               [--samples 10] [--blocks 64] [--workdir DIR]
 
 Simulates the standard job (``--frames 1000``: the production job of
 shared/spec/reference_job.md, 1,998,000 points), then for each rank count R runs
 ``mpiexec -n R hetmpi run`` with ``method: exact``, one thread per rank (``--threads``: a
-single rank would otherwise use every core through XLA's threads), one chain, ``--warmup``
-+ ``--samples`` iterations (few: the figure is the time per leapfrog step, not a posterior),
-and prints
+single rank would otherwise use every core through XLA's threads), ``--chains`` chains,
+``--warmup`` + ``--samples`` iterations (few: the figure is the time per leapfrog step, not a
+posterior), and prints
 
-- wall time, sampling time, seconds per leapfrog step (kept draws: their sampling seconds
-  over their leapfrog steps), speed-up against the first rank count, peak RSS of the largest
-  process, and whether the draws equal the first run's bit for bit;
+- wall time, sampling time, seconds per leapfrog step (of the kept draws: their sampling
+  seconds over their leapfrog steps, the groups' seconds divided by the group count since
+  they run side by side), speed-up against the first entry, peak RSS of the largest process,
+  and whether the draws equal the first run's bit for bit. An entry ``R:G`` of ``--ranks``
+  runs R ranks with ``sampler.chain_groups: G`` (``R`` alone: the default grouping, one
+  group per chain where the rank count allows);
 - the collective alone: ``mpiexec -n R`` of this script's ``--collective`` mode times the
   Allgatherv + ordered sum of the partials (what every evaluation adds), and its share of a
   leapfrog step;
@@ -40,6 +43,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from reference_job import write_standard_job  # noqa: E402
+
+from hetmpi.executors.mpi_exact import chain_groups  # noqa: E402
 
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
 POINTS_23_ANGLES = 23 * 999 * 1000 // 2
@@ -71,25 +76,33 @@ def collective_seconds(blocks: int, width: int, calls: int) -> float:
     return (time.perf_counter() - began) / calls
 
 
-def run_exact(work: Path, ranks: int) -> dict:
-    out = work / f"out{ranks}"
+def run_exact(work: Path, entry: str, chains: int) -> dict:
+    """``mpiexec -n R hetmpi run`` of WORK/cfg.yaml for an entry "R" or "R:G" (G chain groups)."""
+    ranks, _, requested = entry.partition(":")
+    config = yaml.safe_load((work / "cfg.yaml").read_text())
+    config["sampler"]["chain_groups"] = int(requested) if requested else None
+    name = f"cfg_{entry.replace(':', '_')}.yaml"
+    (work / name).write_text(yaml.safe_dump(config, sort_keys=False))
+    out = work / f"out{entry.replace(':', '_')}"
     began = time.perf_counter()
-    command = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "hetmpi", "run", "cfg.yaml",
-               "-o", str(out)]  # fmt: skip
+    command = [MPIEXEC, "-n", ranks, sys.executable, "-m", "hetmpi", "run", name, "-o", str(out)]
     proc = subprocess.run(
         [sys.executable, "-c", PEAK_RSS, *command], cwd=work, capture_output=True, text=True
     )
     wall = time.perf_counter() - began
     if proc.returncode != 0:
-        raise SystemExit(f"{ranks} ranks failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{entry} failed:\n{proc.stderr[-3000:]}")
     peak_kb = int(proc.stdout.split()[-1])
     summary = json.loads((out / "summary.json").read_text())
+    groups = chain_groups(chains, int(ranks), int(requested) if requested else None)
     with h5py.File(out / "shards" / "shard_0000.h5") as f:
         draws = f["draws"][()]
         steps = float(f["stats"]["num_steps"][()].sum())
-        sample_seconds = float(f.attrs["sample_seconds"])
+        sample_seconds = float(f.attrs["sample_seconds"]) / groups
     return {
-        "ranks": ranks,
+        "entry": entry,
+        "ranks": int(ranks),
+        "groups": groups,
         "wall": wall,
         "warm_start": summary["run"]["timings"]["warm_start"],
         "sampling": summary["run"]["timings"]["sampling"],
@@ -148,7 +161,8 @@ def project(runs: list[dict], collective: dict[int, float], args: argparse.Names
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=1000)
-    parser.add_argument("--ranks", default="1,2")
+    parser.add_argument("--ranks", default="1,2", help="entries R or R:G (G chain groups)")
+    parser.add_argument("--chains", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--blocks", type=int, default=64)
@@ -175,30 +189,32 @@ def main() -> None:
     config = yaml.safe_load(cfg_path.read_text())
     config["sharding"].pop("num_shards", None)
     config["sampler"].update(
-        method="exact", likelihood_blocks=args.blocks, num_chains=1, adaptive=False,
+        method="exact", likelihood_blocks=args.blocks, num_chains=args.chains, adaptive=False,
         num_warmup=args.warmup, num_samples=args.samples, max_retries=0,
     )  # fmt: skip
     config["executor"] = {**config.get("executor", {}), "threads_per_process": args.threads}
     cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    runs = [run_exact(work, int(r)) for r in args.ranks.split(",")]
+    runs = [run_exact(work, entry, args.chains) for entry in args.ranks.split(",")]
     width = 1 + runs[0]["draws"].shape[-1]
-    collective = {run["ranks"]: measured_collective(run["ranks"], args.blocks, width)
-                  for run in runs}  # fmt: skip
+    sizes = {run["ranks"] // run["groups"] for run in runs}  # the ranks of one collective
+    collective = {size: measured_collective(size, args.blocks, width) for size in sizes}
     base = runs[0]
-    print(f"exact sampling, {base['points']} points, {args.blocks} blocks, 1 chain, "
+    print(f"exact sampling, {base['points']} points, {args.blocks} blocks, {args.chains} chain(s), "
           f"{args.warmup} + {args.samples} iterations, {args.threads} thread(s) per rank "
           f"({work})")  # fmt: skip
-    print(f"{'ranks':>6}{'wall s':>9}{'warm s':>9}{'sampling s':>12}{'step ms':>10}"
+    print(f"{'ranks':>6}{'groups':>7}{'wall s':>9}{'warm s':>9}{'sampling s':>12}{'step ms':>10}"
           f"{'speed-up':>10}{'collective':>12}{'peak RSS GB':>13}  draws equal")  # fmt: skip
     for run in runs:
-        share = collective[run["ranks"]] / run["step"]
+        # a group's own step takes `groups` x the run's step; the collective spans one group
+        share = collective[run["ranks"] // run["groups"]] / (run["step"] * run["groups"])
         equal = np.array_equal(run["draws"], base["draws"])
-        print(f"{run['ranks']:>6}{run['wall']:>9.1f}{run['warm_start']:>9.1f}"
+        print(f"{run['ranks']:>6}{run['groups']:>7}{run['wall']:>9.1f}{run['warm_start']:>9.1f}"
               f"{run['sampling']:>12.1f}{run['step'] * 1e3:>10.3f}"
               f"{base['step'] / run['step']:>10.2f}{share:>12.1%}{run['rss_gb']:>13.2f}"
               f"  {equal}")  # fmt: skip
-    if len(runs) >= 2:
-        project(runs, collective, args)
+    in_step = [run for run in runs if run["groups"] == 1]
+    if len(in_step) >= 2:
+        project(in_step, collective, args)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Checkpoints inside the sampling of an exact run, so that --resume continues a killed job.
 
 An exact run samples one shard (all the data) for a long time, so a chain block's progress is
-kept after every chunk of iterations: OUT/shards/shard_NNNN_state.h5 holds the NUTS states
+kept after every chunk of iterations: OUT/shards/shard_NNNN_state_C.h5 (C the block's chains,
+joined by "-") holds the NUTS states
 (every leaf of the pytree), the draws and statistics of the chunks kept so far, the attempt,
 its target acceptance and the seconds spent. A finished chain block is kept as the shard's
 chain file (``results.save_shard_result(part=True)``). On --resume the sampler takes finished
 blocks from their files and continues an unfinished one from its last chunk; the draws equal
 those of a run never interrupted, since the states are restored bit for bit.
 
-Only one process reads and writes the files; under MPI the others receive what it read
-(``share``), so every rank resumes from the same state.
+Each block has its own files, so rank groups sampling different chains at once keep theirs
+side by side, and a run resumes on any rank count. Only one process of a group reads and
+writes them; under MPI the others receive what it read (``share``), so every rank resumes
+from the same state.
 """
 
 from __future__ import annotations
@@ -67,7 +70,6 @@ class StateFiles:
     ) -> None:
         self.out_dir, self.index, self.run_id = out_dir, index, run_id
         self.writer, self.share = writer, share
-        self.path = out_dir / SHARD_DIR / f"shard_{index:04d}_state.h5"
 
     def load(self, chains: tuple[int, ...]) -> Found:
         """The finished result or the progress of the block ``chains`` (None: start it)."""
@@ -81,7 +83,7 @@ class StateFiles:
                 result = load_shard_result(part)
                 if result.extra.get("run_id") == self.run_id and result.status == "ok":
                     return result
-            with h5py.File(self.path, "r") as f:
+            with h5py.File(self._state_path(chains), "r") as f:
                 attrs = f.attrs
                 if (
                     attrs.get("hetmpi_state_format") != STATE_FORMAT
@@ -104,7 +106,7 @@ class StateFiles:
     def save_progress(self, chains: tuple[int, ...], progress: Progress) -> None:
         if not self.writer:
             return
-        with atomic_path(self.path) as tmp, h5py.File(tmp, "w") as f:
+        with atomic_path(self._state_path(chains)) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["hetmpi_state_format"] = STATE_FORMAT
             f.attrs["run_id"] = self.run_id
             f.attrs["chains"] = json.dumps(list(chains))
@@ -125,7 +127,11 @@ class StateFiles:
         if not self.writer:
             return
         save_shard_result(self.out_dir, result, part=True)
-        self.path.unlink(missing_ok=True)
+        self._state_path(result.chains).unlink(missing_ok=True)
+
+    def _state_path(self, chains: tuple[int, ...]) -> Path:
+        block = "-".join(map(str, chains))
+        return self.out_dir / SHARD_DIR / f"shard_{self.index:04d}_state_{block}.h5"
 
     def clear(self) -> None:
         """The shard is done (its shard file written): drop its chain and progress files,
@@ -134,6 +140,6 @@ class StateFiles:
             return
         folder = self.out_dir / SHARD_DIR
         prefix = f"shard_{self.index:04d}"
-        for pattern in (f"{prefix}_state.h5", f"{prefix}_chains_*.h5", f".{prefix}[._]*.tmp"):
+        for pattern in (f"{prefix}_state_*.h5", f"{prefix}_chains_*.h5", f".{prefix}[._]*.tmp"):
             for path in folder.glob(pattern):
                 path.unlink(missing_ok=True)

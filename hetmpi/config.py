@@ -166,6 +166,7 @@ class SamplerConfig:
     progress_bar: bool = True
     method: str = "consensus"  # consensus: K shards combined; exact: the full data as one
     likelihood_blocks: int = 64  # exact: global blocks the likelihood is summed over
+    chain_groups: int | None = None  # exact over MPI: rank groups sampling chains side by side
 
 
 @dataclass(frozen=True)
@@ -367,6 +368,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
         "progress_bar": v.Bool(),
         "method": v.Choice(SAMPLING_METHODS),
         "likelihood_blocks": v.Int(low=1),
+        "chain_groups": v.Int(low=1, auto=True),
     },
     "mode_search": {
         "starts": v.Int(low=0),

@@ -8,7 +8,7 @@ out/
                         names (JSON) and the run's settings
   shards/shard_0007_chains_1.h5  while a run deals a shard's chains to different MPI ranks,
                         or an exact run finishes a chain (merged into shard_0007.h5 at the end)
-  shards/shard_0000_state.h5  an exact run's sampler state after its last chunk of iterations
+  shards/shard_0000_state_1.h5  an exact run's sampler state of chain 1 after its last chunk
                         (hetmpi.checkpoint; removed once the shard file is written)
   posterior.nc          ArviZ InferenceData, NetCDF (see hetmpi.inference_data)
   summary.json          per-parameter summary, shard table, timings

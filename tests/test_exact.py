@@ -1,5 +1,6 @@
 """Exact sampling (sampler.method: exact): the likelihood summed over fixed global blocks, the
-same draws bit for bit on one process and on 2 or 3 MPI ranks (real mpiexec)."""
+same draws bit for bit on one process and on 2, 3 or 4 MPI ranks (real mpiexec), whether the
+ranks sample the chains in groups or all in step."""
 
 from __future__ import annotations
 
@@ -92,8 +93,14 @@ def cpu_exact(folder: Path) -> Path:
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_mpi_ranks_draw_what_one_process_draws(folder: Path, cpu_exact: Path, ranks: int) -> None:
+@pytest.mark.parametrize(("ranks", "layout"), [
+    (2, "2 chain(s) in 2 group(s) of 1 MPI rank(s)"),  # a chain per rank, no collective
+    (3, "2 chain(s) in 1 group(s) of 3 MPI rank(s)"),  # every rank runs both chains in step
+    (4, "2 chain(s) in 2 group(s) of 2 MPI rank(s)"),
+])  # fmt: skip
+def test_mpi_ranks_draw_what_one_process_draws(
+    folder: Path, cpu_exact: Path, ranks: int, layout: str
+) -> None:
     out = folder / f"mpi{ranks}"
     proc = run("run", "cfg.yaml", "-o", str(out), cwd=folder, ranks=ranks)
     assert proc.returncode == 0, proc.stderr
@@ -101,8 +108,10 @@ def test_mpi_ranks_draw_what_one_process_draws(folder: Path, cpu_exact: Path, ra
     assert list(got) == [0]
     np.testing.assert_array_equal(got[0], expected[0])
     assert f"executor mpi ({ranks} MPI ranks)" in proc.stderr
+    assert f"exact sampling: {layout}, 8 likelihood blocks" in proc.stderr
     spread = f"full-data fits: 2 blocks of 99 points spread over {ranks} MPI ranks"
-    assert (spread in proc.stderr) == (ranks == 3)
+    assert (spread in proc.stderr) == (ranks > 2)
+    assert sorted(path.name for path in (out / "shards").iterdir()) == ["shard_0000.h5"]
 
 
 def _killed_then_resumed(folder: Path, out: Path, ranks: int | None) -> None:
@@ -116,8 +125,8 @@ def _killed_then_resumed(folder: Path, out: Path, ranks: int | None) -> None:
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        progress = ("shard_0000_state.h5", "shard_0000_chains_0.h5")
-        _wait_for(lambda: any((out / "shards" / name).exists() for name in progress), 600)
+        progress = ("shard_0000_state_*.h5", "shard_0000_chains_*.h5")
+        _wait_for(lambda: any(any((out / "shards").glob(name)) for name in progress), 600)
         if ranks is None:
             victim = proc.pid
         else:

@@ -149,7 +149,8 @@ def follow(comm: MPI.Comm, notes: MPI.Comm) -> None:
             if header.length:  # 0: --resume found the run's shard done
                 from hetmpi.executors.mpi_exact import sample_exact
 
-                sample_exact(comm, header, None)
+                if (chains := sample_exact(comm, header, None)) is not None:
+                    results.append((chains, False))
         else:
             _sample_dealt_units(notes, header, results)
     idle_barrier(comm)  # until every rank has sampled
@@ -265,24 +266,28 @@ class MpiExecutor:
     def _run_exact(
         self, shards: Sequence[Shard], header: RunHeader, report: Report
     ) -> list[ShardResult]:
-        """Every rank samples the full data in step (``mpi_exact``); rank 0 saves the result."""
-        from hetmpi.executors.mpi_exact import sample_exact
+        """Every rank samples the full data, in groups of ranks that share out the chains
+        (``mpi_exact``); rank 0 merges the groups' chains and saves the result."""
+        from hetmpi.executors.mpi_exact import finish_exact, sample_exact
         from hetmpi.kernel import compile_monitor
         from hetmpi.records import ShardNote
 
         results: list[tuple[ShardResult, bool]] = []
         with compile_monitor() as compiles:
             if shards:  # empty when --resume found the run's shard done
-                result = sample_exact(self.comm, header, shards[0])
-                report(ShardNote.of(result))
-                results.append((result, False))
+                chains = sample_exact(self.comm, header, shards[0])
+                results.append((chains, False))
         idle_barrier(self.comm)
         everything, compiled = gather_results(self.comm, results, compiles)
         self.timings = {
             "compiles_per_process": [count for count, _ in compiled],
             "compile_seconds_per_process": [seconds for _, seconds in compiled],
         }
-        return [result for result, _ in everything]
+        if not everything:
+            return []
+        result = finish_exact([chains for chains, _ in everything], header.task)
+        report(ShardNote.of(result))
+        return [result]
 
     def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
         from hetmpi.kernel import chain_blocks, compile_monitor
