@@ -42,6 +42,8 @@ from hetmpi.model.posterior import (
 )
 
 LOCAL_BLOCKS = 8  # the most blocks of a fit's data in a consensus run
+BATCH_POINTS = 2**20  # proposals x block points of one batched evaluation (bounds its memory)
+MAX_BATCH = 64
 _PADDING = {"c2": 0.0, "i1": 0, "i2": 1, "angle": 0, "weight": 0.0, "sigma": 1.0}
 _NUM_PHYSICS = len(PHYSICS_NAMES)
 
@@ -224,6 +226,50 @@ def negative_log_posterior(
         total = data.spread.total(vector, block_rows(vector, data.blocks[start:stop], geometry))
     gradient = _head_gradient(model, x, consts, sampler, jnp.asarray(total[1:]))
     return -(float(rest) + float(total[0])), -np.asarray(gradient)
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _heads(
+    model: PosteriorModel, xs: jax.Array, consts: ModelConstants, sampler: bool
+) -> tuple[jax.Array, jax.Array]:
+    return jax.vmap(lambda x: _parts(model, x, consts, sampler))(xs)
+
+
+@jax.jit
+def _block_values(vectors: jax.Array, block: ShardArrays, geometry: Geometry) -> jax.Array:
+    return jax.vmap(_log_likelihood, in_axes=(0, None, None))(vectors, block, geometry)
+
+
+def batch_size(data: FitData) -> int:
+    """Points evaluated together by ``log_posterior_values``: as many as fit ``BATCH_POINTS``
+    with one block, at most ``MAX_BATCH``."""
+    return max(1, min(MAX_BATCH, BATCH_POINTS // data.block_length))
+
+
+def log_posterior_values(
+    model: PosteriorModel,
+    xs: np.ndarray,
+    data: FitData,
+    consts: ModelConstants,
+    *,
+    sampler: bool = False,
+) -> np.ndarray:
+    """The full-data log posterior, prior untempered, at every row of ``xs`` (n, d) in u (or
+    in w when ``sampler``): values only, ``batch_size`` rows at once (one compile for any
+    n); every block of ``data`` held here."""
+    if data.spread is not None:
+        raise ValueError("log_posterior_values needs every block of the data in this process")
+    n = xs.shape[0]
+    batch = batch_size(data)
+    padded = np.concatenate([xs, np.repeat(xs[-1:], -n % batch, axis=0)]) if n else xs
+    geometry = geometry_of(consts)
+    values = []
+    for start in range(0, padded.shape[0], batch):
+        chunk = jnp.asarray(padded[start : start + batch], dtype=jnp.float64)
+        vectors, rest = _heads(model, chunk, consts, sampler)
+        rows = np.stack([np.asarray(_block_values(vectors, b, geometry)) for b in data.blocks])
+        values.append(np.asarray(rest) + ordered_sum(rows))
+    return np.concatenate(values)[:n] if values else np.zeros(0)
 
 
 def scaled_values(model: PosteriorModel, u: np.ndarray, consts: ModelConstants) -> np.ndarray:

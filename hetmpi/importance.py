@@ -1,8 +1,9 @@
 """How far the consensus lies from the exact posterior, by importance sampling.
 
 The product of the K tempered shard densities is the full-data posterior exactly, and its
-log density is known (``fitblocks.negative_log_posterior`` in the sampler's coordinates w),
-so draws from any proposal can be weighed against it. The proposal is a multivariate t (10
+log density is known (``fitblocks.log_posterior_values`` in the sampler's coordinates w,
+values only, a batch of proposals per evaluation), so draws from any proposal can be weighed
+against it. The proposal is a multivariate t (10
 degrees of freedom) centred at the consensus mean in w, with 1.2^2 times the full-data
 Laplace covariance as its scale: the width the full data give, since the consensus itself
 can be too narrow and a proposal narrower than its target gives unreliable weights. The
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.special
 
-from hetmpi.fitblocks import FitData, negative_log_posterior
+from hetmpi.fitblocks import FitData, log_posterior_values
 from hetmpi.model.posterior import ModelConstants, PosteriorModel
 from hetmpi.problem import Problem
 
@@ -176,9 +177,7 @@ def check_consensus(
     proposals, log_q = student_t_draws(
         consensus_w.mean(axis=0), PROPOSAL_SCALE**2 * laplace_w, count, rng
     )
-    log_p = np.array(
-        [-negative_log_posterior(model, w, data, consts, sampler=True)[0] for w in proposals]
-    )
+    log_p = log_posterior_values(model, proposals, data, consts, sampler=True)
     finite = np.isfinite(log_p)
     log_weights = np.where(finite, log_p - log_q, -np.inf)
     u = np.asarray(u_rows(model, jnp.asarray(proposals), consts))

@@ -16,7 +16,7 @@ import yaml
 
 from hetmpi.config import config_from_dict
 from hetmpi.context import RunContext, prepare
-from hetmpi.fitblocks import fit_data
+from hetmpi.fitblocks import batch_size, fit_data, log_posterior_values, negative_log_posterior
 from hetmpi.importance import (
     ConsensusCheck,
     check_consensus,
@@ -96,6 +96,26 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
     raw["data"]["path"] = str(folder / "data.h5")
     raw["output"] = {"directory": str(folder / "out")}
     return prepare(config_from_dict(raw, folder))
+
+
+@pytest.mark.parametrize("count", [1, 7, 130])
+def test_batched_values_are_the_log_posterior(fitted: RunContext, count: int) -> None:
+    """The check's batched, value-only evaluation equals the fits' one point at a time, in u
+    and in w, whatever the count's remainder against the batch (130 = 2 x 64 + 2)."""
+    warm = fitted.task.warm
+    problem = warm.problem
+    data = fit_data(pooled_arrays(fitted.points), fitted.cfg.mode_search.cheap_points)
+    assert batch_size(data) == 64
+    rng = np.random.default_rng(count)
+    w = rng.multivariate_normal(warm.sampler_center, 4.0 * warm.covariance, size=count)
+    for x, sampler in ((w, True), (_u(fitted, w), False)):
+        got = log_posterior_values(problem.model, x, data, problem.consts, sampler=sampler)
+        one_by_one = [
+            -negative_log_posterior(problem.model, row, data, problem.consts, sampler=sampler)[0]
+            for row in x
+        ]
+        assert got.shape == (count,)
+        np.testing.assert_allclose(got, one_by_one, rtol=1e-12, atol=0)
 
 
 def test_the_check_passes_exact_draws_and_flags_narrow_ones(fitted: RunContext) -> None:
