@@ -158,7 +158,7 @@ class SamplerConfig:
     max_tree_depth: int = 10
     dense_mass: bool = True
     whiten: bool = True
-    retry_divergence_rate: float = 0.05
+    retry_divergence_rate: float = 0.0
     retry_target_accept: float = 0.95
     max_retries: int = 1
     chain_method: str = "sequential"
