@@ -99,7 +99,7 @@ def consensus_check(context: RunContext, u: np.ndarray, shards: int) -> Consensu
         warm.problem,
         data,
         u.reshape(-1, u.shape[-1]),
-        warm.covariance,
+        (warm.sampler_center, warm.covariance),
         cfg.consensus.check_draws,
         cfg.sampler.seed,
     )

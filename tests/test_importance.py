@@ -47,15 +47,18 @@ def test_pareto_k_hat_equals_psis_of_arviz(log_weights: np.ndarray) -> None:
     assert pareto_k_hat(log_weights) == pytest.approx(float(expected), rel=1e-9, abs=1e-12)
 
 
-def test_importance_moments_of_a_known_gaussian() -> None:
-    """A t proposal off centre and too wide for a correlated Gaussian target: the weighted
-    mean and sd land within 4 Monte Carlo errors (from the weights' ESS) of the truth."""
+@pytest.mark.parametrize("shifts", [[0.5], [0.5, -1.0]])
+def test_importance_moments_of_a_known_gaussian(shifts: list[float]) -> None:
+    """A t proposal (or an equal mixture of two) off centre and too wide for a correlated
+    Gaussian target: the weighted mean and sd land within 4 Monte Carlo errors (from the
+    weights' ESS) of the truth."""
     rng = np.random.default_rng(7)
     mean = np.array([1.0, -2.0, 0.5])
     sd = np.array([0.5, 2.0, 1.0])
     corr = np.array([[1.0, 0.8, 0.0], [0.8, 1.0, -0.3], [0.0, -0.3, 1.0]])
     target = scipy.stats.multivariate_normal(mean, corr * np.outer(sd, sd))
-    draws, log_q = student_t_draws(mean + 0.5 * sd, 1.44 * target.cov, 4000, rng)
+    centers = [mean + shift * sd for shift in shifts]
+    draws, log_q = student_t_draws(centers, 1.44 * target.cov, 4000, rng)
     log_weights = target.logpdf(draws) - log_q
     weights = np.exp(log_weights - log_weights.max())
     ess = weights.sum() ** 2 / np.sum(weights**2)
@@ -127,14 +130,15 @@ def test_the_check_passes_exact_draws_and_flags_narrow_ones(fitted: RunContext) 
     data = fit_data(pooled_arrays(fitted.points), fitted.cfg.mode_search.cheap_points)
     rng = np.random.default_rng(0)
     laplace = rng.multivariate_normal(warm.sampler_center, warm.covariance, size=600)
-    first = check_consensus(problem, data, _u(fitted, laplace), warm.covariance, 2000, 0)
+    laplace_fit = (warm.sampler_center, warm.covariance)
+    first = check_consensus(problem, data, _u(fitted, laplace), laplace_fit, 2000, 0)
     assert first.reliable, (first.k_hat, first.ess)
     exact_u = first.resampled(2, 300, seed=1).reshape(600, -1)
-    exact = check_consensus(problem, data, exact_u, warm.covariance, 2000, 1)
+    exact = check_consensus(problem, data, exact_u, laplace_fit, 2000, 1)
     assert exact.reliable and exact.differs == [], (exact.sd_ratio, exact.mean_shift)
     w = np.stack([problem.model.u_to_sampler(u, problem.consts) for u in exact_u])
     narrow_u = _u(fitted, w.mean(axis=0) + 0.6 * (w - w.mean(axis=0)))
-    narrow = check_consensus(problem, data, narrow_u, warm.covariance, 2000, 1)
+    narrow = check_consensus(problem, data, narrow_u, laplace_fit, 2000, 1)
     assert narrow.differs == list(problem.model.names)
     np.testing.assert_array_less(np.abs(narrow.sd_ratio - 0.6), 0.15)
 
