@@ -23,7 +23,7 @@ from hetmpi.importance import ConsensusCheck, check_consensus, check_note
 from hetmpi.outdir import check_output_dir, prepare_output_dir, write_resolved_config
 from hetmpi.problem import pooled_arrays
 from hetmpi.records import ShardResult
-from hetmpi.results import write_json
+from hetmpi.results import shard_path, write_json
 from hetmpi.sampling import ShardTask
 from hetmpi.text import counted
 
@@ -246,6 +246,15 @@ def _run(
         merge_chain_files(out_dir, reusable)
         done = load_valid_shards(out_dir, reusable)
         log.info("resume: %d of %s already done", len(done), counted(task.num_shards, "shard"))
+        stale = [
+            k for k in range(task.num_shards) if k not in done and shard_path(out_dir, k).exists()
+        ]
+        if stale:
+            log.warning(
+                "resume: %s of another config, data or hetmpi version (or failed) will be "
+                "sampled again: %s",
+                counted(len(stale), "shard file"), ", ".join(map(str, stale)),
+            )  # fmt: skip
     todo = [s for s in context.plan.shards if s.index not in done]
     progress = ShardProgress(
         task.num_shards, already_done=len(done), enabled=cfg.sampler.progress_bar

@@ -228,10 +228,15 @@ def test_resume_reuses_shards_and_gives_the_same_posterior(finished_run: Path) -
     kept = out / "shards" / "shard_0000.h5"
     with h5py.File(kept) as f:
         kept_draws = f["draws"][()]
-    (out / "shards" / "shard_0001.h5").unlink()
+    with h5py.File(out / "shards" / "shard_0001.h5", "r+") as f:  # as if another config's
+        extra = json.loads(f.attrs["extra"])
+        f.attrs["extra"] = json.dumps(extra | {"run_id": "another run"})
     proc = hetmpi("run", "cfg.yaml", "--resume", cwd=finished_run)
     assert proc.returncode == 0, proc.stderr
     assert "1 of 2 shards already done" in proc.stderr
+    assert "1 shard file of another config, data or hetmpi version (or failed) will be " in (
+        proc.stderr
+    )
     with h5py.File(kept) as f:
         np.testing.assert_array_equal(f["draws"][()], kept_draws)
     after = read_posterior(out / "posterior.nc")
