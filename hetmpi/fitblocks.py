@@ -197,12 +197,14 @@ def _block_prediction(vector: jax.Array, block: ShardArrays, geometry: Geometry)
 
 
 def block_rows(
-    vector: np.ndarray, blocks: tuple[ShardArrays, ...], geometry: Geometry
+    vector: np.ndarray | jax.Array, blocks: tuple[ShardArrays, ...], geometry: Geometry
 ) -> np.ndarray:
-    """(value, gradient in ``vector``) of each block's log likelihood: (n_blocks, 1 + width)."""
-    vector = jnp.asarray(vector, dtype=jnp.float64)
-    rows = [np.asarray(_block_row(vector, block, geometry)) for block in blocks]
-    return np.stack(rows) if rows else np.empty((0, 1 + vector.shape[0]))
+    """(value, gradient in ``vector``) of each block's log likelihood: (n_blocks, 1 + width);
+    every block's program is dispatched before the first row is read."""
+    rows = [_block_row(vector, block, geometry) for block in blocks]
+    if not rows:
+        return np.empty((0, 1 + vector.shape[0]))
+    return np.stack([np.asarray(row) for row in rows])
 
 
 def negative_log_posterior(
@@ -215,16 +217,16 @@ def negative_log_posterior(
 ) -> tuple[float, np.ndarray]:
     """(value, gradient in x) of minus the full-data log posterior, prior untempered, at x
     in u (or in the sampler's coordinates w when ``sampler``)."""
-    x = jnp.asarray(x, dtype=jnp.float64)
+    x = np.asarray(x, dtype=np.float64)
     vector, rest = _head(model, x, consts, sampler)
-    vector = np.asarray(vector)
     geometry = geometry_of(consts)
     if data.spread is None:
         total = ordered_sum(block_rows(vector, data.blocks, geometry))
     else:
         start, stop = data.spread.own
-        total = data.spread.total(vector, block_rows(vector, data.blocks[start:stop], geometry))
-    gradient = _head_gradient(model, x, consts, sampler, jnp.asarray(total[1:]))
+        own_rows = block_rows(vector, data.blocks[start:stop], geometry)
+        total = data.spread.total(np.asarray(vector), own_rows)
+    gradient = _head_gradient(model, x, consts, sampler, total[1:])
     return -(float(rest) + float(total[0])), -np.asarray(gradient)
 
 
