@@ -230,6 +230,14 @@ def negative_log_posterior(
     return -(float(rest) + float(total[0])), -np.asarray(gradient)
 
 
+def compile_head(model: PosteriorModel, consts: ModelConstants, sampler: bool) -> None:
+    """Build the head and its gradient of ``model`` (what ``negative_log_posterior`` runs
+    besides the blocks) for constants shaped like ``consts``, without using their values."""
+    x = np.zeros(model.dim)
+    vector, _ = _head(model, x, consts, sampler)
+    _head_gradient(model, x, consts, sampler, np.zeros(vector.shape[0])).block_until_ready()
+
+
 @partial(jax.jit, static_argnums=(0, 3))
 def _heads(
     model: PosteriorModel, xs: jax.Array, consts: ModelConstants, sampler: bool

@@ -11,7 +11,9 @@ tells how much the data inform each parameter (``WarmStart.prior_sd_ratio``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
@@ -27,6 +29,7 @@ from hetmpi.fitblocks import (
     LOCAL_BLOCKS,
     FitData,
     Spreader,
+    compile_head,
     fit_data,
     held_here,
     negative_log_posterior,
@@ -425,8 +428,32 @@ def fit_warm_start(
     in at most ``max_blocks`` blocks (``fit_block_limit``)."""
     started = time.perf_counter()
     data = fit_data(pooled_arrays(points), settings.cheap_points, max_blocks)
+    ahead = compile_ahead(cfg, dataset)
     basins = find_basins(cfg, dataset, points, data, settings, map_fn)
+    ahead.join()
     return warm_start_at(basins, cfg, dataset, data, num_shards, settings, started)
+
+
+def compile_ahead(cfg: ModelConfig, dataset: Dataset) -> threading.Thread:
+    """Start building, on a thread, the sampling model's programs that the warm start runs
+    after the mode search (the Laplace step's head and its gradient, the coordinates'
+    Jacobians). The search keeps one core busy with BFGS on the fit model and XLA compiles
+    without Python's lock, so they are ready when the search ends; join the thread before
+    ``warm_start_at``."""
+    problem = build_problem(
+        cfg, dataset, per_angle_mode=cfg.per_angle_mode, sample_sigma=cfg.noise.sample, sigma=1.0
+    )
+
+    def build() -> None:
+        model, consts = problem.model, problem.consts
+        # a failure here shows again, with its message, where the warm start runs them
+        with contextlib.suppress(Exception):
+            compile_head(model, consts, model.sampler_map_on(consts))
+            model.u_jacobian(np.zeros(model.dim), consts)
+
+    thread = threading.Thread(target=build, name="hetmpi-compile-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 def warm_start_at(

@@ -11,9 +11,10 @@ import pytest
 from hetmpi.config import ModelConfig, ModeSearchConfig, config_from_dict
 from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
-from hetmpi.fitblocks import fit_data
+from hetmpi.fitblocks import _head, _head_gradient, fit_data
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2
+from hetmpi.model.posterior import _jacobians
 from hetmpi.modesearch import difference_hessian, label_swapped, local_optimum, swap_labels
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import pool_points
@@ -21,6 +22,7 @@ from hetmpi.simulate import simulate_dataset
 from hetmpi.warmstart import (
     PRIOR_DOMINATED,
     WarmStart,
+    compile_ahead,
     fit_warm_start,
     growth_detected,
     laplace_covariance,
@@ -274,3 +276,24 @@ def test_noise_of_data_with_a_per_point_sd_is_the_factor_on_it(truth: dict) -> N
     points = pool_points(noisy).size  # 2 x 406: the estimates' sd is about 1/sqrt(2 x 812)
     assert abs(warm.noise_sigma - 1.0) < 5 / np.sqrt(2 * points)
     assert abs(warm.reduced_chi2 - 1.0) < 5 * np.sqrt(2 / points)
+
+
+@pytest.mark.parametrize("sample_noise", [False, True])
+def test_compile_ahead_builds_what_the_laplace_step_runs(
+    dataset: Dataset, sample_noise: bool
+) -> None:
+    """The programs built on the thread are the ones the warm start then runs on the
+    sampling problem (its noise sd and scaling known only after the search): running them
+    builds nothing new."""
+    cfg = _model_config({"f2": {"fixed": True}}, noise={"sigma": None, "sample": sample_noise})
+    compile_ahead(cfg, dataset).join()
+    programs = (_head, _head_gradient, _jacobians)
+    built = [program._cache_size() for program in programs]
+    problem = build_problem(
+        cfg, dataset, per_angle_mode=cfg.per_angle_mode, sample_sigma=sample_noise, sigma=0.0021
+    )
+    data = fit_data(pooled_arrays(pool_points(dataset)), SEARCH.cheap_points)
+    w = problem.model.u_to_sampler(np.full(problem.model.dim, 0.1), problem.consts)
+    laplace_covariance(problem, data, w)
+    problem.model.u_jacobian(w, problem.consts)
+    assert [program._cache_size() for program in programs] == built
