@@ -30,8 +30,10 @@ from hetmpi.kernel import SamplerOutline, sampler_outline
 from hetmpi.memory import physical_memory, size_text
 from hetmpi.model.parameters import num_scaling_coordinates
 from hetmpi.model.posterior import Geometry
+from hetmpi.modesearch import thread_map
 from hetmpi.problem import build_problem, dataset_geometry, pooled_arrays, scaling_mode
 from hetmpi.records import STAT_FIELDS
+from hetmpi.runtime import available_cores
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.text import counted
@@ -170,7 +172,7 @@ def prepare(
     if helpers is None:
         warm = fit_warm_start(
             cfg.model, dataset, points, num_shards, cfg.mode_search,
-            max_blocks=fit_block_limit(cfg),
+            thread_map(len(available_cores())), max_blocks=fit_block_limit(cfg),
         )  # fmt: skip
     else:
         helpers.announce(outline(cfg, dataset, plan))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -290,6 +291,17 @@ def _distinct(optima: Sequence[Optimum], n_free: int) -> tuple[list[int], list[i
             match = k
         owner[k] = match
     return kept, owner
+
+
+def thread_map(threads: int) -> MapFn:
+    """A ``MapFn`` over ``threads`` threads of this process, results in item order. The
+    fits' programs run outside Python's lock, so local fits overlap on separate cores."""
+
+    def mapped(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        with ThreadPoolExecutor(max(1, threads), thread_name_prefix="hetmpi-fit") as pool:
+            return list(pool.map(fn, items))
+
+    return mapped
 
 
 def full_data_map(data: FitData, map_fn: MapFn) -> MapFn:

@@ -16,7 +16,7 @@ from hetmpi.errors import RunError
 from hetmpi.fitblocks import fit_data, subsample
 from hetmpi.fitcheck import fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
-from hetmpi.modesearch import cheap_stage, local_optimum, refined
+from hetmpi.modesearch import cheap_stage, local_optimum, refined, thread_map
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.records import ShardResult
 from hetmpi.sampling import ShardTask
@@ -92,6 +92,19 @@ def test_the_search_is_the_same_however_its_starts_are_spread(dataset: Dataset) 
     for a, b in got:
         np.testing.assert_array_equal(a.u, b.u)
         assert a.nlp == b.nlp or not (np.isfinite(a.nlp) or np.isfinite(b.nlp))
+
+
+def test_the_warm_start_on_threads_is_the_one_in_turn(dataset: Dataset) -> None:
+    """The local fits spread over 3 threads give the warm start, bit for bit, that one
+    thread running them in order gives."""
+    cfg = _model_config()
+    points = pool_points(dataset)
+    in_turn = fit_warm_start(cfg, dataset, points, 2, SEARCH)
+    threaded = fit_warm_start(cfg, dataset, points, 2, SEARCH, thread_map(3))
+    np.testing.assert_array_equal(threaded.center, in_turn.center)
+    np.testing.assert_array_equal(threaded.covariance, in_turn.covariance)
+    np.testing.assert_array_equal(threaded.basin_centers, in_turn.basin_centers)
+    assert threaded.noise_sigma == in_turn.noise_sigma
 
 
 def test_cheap_data_keep_every_angle(dataset: Dataset) -> None:
