@@ -18,15 +18,9 @@ from hetmpi.config import config_from_dict
 from hetmpi.context import RunContext, prepare
 from hetmpi.fitblocks import batch_size, fit_data, log_posterior_values, negative_log_posterior
 from hetmpi.importance import (
-    K_HAT_LIMIT,
-    MAX_BEYOND,
-    MIN_ESS,
     ConsensusCheck,
-    Proposal,
     check_consensus,
-    effective_size,
     pareto_k_hat,
-    share_beyond,
     student_t_draws,
     u_rows,
     weighted_moments,
@@ -74,44 +68,11 @@ def test_importance_moments_of_a_known_gaussian(shifts: list[float]) -> None:
     np.testing.assert_array_less(np.abs(got_sd / sd - 1.0), 4.0 / np.sqrt(2.0 * ess))
 
 
-def test_posterior_mass_no_proposal_reaches_is_seen_by_the_probe() -> None:
-    """A target with a tenth of its mass 12 sd out (a ridge's far end, in miniature) and a
-    proposal fitted to the main part only: k-hat and ESS look fine, but more than
-    ``MAX_BEYOND`` of the target's draws weigh ten times more than every proposal. Draws of
-    the main part alone do not."""
-    d = 4
-    far = np.zeros(d)
-    far[0] = 12.0
-    main_part = scipy.stats.multivariate_normal(np.zeros(d), np.eye(d))
-    far_part = scipy.stats.multivariate_normal(far, 0.25 * np.eye(d))
-
-    def log_target(x: np.ndarray) -> np.ndarray:
-        return np.logaddexp(np.log(0.9) + main_part.logpdf(x), np.log(0.1) + far_part.logpdf(x))
-
-    rng = np.random.default_rng(5)
-    from_target = np.where(
-        (rng.random(500) < 0.1)[:, None],
-        far_part.rvs(500, random_state=rng),
-        main_part.rvs(500, random_state=rng),
-    )
-    from_main = main_part.rvs(500, random_state=rng)
-    centers, scale = [np.zeros(d)], 1.44 * np.eye(d)
-    draws, log_q = student_t_draws(centers, scale, 2000, rng)
-    log_weights = log_target(draws) - log_q
-    assert pareto_k_hat(log_weights) < K_HAT_LIMIT and effective_size(log_weights) > MIN_ESS
-    proposal = Proposal.equal(centers, scale)
-    beyond = {
-        name: share_beyond(log_weights, log_target(probe) - proposal.log_density(probe))
-        for name, probe in (("target", from_target), ("main", from_main))
-    }
-    assert beyond["target"] > 0.05 and beyond["main"] <= MAX_BEYOND
-
-
 def _check(log_weights: np.ndarray, proposals_u: np.ndarray) -> ConsensusCheck:
     d = proposals_u.shape[1]
     zeros = np.zeros(d)
     return ConsensusCheck(
-        tuple(f"x{k}" for k in range(d)), len(log_weights), 1.0, 0.0, 0.0, zeros, zeros + 1.0,
+        tuple(f"x{k}" for k in range(d)), len(log_weights), 1.0, 0.0, zeros, zeros + 1.0,
         zeros + 1.0, zeros, 0.0, proposals_u, log_weights,
     )  # fmt: skip
 
