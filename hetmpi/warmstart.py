@@ -437,9 +437,8 @@ def fit_warm_start(
 def compile_ahead(cfg: ModelConfig, dataset: Dataset) -> threading.Thread:
     """Start building, on a thread, the sampling model's programs that the warm start runs
     after the mode search (the Laplace step's head and its gradient, the coordinates'
-    Jacobians). The search keeps one core busy with BFGS on the fit model and XLA compiles
-    without Python's lock, so they are ready when the search ends; join the thread before
-    ``warm_start_at``."""
+    Jacobians). XLA compiles outside Python's lock, so they build beside the search and are
+    ready when it ends; join the thread before ``warm_start_at``."""
     problem = build_problem(
         cfg, dataset, per_angle_mode=cfg.per_angle_mode, sample_sigma=cfg.noise.sample, sigma=1.0
     )
