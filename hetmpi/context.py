@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hetmpi.basins import basin_note, rivals_note, weak_identification_note
 from hetmpi.config import Config
 from hetmpi.configfile import config_to_dict
 from hetmpi.dataset import Dataset
@@ -37,15 +38,7 @@ from hetmpi.runtime import available_cores
 from hetmpi.sampling import ShardTask
 from hetmpi.sharding import PooledPoints, ShardPlan, choose_num_shards, make_shards, pool_points
 from hetmpi.text import counted
-from hetmpi.warmstart import (
-    WarmStart,
-    basin_note,
-    find_basins,
-    fit_warm_start,
-    rivals_note,
-    warm_start_at,
-    weak_identification_note,
-)
+from hetmpi.warmstart import WarmStart, find_basins, fit_warm_start, warm_start_at
 
 log = logging.getLogger("hetmpi")
 

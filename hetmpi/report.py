@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hetmpi import __version__, diagnostics, plots
+from hetmpi.basins import basin_note, rivals_note, weak_identification_note
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
 from hetmpi.dataset import Dataset
 from hetmpi.fitcheck import fit_check_note, residual_checks
@@ -22,7 +23,6 @@ from hetmpi.model.physics import c2_grid
 from hetmpi.model.posterior import PosteriorModel, ShardArrays
 from hetmpi.problem import Problem
 from hetmpi.records import ShardResult
-from hetmpi.warmstart import basin_note, rivals_note, weak_identification_note
 
 if TYPE_CHECKING:
     from hetmpi.context import RunContext
