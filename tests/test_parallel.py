@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import shard_draws, write_config
+from numpyro.diagnostics import effective_sample_size
 from record_draws import RECORDED as RECORDED_DRAWS
 from record_draws import machine
 
@@ -107,17 +109,50 @@ def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+# Across 15 pairs of runs of this config with other seeds, each shard's largest difference
+# of 20 means reached 5.9 Monte Carlo errors; these short chains have a small ESS, so a shift
+# of every mean by 1.5 posterior sd reads only 3.3-6.6 errors on the least moved shard.
+MEAN_Z_LIMIT = 8.0
+
+
+def mean_z(got: np.ndarray, recorded: np.ndarray) -> np.ndarray:
+    """Per coordinate, the difference of the means of two independent runs (chain, draw,
+    coordinate) in Monte Carlo standard errors (each run's ESS, at most its draw count)."""
+    errors = []
+    for draws in (got, recorded):
+        count = draws.shape[0] * draws.shape[1]
+        ess = np.minimum(effective_sample_size(draws), count)
+        errors.append(draws.var(axis=(0, 1), ddof=1) / ess)
+    return (got.mean(axis=(0, 1)) - recorded.mean(axis=(0, 1))) / np.sqrt(sum(errors))
+
+
 def test_cpu_draws_equal_the_recorded_ones(cpu_run: Path) -> None:
     """Every executor matches the cpu one (tests below); the cpu one matches draws recorded by
     ``tests/record_draws.py``, so a change to the run's machinery that alters a draw shows.
-    Bit-for-bit equality holds for the machine and libraries that recorded them."""
+
+    Bit for bit on the machine that recorded them (same CPU and library versions), and on
+    others that round alike. Where rounding differs, NUTS trajectories part within a few
+    steps, so there each shard's posterior means must agree with the recorded ones within
+    ``MEAN_Z_LIMIT`` Monte Carlo errors, a much weaker check (it catches only a posterior
+    moved by several sd) that says so in a warning; the executor tests stay exact there."""
     recorded = np.load(RECORDED_DRAWS)
-    if str(recorded["machine"]) != machine():
-        pytest.skip(f"draws recorded on {recorded['machine']}, this is {machine()}")
     got = shard_draws(cpu_run)
     assert sorted(got) == list(range(NUM_SHARDS))
+    if all(np.array_equal(values, recorded[f"shard_{i}"]) for i, values in got.items()):
+        return
+    assert str(recorded["machine"]) != machine(), "the draws differ from those recorded here"
+    warnings.warn(
+        f"draws recorded on {recorded['machine']} differ in rounding from this machine's "
+        f"({machine()}): compared by their means only; run tests/record_draws.py here to "
+        "compare bit for bit",
+        stacklevel=1,
+    )
     for index, values in got.items():
-        np.testing.assert_array_equal(values, recorded[f"shard_{index}"], err_msg=f"shard {index}")
+        z = mean_z(values, recorded[f"shard_{index}"])
+        assert np.max(np.abs(z)) <= MEAN_Z_LIMIT, (
+            f"shard {index}: means {np.round(z, 2)} Monte Carlo errors from those recorded on "
+            f"{recorded['machine']} (this is {machine()})"
+        )
 
 
 def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
