@@ -17,7 +17,7 @@ from hetmpi import __version__, diagnostics, plots
 from hetmpi.basins import basin_note, rivals_note, weak_identification_note
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
 from hetmpi.dataset import Dataset
-from hetmpi.fitcheck import fit_check_note, residual_checks
+from hetmpi.fitcheck import against_mode, fit_check_note, residual_checks
 from hetmpi.importance import ConsensusCheck, check_note
 from hetmpi.model.physics import c2_grid
 from hetmpi.model.posterior import PosteriorModel, ShardArrays
@@ -130,7 +130,11 @@ def build_summary(
         and not convergence["consensus_differs"]
     )
     sigma = float(draws["sigma"].mean()) if "sigma" in draws else warm.noise_sigma
-    checks = residual_checks(prepared.points, fit, sigma, prepared.dataset.phi)
+    phi = prepared.dataset.phi
+    checks = against_mode(
+        residual_checks(prepared.points, fit, sigma, phi),
+        residual_checks(prepared.points, mode_c2(prepared), warm.noise_sigma, phi),
+    )
     return {
         "hetmpi_version": __version__,
         "data": {
@@ -170,8 +174,17 @@ def posterior_mean_c2(prepared: RunContext, draws: dict[str, np.ndarray]) -> np.
     """Model matrices (n_phi, N, N) at the posterior mean of every parameter."""
     problem = prepared.task.warm.problem
     mean = np.array([draws[name].mean() for name in problem.model.names])
-    u = jnp.asarray(problem.model.to_unconstrained(mean, problem.consts))
-    p, contrast, offset, _ = problem.model.unpack(u, problem.consts)
+    return _model_c2(problem, problem.model.to_unconstrained(mean, problem.consts))
+
+
+def mode_c2(prepared: RunContext) -> np.ndarray:
+    """Model matrices (n_phi, N, N) at the warm start's mode."""
+    warm = prepared.task.warm
+    return _model_c2(warm.problem, warm.center)
+
+
+def _model_c2(problem: Problem, u: np.ndarray) -> np.ndarray:
+    p, contrast, offset, _ = problem.model.unpack(jnp.asarray(u), problem.consts)
     c = problem.consts
     return np.asarray(c2_grid(p, c.t, c.q, c.dt, c.phi, contrast, offset))
 

@@ -14,7 +14,7 @@ from hetmpi.consensus import BasinCheck, select_shards
 from hetmpi.dataset import Dataset
 from hetmpi.errors import RunError
 from hetmpi.fitblocks import fit_data, subsample
-from hetmpi.fitcheck import fit_check_note, residual_checks
+from hetmpi.fitcheck import against_mode, fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
 from hetmpi.modesearch import cheap_stage, local_optimum, refined, thread_map
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
@@ -193,22 +193,28 @@ def _fit_grid(dataset: Dataset, physics: dict, contrast, offset) -> np.ndarray:
 
 def test_the_fit_check_flags_structure_the_model_misses(truth: dict) -> None:
     """At the truth no angle is flagged (chi^2 ~ 1, no residual correlation); with the flow
-    angle off by 4 degrees the phase error leaves correlated residuals, flagged with a note."""
+    angle off by 4 degrees the phase error leaves correlated residuals, flagged with a note:
+    the model misses something where the mode's fit is off too, the draws' mean is a poor
+    point estimate where only the mean's is."""
     dataset = simulate_dataset(
         truth["parameters"], n_frames=40, dt=0.1, q=0.005, phi=[0.0, 45.0, 90.0],
         contrast=truth["contrast"], offset=truth["offset"], sigma=0.01, seed=4, t_start=0.1,
     )  # fmt: skip
     points = pool_points(dataset)
     right = _fit_grid(dataset, truth["parameters"], truth["contrast"], truth["offset"])
-    checks = residual_checks(points, right, 0.01, dataset.phi)
-    assert not any(c["flagged"] for c in checks)
-    assert all(abs(c["reduced_chi2"] - 1.0) < 0.1 for c in checks)
-    assert fit_check_note(checks) is None
+    at_right = residual_checks(points, right, 0.01, dataset.phi)
+    assert not any(c["flagged"] for c in at_right)
+    assert all(abs(c["reduced_chi2"] - 1.0) < 0.1 for c in at_right)
+    assert fit_check_note(against_mode(at_right, at_right)) is None
     wrong_physics = {**truth["parameters"], "phi0": truth["parameters"]["phi0"] + 4.0}
     wrong = _fit_grid(dataset, wrong_physics, truth["contrast"], truth["offset"])
-    checks = residual_checks(points, wrong, 0.01, dataset.phi)
-    assert any(c["flagged"] for c in checks)
-    assert "plots/c2_fit.png" in fit_check_note(checks)
+    at_wrong = residual_checks(points, wrong, 0.01, dataset.phi)
+    assert any(c["flagged"] for c in at_wrong)
+    missed = fit_check_note(against_mode(at_wrong, at_wrong))
+    assert "the model misses something" in missed and "plots/c2_fit.png" in missed
+    assert "poor point estimate" not in missed
+    mean_only = fit_check_note(against_mode(at_wrong, at_right))
+    assert "poor point estimate" in mean_only and "the model misses" not in mean_only
 
 
 def test_warm_start_reports_its_search(dataset: Dataset) -> None:

@@ -85,6 +85,9 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     assert all(s["status"] == "ok" for s in summary["shards"])
     for entry in summary["parameters"].values():
         assert entry["hdi_low"] <= entry["mean"] <= entry["hdi_high"]
+    assert len(summary["fit_check"]) == summary["data"]["num_angles"]
+    assert not any(c["mode_flagged"] for c in summary["fit_check"])  # the mode fits the data
+    assert all(abs(c["mode_reduced_chi2"] - 1.0) < 0.5 for c in summary["fit_check"])
 
 
 def test_report_prints_the_run_table_and_draws_the_plots_again(finished_run: Path) -> None:
