@@ -24,13 +24,13 @@ import numpy as np
 
 from hetmpi.sharding import PooledPoints
 
+Checks = list[dict[str, Any]]  # one entry per angle
+
 FLAG_Z = 5.0
 CHI2_FLOOR = 0.02
 
 
-def residual_checks(
-    points: PooledPoints, fit: np.ndarray, sigma: float, phi: np.ndarray
-) -> list[dict[str, Any]]:
+def residual_checks(points: PooledPoints, fit: np.ndarray, sigma: float, phi: np.ndarray) -> Checks:
     """Per angle (in the order of ``phi``, degrees): its reduced chi^2 and lag-1 residual
     autocorrelation with their z-scores and whether the angle is flagged. ``fit`` (n_phi, N,
     N) is the model at the point checked (the posterior mean, the mode), ``sigma`` the noise
@@ -68,9 +68,6 @@ def residual_checks(
     return checks
 
 
-Checks = list[dict[str, Any]]
-
-
 def against_mode(checks: Checks, at_mode: Checks) -> Checks:
     """``checks`` of the posterior-mean fit, each with the reduced chi^2, lag-1 z and flag of
     the fit at the posterior's mode at the same angle (``at_mode``, same order)."""
@@ -85,7 +82,7 @@ def against_mode(checks: Checks, at_mode: Checks) -> Checks:
     ]
 
 
-def _listed(checks: list[dict[str, Any]]) -> str:
+def _listed(checks: Checks) -> str:
     return "; ".join(
         f"phi {c['phi']:g}: reduced chi2 {c['reduced_chi2']:.3f}, lag-1 residual "
         f"autocorrelation {c['lag1_autocorrelation']:+.3f} ({c['lag1_z']:+.1f} sd)"
@@ -93,7 +90,7 @@ def _listed(checks: list[dict[str, Any]]) -> str:
     )
 
 
-def fit_check_note(checks: list[dict[str, Any]]) -> str | None:
+def fit_check_note(checks: Checks) -> str | None:
     """Lines for the flagged angles (``against_mode`` checks), or None when every angle
     passes: one for those the mode's fit flags too, one for those it fits."""
     missed = [c for c in checks if c["flagged"] and c["mode_flagged"]]
