@@ -1,4 +1,4 @@
-"""MCMC diagnostics: R-hat, ESS, HDI, E-BFMI, divergences.
+"""MCMC diagnostics: R-hat, ESS, HDI, E-BFMI, divergences; where simulated data's truth lies.
 
 Statistics come from ArviZ calls with the same signature and result on ArviZ 0.23 and 1.x
 (``az.rhat``, ``az.ess``, ``az.hdi``, ``az.bfmi`` on plain numpy arrays), so no code here
@@ -8,6 +8,7 @@ branches on the ArviZ version.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import arviz as az
 import numpy as np
@@ -17,6 +18,8 @@ TAIL_PROBS = (0.05, 0.95)
 because ArviZ 1.x otherwise derives them from its ``stats.ci_prob`` setting."""
 
 SAMPLE_DIMS = ("chain", "draw")
+
+TRUTH_INTERVAL = 0.99  # central posterior interval the truth of simulated data is checked in
 
 
 def _as_chains(name: str, values: np.ndarray) -> np.ndarray:
@@ -71,3 +74,26 @@ def bfmi(energy: np.ndarray) -> np.ndarray:
 def divergence_count(diverging: np.ndarray) -> int:
     """Number of divergent transitions over all chains and draws."""
     return int(np.count_nonzero(diverging))
+
+
+def truth_check(
+    draws: Mapping[str, np.ndarray], truth: Mapping[str, float], prob: float = TRUTH_INTERVAL
+) -> dict[str, Any]:
+    """Where the true values of simulated data lie in the posterior: for every sampled
+    parameter with a truth, z = (truth - mean) / sd and whether the truth is inside the
+    central ``prob`` interval of the draws; ``outside`` lists those that are not."""
+    rows = {}
+    for name, value in truth.items():
+        if name not in draws:
+            continue
+        x = np.ravel(draws[name]).astype(np.float64)
+        low, high = np.quantile(x, [(1.0 - prob) / 2.0, (1.0 + prob) / 2.0])
+        sd = float(x.std(ddof=1))
+        gap = float(value - x.mean())
+        z = gap / sd if sd > 0.0 else (0.0 if gap == 0.0 else float(np.copysign(np.inf, gap)))
+        rows[name] = {"z": z, "inside": bool(low <= value <= high)}
+    return {
+        "interval": prob,
+        "parameters": rows,
+        "outside": [name for name, row in rows.items() if not row["inside"]],
+    }

@@ -164,6 +164,7 @@ def build_summary(
         "convergence": convergence,
         "consensus_check": None if check is None else {**check.as_dict(), "corrected": corrected},
         "fit_check": checks,
+        "truth_check": diagnostics.truth_check(draws, truth),
         "parameters": parameters,
         "shard_shapes": shapes,
         "shards": shards,
@@ -321,6 +322,24 @@ def write_plots(
             log.warning("plots: %s not drawn (%s: %s)", name, type(exc).__name__, exc)
 
 
+def truth_note(check: dict[str, Any]) -> str | None:
+    """The table's line on simulated data's truth (``diagnostics.truth_check``); None when
+    the data carry no truth."""
+    rows = check["parameters"]
+    if not rows:
+        return None
+    share = f"{check['interval']:.0%}"
+    worst = max(rows, key=lambda name: abs(rows[name]["z"]))
+    largest = f"largest |z| {abs(rows[worst]['z']):.2f}, {worst}"
+    if not check["outside"]:
+        return f"truth: inside the {share} interval for all {len(rows)} parameters ({largest})"
+    listed = ", ".join(f"{name} (z {rows[name]['z']:+.2f})" for name in check["outside"])
+    return (
+        f"truth: OUTSIDE the {share} interval for {len(check['outside'])} of {len(rows)} "
+        f"parameters: {listed}"
+    )
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The printed end-of-run table: parameters, then convergence in one line."""
     lines = [
@@ -345,6 +364,9 @@ def format_table(summary: dict[str, Any]) -> str:
         f"min E-BFMI {c['min_bfmi']:.2f}, mean leapfrog steps {c['mean_leapfrog_steps']:.1f}: "
         + ("converged" if c["converged"] else "NOT converged (see summary.json)")
     )
+    note = truth_note(summary["truth_check"])
+    if note:
+        lines.append(note)
     if c["non_gaussian_shards"]:
         lines.append(
             f"shard posteriors far from Gaussian (|skewness| > {SKEW_LIMIT:g}) in "

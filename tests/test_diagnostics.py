@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from hetmpi.diagnostics import bfmi, divergence_count, summarize
+from hetmpi.diagnostics import bfmi, divergence_count, summarize, truth_check
 from hetmpi.plots import (
     most_correlated,
     plot_c2_fit,
@@ -17,6 +17,7 @@ from hetmpi.plots import (
     plot_prior_posterior,
     plot_trace,
 )
+from hetmpi.report import truth_note
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -186,3 +187,21 @@ def test_prior_plots_and_densities_integrate_to_one(tmp_path: Path) -> None:
                          truth={"f0": 0.4})  # fmt: skip
     _assert_png(path)
     assert plt.get_fignums() == []
+
+
+def test_truth_check_places_the_truth_in_the_central_interval() -> None:
+    """Standard normal draws: a truth at 0.5 sd is inside the 99% interval (+-2.58 sd), one
+    at 4 sd is outside and named in the table's line; a truth without draws is left out."""
+    rng = np.random.default_rng(3)
+    draws = {"a": rng.standard_normal((2, 5000)), "b": 10.0 + 2.0 * rng.standard_normal((2, 5000))}
+    check = truth_check(draws, {"a": 0.5, "b": 10.0 + 2.0 * 4.0, "fixed": 1.0})
+    assert set(check["parameters"]) == {"a", "b"}
+    assert check["parameters"]["a"]["inside"] and abs(check["parameters"]["a"]["z"] - 0.5) < 0.05
+    assert not check["parameters"]["b"]["inside"]
+    assert abs(check["parameters"]["b"]["z"] - 4.0) < 0.1
+    assert check["outside"] == ["b"]
+    note = truth_note(check)
+    assert note.startswith("truth: OUTSIDE the 99% interval for 1 of 2 parameters: b (z +4.")
+    inside = truth_check(draws, {"a": -1.0, "b": 11.0})
+    assert truth_note(inside).startswith("truth: inside the 99% interval for all 2 parameters")
+    assert truth_note(truth_check(draws, {})) is None

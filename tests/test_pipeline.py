@@ -88,6 +88,9 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     assert len(summary["fit_check"]) == summary["data"]["num_angles"]
     assert not any(c["mode_flagged"] for c in summary["fit_check"])  # the mode fits the data
     assert all(abs(c["mode_reduced_chi2"] - 1.0) < 0.5 for c in summary["fit_check"])
+    with_truth = {name for name, entry in summary["parameters"].items() if "truth" in entry}
+    assert with_truth and set(summary["truth_check"]["parameters"]) == with_truth
+    assert report.truth_note(summary["truth_check"]) in table
 
 
 def test_report_prints_the_run_table_and_draws_the_plots_again(finished_run: Path) -> None:
