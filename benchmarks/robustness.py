@@ -81,11 +81,12 @@ def draw_truth(rng: np.random.Generator) -> dict:
     }
 
 
-def config_for(data: Path, out: Path) -> dict:
+def config_for(data: Path, out: Path, shards: int | None) -> dict:
+    """The run's config: ``shards`` None leaves num_shards to its automatic rule."""
     return {
         "data": {"path": str(data)},
         "model": {"parameters": {name: {"fixed": True, "value": 0.0} for name in FIXED}},
-        "sharding": {"strategy": "angle_balanced", "num_shards": 2},
+        "sharding": {"strategy": "angle_balanced", "num_shards": shards},
         "sampler": {"num_chains": 2, "num_warmup": 300, "num_samples": 300, "adaptive": False,
                     "progress_bar": False},
         "output": {"directory": str(out), "plots": False},
@@ -166,7 +167,11 @@ def main() -> None:
     parser.add_argument("--runs", default="0,1,2,3", help="datasets to run in full")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--shards", default="2", help="num_shards of the full runs: a count, or auto"
+    )
     args = parser.parse_args()
+    shards = None if args.shards == "auto" else int(args.shards)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-robustness-"))
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
@@ -184,7 +189,7 @@ def main() -> None:
             sigma=truth["sigma"], seed=truth["seed"], t_start=truth["t_start"],
         )  # fmt: skip
         write_dataset(folder / "data.h5", dataset)
-        raw = config_for(folder / "data.h5", folder / "out")
+        raw = config_for(folder / "data.h5", folder / "out", shards)
         (folder / "cfg.yaml").write_text(yaml.safe_dump(raw))
         (folder / "truth.yaml").write_text(yaml.safe_dump(truth))
         cfg = config_from_dict(raw, folder)

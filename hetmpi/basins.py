@@ -75,13 +75,19 @@ def rivals_note(basins: tuple[dict[str, Any], ...], threshold: float) -> str:
     )
 
 
-def weak_identification_note(ratios: dict[str, float], weak: list[str]) -> str:
-    """One line for users on the ``weak`` parameters, given each one's ``prior_sd_ratio``."""
+def weak_identification_note(ratios: dict[str, float], weak: list[str], num_shards: int) -> str:
+    """One line for users on the ``weak`` parameters, given each one's ``prior_sd_ratio``,
+    in a run of ``num_shards`` shards."""
     listed = ", ".join(f"{name} ({ratios[name]:.0%})" for name in weak)
+    how = (
+        "NUTS samples it along curved ridges, slowly"
+        if num_shards == 1
+        else f"each of the {num_shards} shards samples it at prior^(1/{num_shards}) along "
+        "curved ridges, slowly"
+    )
+    fewer = "" if num_shards == 1 else " or use fewer shards"
     return (
         f"the data barely inform {listed} (Laplace sd as a share of the prior sd): their "
-        "posterior is mostly their prior; where that prior is wide, each of K shards samples "
-        "it at prior^(1/K) along curved ridges, slowly. Fix them "
-        "(model.parameters.NAME.fixed), give them informative priors (.prior) or use "
-        "fewer shards"
+        f"posterior is mostly their prior; where that prior is wide, {how}. Fix them "
+        f"(model.parameters.NAME.fixed) or give them informative priors (.prior){fewer}"
     )

@@ -138,8 +138,8 @@ class ShardingConfig:
 
     strategy: str = "angle_balanced"
     num_shards: int | None = None
-    min_points_per_shard: int = 10000
-    min_points_per_param: int = 500
+    min_points_per_shard: int = 50000  # so no sharding below 100,000 points
+    min_points_per_param: int = 1500
     max_points_per_shard: int | None = 200000  # None = no cap
     seed: int = 0
 

@@ -188,7 +188,9 @@ def prepare(
             cfg.sampler.num_chains, len(warm.chain_basins),
         )  # fmt: skip
     if warm.weakly_identified:
-        log.warning(weak_identification_note(warm.prior_sd_ratio, warm.weakly_identified))
+        log.warning(
+            weak_identification_note(warm.prior_sd_ratio, warm.weakly_identified, num_shards)
+        )
     task = ShardTask(
         warm=warm,
         num_shards=num_shards,

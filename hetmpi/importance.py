@@ -229,7 +229,8 @@ def check_note(check: dict[str, Any], *, corrected: bool) -> str:
         return (
             f"{head}: inconclusive (k-hat above {K_HAT_LIMIT} or ESS below {MIN_ESS:.0f}: the "
             "posterior is too far from its Laplace approximation to weigh), so the posterior "
-            "is the shards' consensus; compare with sampler.method: exact or fewer shards "
+            "is the shards' consensus; compare with sharding.num_shards: 1 (plain NUTS on all "
+            "the data, the automatic choice under 100,000 points) or sampler.method: exact "
             "before trusting it"
         )
     low, high = SD_RATIO_RANGE

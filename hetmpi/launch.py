@@ -31,6 +31,8 @@ from hetmpi.text import counted
 if TYPE_CHECKING:
     from mpi4py import MPI
 
+    from hetmpi.sampling import ShardTask
+
 log = logging.getLogger("hetmpi")
 
 
@@ -126,7 +128,7 @@ def _launch_mpi(
         try:
             return pipeline.run(
                 cfg,
-                select=lambda _num_shards: (executor, reason),
+                select=lambda _task: (executor, reason),
                 overwrite=overwrite,
                 resume=resume,
                 helpers=executor,
@@ -149,26 +151,30 @@ def _launch_mpi(
 
 
 def select_local_executor(
-    name: str, settings: ExecutorConfig, num_shards: int
+    name: str, settings: ExecutorConfig, task: ShardTask
 ) -> tuple[Executor, str]:
     """The executor for ``name`` in a run without MPI, and why it was chosen (for the log).
 
-    ``auto``: multiprocessing when at least 2 cores and 2 shards, else cpu.
+    ``auto``: multiprocessing when at least 2 cores and 2 work units (shards, or the chains
+    of one shard), else cpu.
     """
     from hetmpi.executors.cpu import CpuExecutor
-    from hetmpi.executors.pool import PoolExecutor
+    from hetmpi.executors.pool import PoolExecutor, splittable_blocks
 
     cores = len(available_cores())
-    workers = settings.workers or min(cores, num_shards)
+    units = task.num_shards * max(len(splittable_blocks(task)), 1)
+    workers = settings.workers or min(cores, units)
+    shards = counted(task.num_shards, "shard")
     if name == "cpu":
         return CpuExecutor(), "configured"
     if name == "multiprocessing":
         return PoolExecutor(workers, settings), f"configured, {workers} workers"
     if name == "auto":
-        if cores >= 2 and num_shards >= 2:
-            reason = f"auto: {cores} cores and {num_shards} shards, {workers} workers"
+        if cores >= 2 and units >= 2:
+            what = shards if units == task.num_shards else f"{shards} in {units} chain blocks"
+            reason = f"auto: {cores} cores, {what}, {workers} workers"
             return PoolExecutor(workers, settings), reason
-        return CpuExecutor(), f"auto: {counted(cores, 'core')}, {counted(num_shards, 'shard')}"
+        return CpuExecutor(), f"auto: {counted(cores, 'core')}, {shards}"
     raise InputError(
         f"executor.name: {name!r} needs an MPI launch; start hetmpi with mpiexec/srun, or use "
         "auto, cpu or multiprocessing"

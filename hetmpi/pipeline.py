@@ -188,7 +188,7 @@ def conclude(
     return summary
 
 
-SelectExecutor = Callable[[int], tuple["Executor", str]]
+SelectExecutor = Callable[[ShardTask], tuple["Executor", str]]
 
 
 def run(
@@ -201,7 +201,7 @@ def run(
 ) -> dict[str, Any]:
     """A whole run: returns the summary written to summary.json.
 
-    ``select(num_shards)`` gives the executor and the reason it was chosen (logged);
+    ``select(task)`` gives the executor and the reason it was chosen (logged);
     ``helpers`` are passed to ``prepare``.
     """
 
@@ -229,7 +229,7 @@ def _run(
     log.info("hetmpi %s: %s", __version__, runtime_versions())
     context = prepare(cfg, helpers=helpers)  # bad input fails here, before any write
     task = context.task
-    executor, reason = select(task.num_shards)
+    executor, reason = select(task)
     prepare_output_dir(out_dir, overwrite=overwrite, resume=resume)
     journal.open(out_dir)
     log.info("executor %s (%s); output in %s", executor.name, reason, out_dir)

@@ -119,7 +119,7 @@ def build_summary(
     }
     kept = [r for r, v in zip(results, verdicts, strict=True) if v.included]
     shapes = shard_shapes([r.draws for r in kept], kept[0].names)
-    convergence["non_gaussian_shards"] = skewed(shapes)
+    convergence["non_gaussian_shards"] = skewed(shapes) if len(kept) > 1 else []
     convergence["max_shard_r_hat"] = max(s["max_r_hat"] for s in included)
     convergence["consensus_differs"] = [] if check is None or corrected else check.differs
     convergence["converged"] = bool(
@@ -385,5 +385,6 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(note)
     warm = run["warm_start"]
     if warm["weakly_identified"]:
-        lines.append(weak_identification_note(warm["prior_sd_ratio"], warm["weakly_identified"]))
+        ratios, weak = warm["prior_sd_ratio"], warm["weakly_identified"]
+        lines.append(weak_identification_note(ratios, weak, run["num_shards"]))
     return "\n".join(lines)

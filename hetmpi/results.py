@@ -19,7 +19,7 @@ out/
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,18 @@ def save_merged_shard(out_dir: Path, parts: list[ShardResult]) -> ShardResult:
     for path in (out_dir / SHARD_DIR).glob(f"shard_{merged.index:04d}_chains_*.h5"):
         path.unlink(missing_ok=True)
     return merged
+
+
+def merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[ShardResult]:
+    """Results per shard, by index: the chain blocks of split shards merged into shard files
+    (which replace their chain files)."""
+    parts: dict[int, list[ShardResult]] = {}
+    for result in results:
+        parts.setdefault(result.index, []).append(result)
+    return [
+        found[0] if len(found) == 1 else save_merged_shard(out_dir, found)
+        for _, found in sorted(parts.items())
+    ]
 
 
 def _result_files(out_dir: Path, *, chain_files: bool) -> list[tuple[int, Path]]:

@@ -515,7 +515,7 @@ BAD = [
         "cap below floor",
         with_data(sharding={"max_points_per_shard": 5000}),
         "sharding.max_points_per_shard",
-        "must be >= min_points_per_shard (10000), got 5000",
+        "must be >= min_points_per_shard (50000), got 5000",
     ),
     ("shard seed", with_data(sharding={"seed": -3}), "sharding.seed", ">= 0, got -3"),
     ("chains", with_data(sampler={"num_chains": 0}), "sampler.num_chains", "must be >= 1, got 0"),

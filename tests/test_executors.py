@@ -254,3 +254,30 @@ def test_a_first_attempt_that_passes_calls_its_speculative_retry_off():
     assert dealer.speculation_counts() == {"started": 1, "kept": 0}
     assert dealer.partial.keys() == {0, 1}  # one chain of each shard counted, none twice
     assert [len(parts) for parts in dealer.partial.values()] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("shards", "chain_method", "method", "expected"),
+    [
+        (1, "sequential", "consensus", ("multiprocessing", "1 shard in 2 chain blocks")),
+        (3, "sequential", "consensus", ("multiprocessing", "3 shards in 6 chain blocks")),
+        (1, "vectorized", "consensus", ("cpu", "1 shard")),
+        (1, "sequential", "exact", ("cpu", "1 shard")),
+    ],
+)
+def test_auto_takes_the_pool_when_shards_or_chains_can_share_the_cores(
+    monkeypatch: pytest.MonkeyPatch, shards: int, chain_method: str, method: str, expected
+) -> None:
+    """Without MPI, ``auto`` uses 2 workers for one shard whose chains run one after
+    another, but not for chains that share one program or an exact run's chains."""
+    from hetmpi import launch
+    from hetmpi.config import ExecutorConfig
+
+    monkeypatch.setattr(launch, "available_cores", lambda: [0, 1])
+    cfg = SimpleNamespace(method=method, chain_method=chain_method, num_chains=2)
+    task = SimpleNamespace(num_shards=shards, cfg=cfg)
+    executor, reason = launch.select_local_executor("auto", ExecutorConfig(), task)
+    assert executor.name == expected[0]
+    assert expected[1] in reason
+    if executor.name == "multiprocessing":
+        assert executor.workers == 2

@@ -166,6 +166,23 @@ def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
     assert len(seconds) == 2 and min(seconds) > 0  # the workers' compiles, not the parent's
 
 
+def test_one_shard_runs_its_chains_on_two_workers(folder: Path, tiny_h5: Path) -> None:
+    """Plain NUTS on all the data (one shard) still uses both workers: its chains are dealt
+    apart and merged into the shard file, draw for draw the cpu executor's."""
+    sub = folder / "one_shard"
+    sub.mkdir(exist_ok=True)
+    write_config(sub, tiny_h5, sharding={"num_shards": 1}, executor={"workers": 2})
+    cpu = finished(sub, "cpu", "--executor", "cpu")
+    out = finished(sub, "mp", "--executor", "multiprocessing")
+    assert "executor multiprocessing (configured, 2 workers)" in (out / "stderr.txt").read_text()
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard_0000.h5"]
+    got, expected = shard_draws(out), shard_draws(cpu)
+    assert got[0].shape[0] == 2
+    np.testing.assert_array_equal(got[0], expected[0])
+    counts = summary(out)["run"]["timings"]["compiles_per_process"]
+    assert len(counts) == 2 and counts[0] == counts[1] > 0  # each worker sampled a chain
+
+
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_mpi_matches_cpu(folder: Path, cpu_run: Path, ranks: int) -> None:

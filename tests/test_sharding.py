@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from hetmpi.config import SHARDING_STRATEGIES
+from hetmpi.config import SHARDING_STRATEGIES, ShardingConfig
 from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
 from hetmpi.sharding import (
@@ -214,6 +214,16 @@ def test_choose_num_shards_auto_rules() -> None:
     # Clamped to at least 1 and at most the number of points.
     assert choose_num_shards(50, 3, 20, Settings(min_points_per_param=100)) == 1
     assert choose_num_shards(3, 1, 1, Settings(max_points_per_shard=1)) == 3
+
+
+def test_default_rule_shards_only_data_of_100000_points_or_more() -> None:
+    """The defaults follow the heterodyne CMC guidance: the standard job (44,700 points,
+    22 parameters) is sampled whole; the production job (1,998,000) over 10 shards."""
+    cfg = ShardingConfig()
+    assert choose_num_shards(44_700, 4, 22, cfg) == 1
+    assert choose_num_shards(99_999, 6, 23, cfg) == 1
+    assert choose_num_shards(100_000, 6, 23, cfg) == 2
+    assert choose_num_shards(1_998_000, 4, 22, cfg) == 10
 
 
 def test_pooled_points_size() -> None:

@@ -13,12 +13,15 @@ from hetmpi.sampling import ShardTask, sample_target, target_of
 from hetmpi.sharding import Shard
 
 
-def sample_and_save(shard: Shard, task: ShardTask) -> ShardResult:
-    """Sample one shard and write its result file (the checkpoint) in ``task.out_dir`` at
-    once; an exact run's checkpoints inside the shard are dropped then."""
+def sample_and_save(
+    shard: Shard, task: ShardTask, block: tuple[int, ...] | None = None
+) -> ShardResult:
+    """Sample one shard, or one chain ``block`` of it, and write its result file (the
+    checkpoint; a chain file for a block) in ``task.out_dir`` at once; an exact run's
+    checkpoints inside the shard are dropped then."""
     target = target_of(shard, task)
-    result = sample_target(target, task)
-    save_shard_result(task.out_dir, result)
+    result = sample_target(target, task, None if block is None else [block])
+    save_shard_result(task.out_dir, result, part=block is not None)
     if target.checkpoint is not None and result.status == "ok":
         target.checkpoint.clear()
     return result

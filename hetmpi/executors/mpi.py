@@ -53,7 +53,6 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -292,7 +291,7 @@ class MpiExecutor:
     def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
         from hetmpi.kernel import chain_blocks, compile_monitor
         from hetmpi.records import ShardNote
-        from hetmpi.results import save_shard_result
+        from hetmpi.results import merge_split_shards, save_shard_result
 
         size = self.comm.Get_size()
         header = RunHeader(
@@ -360,7 +359,7 @@ class MpiExecutor:
         for result in unsaved:  # their ranks left the files to rank 0
             whole = result.chains == tuple(range(task.cfg.num_chains))
             save_shard_result(task.out_dir, result, part=not whole)
-        everything = _merge_split_shards(kept, task.out_dir)
+        everything = merge_split_shards(kept, task.out_dir)
         gathered = time.perf_counter()
         self.timings = {
             "scatter": dealer.send_seconds,
@@ -442,20 +441,6 @@ class Dealer:
                 for name in field_order(arrays):
                     self.notes.Send(arrays[name], dest=rank, tag=TAG_SHARD)
             self.send_seconds += time.perf_counter() - started
-
-
-def _merge_split_shards(results: Sequence[ShardResult], out_dir: Path) -> list[ShardResult]:
-    """Results per shard: the chain blocks of split shards merged into shard files (which
-    replace their chain files)."""
-    from hetmpi.results import save_merged_shard
-
-    parts: dict[int, list[ShardResult]] = {}
-    for result in results:
-        parts.setdefault(result.index, []).append(result)
-    return [
-        found[0] if len(found) == 1 else save_merged_shard(out_dir, found)
-        for _, found in sorted(parts.items())
-    ]
 
 
 def _request(

@@ -1,9 +1,12 @@
 """Multiprocessing executor: persistent spawned workers, shard arrays in shared memory.
 
-The parent hands out shards longest first to whichever worker is idle and watches each
-worker: a worker that dies, or whose heartbeat stops for HUNG_AFTER_SECONDS, is replaced and
-its shard retried once (then recorded as failed); a shard running past
-``executor.shard_timeout`` is recorded as failed and its worker replaced.
+The parent hands out work units (whole shards, or a shard's chain blocks when there are
+several workers and the chains run one after another, as ``dispatch.work_units`` decides)
+to whichever worker is idle, and watches each worker: a worker that dies, or whose heartbeat
+stops for HUNG_AFTER_SECONDS, is replaced and its unit retried once (then recorded as
+failed); a unit running past ``executor.shard_timeout`` is recorded as failed and its worker
+replaced. The chain blocks of a shard are merged into its shard file at the end; draws are
+the same as from one process (each block is deterministic on its own).
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from hetmpi.config import ExecutorConfig
-from hetmpi.dispatch import Dispatch, Report, longest_first, work_units
+from hetmpi.dispatch import Dealt, Dispatch, Report, longest_first, work_units
 from hetmpi.executors import process_layout
 from hetmpi.executors.worker import BlockSpec, serve
 from hetmpi.records import ShardNote, ShardResult, stack_shards, unpack_result
-from hetmpi.results import save_shard_result
+from hetmpi.results import merge_split_shards, save_shard_result
 from hetmpi.runtime import available_cores
 from hetmpi.sampling import ShardTask, draw_counts, failed_result
 from hetmpi.sharding import Shard
@@ -42,7 +45,7 @@ class _Worker:
     slot: int
     process: Any  # multiprocessing.context.SpawnProcess
     conn: Connection
-    row: int | None = None  # the shard row it runs
+    dealt: Dealt | None = None  # the unit it runs
     started: float = 0.0
     last_beat: float = field(default_factory=time.monotonic)
 
@@ -67,6 +70,14 @@ def shared_shards(shards: Sequence[Shard]) -> Iterator[BlockSpec]:
         for handle in handles:
             handle.close()
             handle.unlink()
+
+
+def splittable_blocks(task: ShardTask) -> tuple[tuple[int, ...], ...]:
+    """The chain blocks a shard may be split into over workers: none in an exact run (its
+    chains share the shard's checkpoint files)."""
+    from hetmpi.kernel import chain_blocks
+
+    return () if task.cfg.method == "exact" else chain_blocks(task.cfg)
 
 
 class PoolExecutor:
@@ -110,11 +121,13 @@ class _PoolRun:
         self.settings = executor.settings
         self.shards, self.task = shards, task
         self.blocks = blocks
-        self.count = min(executor.workers, len(shards))
         ordered = [shards[k] for k in longest_first(shards)]
-        self.dispatch = Dispatch(work_units(ordered, (), 1), task.cfg.num_chains, report)
+        units = work_units(ordered, splittable_blocks(task), executor.workers)
+        self.count = min(executor.workers, len(units))
+        self.dispatch = Dispatch(units, task.cfg.num_chains, report)
         self.rows = {shard.index: row for row, shard in enumerate(shards)}
-        self.attempts = dict.fromkeys(range(len(shards)), 0)
+        self.attempts: dict[tuple[int, tuple[int, ...]], int] = {}
+        self.units = len(units)
         self.results: list[ShardResult] = []
         self.compiles: dict[int, tuple[int, float]] = {}  # slot -> (compiles, seconds)
         self.context = multiprocessing.get_context("spawn")
@@ -134,15 +147,17 @@ class _PoolRun:
         return _Worker(slot, process, parent)
 
     def run(self) -> None:
-        while len(self.results) < len(self.shards):
+        while len(self.results) < self.units:
             for worker in self.pool.values():
-                if worker.row is None and (dealt := self.dispatch.next_unit(worker.slot)):
-                    worker.row = self.rows[dealt.unit[0].index]
-                    self.attempts[worker.row] += 1
+                if worker.dealt is None and (dealt := self.dispatch.next_unit(worker.slot)):
+                    worker.dealt = dealt
+                    self.attempts[dealt.key] = self.attempts.get(dealt.key, 0) + 1
                     worker.started = worker.last_beat = time.monotonic()
-                    worker.conn.send(("shard", worker.row))
+                    shard, block = dealt.unit
+                    worker.conn.send(("shard", self.rows[shard.index], block))
             self.receive()
             self.check()
+        self.results = merge_split_shards(self.results, self.task.out_dir)
 
     def receive(self) -> None:
         """Take the messages that arrive within a second."""
@@ -157,7 +172,7 @@ class _PoolRun:
             if message[0] == "done":
                 _, meta, payload, compiled = message
                 self.compiles[worker.slot] = compiled
-                worker.row = None
+                worker.dealt = None
                 self.finish(worker.slot, unpack_result(meta, payload))
 
     def check(self) -> None:
@@ -168,9 +183,9 @@ class _PoolRun:
             why, retry = None, True
             if not worker.process.is_alive():
                 why = f"worker {slot} died (exit code {worker.process.exitcode})"
-            elif worker.row is not None and now - worker.last_beat > HUNG_AFTER_SECONDS:
+            elif worker.dealt is not None and now - worker.last_beat > HUNG_AFTER_SECONDS:
                 why = f"worker {slot} stopped responding for {HUNG_AFTER_SECONDS:.0f} s"
-            elif worker.row is not None and timeout and now - worker.started > timeout:
+            elif worker.dealt is not None and timeout and now - worker.started > timeout:
                 why, retry = f"timed out after {timeout:g} s (executor.shard_timeout)", False
             if why is not None:
                 self.give_up(worker, why, retry=retry)
@@ -180,16 +195,19 @@ class _PoolRun:
         worker.process.kill()
         worker.process.join()
         worker.conn.close()
-        if worker.row is None:
+        dealt, worker.dealt = worker.dealt, None
+        if dealt is None:
             return
-        shard = self.shards[worker.row]
-        if retry and self.attempts[worker.row] < MAX_ATTEMPTS:
-            log.warning("shard %d: %s; retrying it on a new worker", shard.index, why)
+        shard, block = dealt.unit
+        what = f"shard {shard.index}" + ("" if block is None else f" chains {list(block)}")
+        if retry and self.attempts[dealt.key] < MAX_ATTEMPTS:
+            log.warning("%s: %s; retrying it on a new worker", what, why)
             self.dispatch.requeue(worker.slot)
             return
-        log.warning("shard %d: %s; recorded as failed", shard.index, why)
-        result = failed_result(shard, self.task, draw_counts(shard, self.task), why)
-        save_shard_result(self.task.out_dir, result)
+        log.warning("%s: %s; recorded as failed", what, why)
+        counts = draw_counts(shard, self.task)
+        result = failed_result(shard, self.task, counts, why, chains=block)
+        save_shard_result(self.task.out_dir, result, part=block is not None)
         self.finish(worker.slot, result)
 
     def finish(self, slot: int, result: ShardResult) -> None:

@@ -1,8 +1,9 @@
 """The body of a multiprocessing worker (spawned, so it starts without JAX).
 
-It sets its JAX environment, then takes messages from its pipe: ("run", task, seed,
-out_dir) once, then ("shard", row) per shard and ("stop",) at the end. It answers
-("done", result, compiles) per shard and ("beat",) every HEARTBEAT_SECONDS from a thread,
+It sets its JAX environment, then takes messages from its pipe: ("run", task) once, then
+("shard", row, block) per work unit (the shard in that row of the blocks; ``block`` its
+chains, or None for all of them) and ("stop",) at the end. It answers ("done", result,
+compiles) per unit and ("beat",) every HEARTBEAT_SECONDS from a thread,
 so the parent can tell a busy worker from a hung one. Shard arrays are read from shared
 memory blocks named in ``blocks`` (field -> (name, shape, dtype)).
 """
@@ -63,8 +64,8 @@ def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
                 message = conn.recv()
                 if message[0] == "stop":
                     return
-                shard = shard_from_block(arrays, message[1])
-                result = sample_and_save(shard, task)
+                _, row, block = message
+                result = sample_and_save(shard_from_block(arrays, row), task, block)
                 compiled = (int(compiles["compiles"]), float(compiles["seconds"]))
                 send(("done", *pack_result(result), compiled))
     except EOFError:
