@@ -15,6 +15,7 @@ import numpy as np
 
 from hetmpi import __version__, diagnostics, plots
 from hetmpi.basins import basin_note, rivals_note, weak_identification_note
+from hetmpi.config import SamplerConfig
 from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
 from hetmpi.dataset import Dataset
 from hetmpi.fitcheck import against_mode, fit_check_note, residual_checks
@@ -129,6 +130,7 @@ def build_summary(
         and convergence["min_bfmi"] >= BFMI_LIMIT
         and not convergence["consensus_differs"]
     )
+    convergence["reasons"] = not_converged_reasons(convergence, parameters, prepared.cfg.sampler)
     sigma = float(draws["sigma"].mean()) if "sigma" in draws else warm.noise_sigma
     phi = prepared.dataset.phi
     checks = against_mode(
@@ -340,6 +342,39 @@ def truth_note(check: dict[str, Any]) -> str | None:
     )
 
 
+def not_converged_reasons(
+    convergence: dict[str, Any], parameters: dict[str, dict[str, Any]], sampler: SamplerConfig
+) -> list[str]:
+    """Each limit the run missed, with what to try (none when it converged)."""
+    c = convergence
+    reasons = []
+    if c["max_r_hat"] > RHAT_LIMIT or c["max_shard_r_hat"] > SHARD_RHAT_LIMIT:
+        name = max(parameters, key=lambda n: parameters[n]["r_hat"])
+        reasons.append(
+            f"R-hat {parameters[name]['r_hat']:.3f} in {name} (limit {RHAT_LIMIT}, bulk ESS "
+            f"{parameters[name]['ess_bulk']:.0f}): the chains have not mixed or disagree; "
+            f"sample longer (sampler.num_warmup: {2 * sampler.num_warmup}, num_samples: "
+            f"{2 * sampler.num_samples}) or run more chains (sampler.num_chains)"
+        )
+    if c["divergences"]:
+        reasons.append(
+            f"{c['divergences']} divergent transitions: NUTS failed to follow the posterior's "
+            "curvature there and may miss that part of it; raise sampler.target_accept (now "
+            f"{sampler.target_accept:g}, try 0.95) or fix the parameters the data barely inform"
+        )
+    if c["min_bfmi"] < BFMI_LIMIT:
+        reasons.append(
+            f"E-BFMI {c['min_bfmi']:.2f} (limit {BFMI_LIMIT}): the chains explore the energy "
+            "distribution poorly (heavy tails); fix or give priors to the weakest parameters"
+        )
+    if c["consensus_differs"]:
+        reasons.append(
+            "the consensus differs from the exact posterior (consensus check): use fewer "
+            "shards or sampler.method: exact"
+        )
+    return reasons
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The printed end-of-run table: parameters, then convergence in one line."""
     lines = [
@@ -362,8 +397,9 @@ def format_table(summary: dict[str, Any]) -> str:
         used + f"max R-hat {c['max_r_hat']:.3f} (shards {c['max_shard_r_hat']:.3f}), "
         f"min bulk ESS {c['min_ess_bulk']:.0f}, divergences {c['divergences']}, "
         f"min E-BFMI {c['min_bfmi']:.2f}, mean leapfrog steps {c['mean_leapfrog_steps']:.1f}: "
-        + ("converged" if c["converged"] else "NOT converged (see summary.json)")
+        + ("converged" if c["converged"] else "NOT converged:")
     )
+    lines.extend(f"  - {reason}" for reason in c["reasons"])
     note = truth_note(summary["truth_check"])
     if note:
         lines.append(note)

@@ -205,3 +205,29 @@ def test_truth_check_places_the_truth_in_the_central_interval() -> None:
     inside = truth_check(draws, {"a": -1.0, "b": 11.0})
     assert truth_note(inside).startswith("truth: inside the 99% interval for all 2 parameters")
     assert truth_note(truth_check(draws, {})) is None
+
+
+def test_a_run_that_missed_a_limit_says_which_and_what_to_try() -> None:
+    from hetmpi.config import SamplerConfig
+    from hetmpi.report import not_converged_reasons
+
+    parameters = {
+        "D0_ref": {"r_hat": 1.018, "ess_bulk": 161.0},
+        "f0": {"r_hat": 1.002, "ess_bulk": 502.0},
+    }
+    clean = {
+        "max_r_hat": 1.004, "max_shard_r_hat": 1.004, "divergences": 0, "min_bfmi": 0.9,
+        "consensus_differs": [],
+    }  # fmt: skip
+    sampler = SamplerConfig(num_warmup=300, num_samples=300, target_accept=0.8)
+    calm = {"D0_ref": {"r_hat": 1.004, "ess_bulk": 900.0}}
+    assert not_converged_reasons(clean, calm, sampler) == []
+    slow = clean | {"max_r_hat": 1.018, "max_shard_r_hat": 1.018}
+    (reason,) = not_converged_reasons(slow, parameters, sampler)
+    assert reason.startswith("R-hat 1.018 in D0_ref (limit 1.01, bulk ESS 161)")
+    assert "num_warmup: 600, num_samples: 600" in reason
+    broken = clean | {"divergences": 5, "min_bfmi": 0.2, "consensus_differs": ["f0"]}
+    reasons = not_converged_reasons(broken, calm, sampler)
+    assert [r.split()[0] for r in reasons] == ["5", "E-BFMI", "the"]
+    assert "target_accept (now 0.8, try 0.95)" in reasons[0]
+    assert "sampler.method: exact" in reasons[2]

@@ -81,6 +81,8 @@ def test_smoke_run_writes_every_output(finished_run: Path) -> None:
     assert set(check["parameters"]) == set(summary["parameters"])
     assert summary["convergence"]["consensus_differs"] == ([] if check["corrected"] else
                                                            check["differs"])  # fmt: skip
+    convergence = summary["convergence"]
+    assert convergence["converged"] == (convergence["reasons"] == [])
     assert len(summary["shards"]) == 2
     assert all(s["status"] == "ok" for s in summary["shards"])
     for entry in summary["parameters"].values():
