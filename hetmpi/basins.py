@@ -14,8 +14,11 @@ from hetmpi.problem import Problem
 def basin_report(fit: Problem, found: SearchResult, threshold: float) -> tuple[dict[str, Any], ...]:
     """Per basin, best first: its negative log posterior over the best's (nats), Laplace
     share of the mass, design starts that reached it, whether it competes (share at least
-    ``threshold``), its parameter values, and the (up to) three physics parameters in which
-    it differs most from the best basin, in prior sd (u)."""
+    ``threshold``), whether the reference's transport rate is the lower at the first frame
+    (the order ``model.labelling: reference_slower`` asks for), its parameter values, and
+    the (up to) three physics parameters in which it differs most from the best basin, in
+    prior sd (u)."""
+    sign = -1.0 if fit.model.labelling == "sample_slower" else 1.0
     best = found.basins[0]
     n_free = len(fit.model.free_physics)
     report = []
@@ -29,11 +32,35 @@ def basin_report(fit: Problem, found: SearchResult, threshold: float) -> tuple[d
                 "mass_share": float(share),
                 "starts": basin.starts,
                 "competing": bool(share >= threshold),
+                "reference_slower": bool(
+                    sign * float(fit.model.labelling_gap(basin.u, fit.consts)) > 0.0
+                ),
                 "values": dict(zip(fit.model.names, values.tolist(), strict=True)),
                 "differs_most_in": [fit.model.names[k] for k in most],
             }
         )
     return tuple(report)
+
+
+def labelling_conflict(basins: tuple[dict[str, Any], ...], labelling: str) -> str:
+    """Why a run cannot give one posterior ("" when it can): under a free ``labelling``,
+    competing basins with the reference slower in one and faster in another, whose chains
+    could never be combined."""
+    competing = [k for k, b in enumerate(basins) if b["competing"]]
+    if labelling != "free" or len({basins[k]["reference_slower"] for k in competing}) < 2:
+        return ""
+    listed = "; ".join(
+        f"basin {k + 1} ({basins[k]['delta_nlp']:+.1f} nats, {basins[k]['mass_share']:.0%} "
+        f"of the mass): the reference {'slower' if basins[k]['reference_slower'] else 'faster'}"
+        for k in competing
+    )
+    return (
+        "model.labelling: the data cannot tell the two labellings of reference and sample "
+        f"apart ({listed}, at the first frame), and chains in both could never be combined "
+        "into one posterior, so nothing is sampled. Set model.labelling to reference_slower "
+        "or sample_slower (which component is the reference is physics these data do not "
+        "settle) and run again"
+    )
 
 
 def basin_note(basins: tuple[dict[str, Any], ...], num_starts: int) -> str:

@@ -188,6 +188,7 @@ def validate(config: str, fit: bool) -> None:
     if fit:
         _configure_whole_process(cfg)
     from hetmpi import context
+    from hetmpi.basins import labelling_conflict
     from hetmpi.sharding import pool_points
 
     dataset = context.load_data(cfg)
@@ -201,10 +202,13 @@ def validate(config: str, fit: bool) -> None:
         f"{dim} sampled parameters, {counted(shards, 'shard')} ({how})"
     )
     if fit:
-        warm = context.prepare(cfg, dataset).task.warm
+        warm = context.prepare(cfg, dataset, runnable=False).task.warm
         click.echo(_identification_table(warm))
         click.echo()
         click.echo(_basin_table(warm))
+        conflict = labelling_conflict(warm.basins, cfg.model.labelling)
+        if conflict:
+            raise InputError(conflict)
 
 
 def _basin_table(warm: WarmStart) -> str:
@@ -221,6 +225,8 @@ def _basin_table(warm: WarmStart) -> str:
         f"{'mass share':<18}" + "".join(f"{b['mass_share']:>13.3g}" for b in basins),
         f"{'starts':<18}" + "".join(f"{b['starts']:>13}" for b in basins),
         f"{'competing':<18}" + "".join(f"{'yes' if b['competing'] else 'no':>13}" for b in basins),
+        f"{'reference':<18}"
+        + "".join(f"{'slower' if b['reference_slower'] else 'faster':>13}" for b in basins),
     ]
     for name in warm.problem.model.names[: len(warm.problem.model.free_physics)]:
         lines.append(f"{name:<18}" + "".join(f"{b['values'][name]:>13.6g}" for b in basins))

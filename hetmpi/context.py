@@ -19,7 +19,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hetmpi.basins import basin_note, rivals_note, weak_identification_note
+from hetmpi.basins import (
+    basin_note,
+    labelling_conflict,
+    rivals_note,
+    weak_identification_note,
+)
 from hetmpi.config import Config
 from hetmpi.configfile import config_to_dict
 from hetmpi.dataset import Dataset
@@ -151,10 +156,15 @@ def check_draw_memory(cfg: Config, num_points: int, num_angles: int, num_shards:
 
 
 def prepare(
-    cfg: Config, dataset: Dataset | None = None, *, helpers: PrepareHelpers | None = None
+    cfg: Config,
+    dataset: Dataset | None = None,
+    *,
+    helpers: PrepareHelpers | None = None,
+    runnable: bool = True,
 ) -> RunContext:
     """Load and pool the data, cut the shards, and fit the warm start. ``helpers`` get the
-    sampler's outline before the fit and run shares of the mode search."""
+    sampler's outline before the fit and run shares of the mode search. ``runnable``: raise
+    InputError where sampling could not end in one posterior (``labelling_conflict``)."""
     started = time.perf_counter()
     dataset = load_data(cfg) if dataset is None else dataset
     points = pool_points(dataset)
@@ -179,7 +189,10 @@ def prepare(
         cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
     )  # fmt: skip
     log.info(basin_note(warm.basins, warm.search["starts"]))
-    if len(warm.chain_basins) > 1:
+    conflict = labelling_conflict(warm.basins, cfg.model.labelling)
+    if conflict and runnable:
+        raise InputError(conflict)
+    if len(warm.chain_basins) > 1 and not conflict:
         log.warning(rivals_note(warm.basins, cfg.mode_search.mass_threshold))
     if len(warm.chain_basins) > cfg.sampler.num_chains:
         log.warning(

@@ -611,3 +611,28 @@ def test_shard_commands_on_a_folder_that_was_never_planned(
         f"`hetmpi plan CONFIG -o {tmp_path}`\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_whose_labellings_compete_stops_before_sampling(tmp_path: Path) -> None:
+    """On 80 frames of the standard job the two labellings hold about half the mass each:
+    `run` exits 2 after the mode search, names model.labelling and writes nothing;
+    `validate --fit` prints the basins, each with its order, then exits 2 the same way."""
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    data = tmp_path / "data.h5"
+    simulate = ["simulate", str(jobs / "standard_truth.yaml"), "-o", str(data), "--n-frames", "80"]
+    subprocess.run([sys.executable, "-m", "hetmpi", *simulate], check=True, capture_output=True)
+    raw = yaml.safe_load((jobs / "standard.yaml").read_text())
+    raw["data"]["path"] = str(data)
+    raw["output"] = {"directory": str(tmp_path / "out")}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    for command in (["run"], ["validate", "--fit"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "hetmpi", *command, "cfg.yaml"],
+            cwd=tmp_path, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        message = proc.stderr.strip().splitlines()[-1]
+        assert message.startswith("error: model.labelling: the data cannot tell"), message
+        assert "the reference slower" in message and "the reference faster" in message
+    assert "reference" in proc.stdout and "slower" in proc.stdout and "faster" in proc.stdout
+    assert not (tmp_path / "out").exists()

@@ -88,7 +88,8 @@ def test_resampling_follows_the_weights() -> None:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
-    """The standard job's physics on 50 frames (4 angles, 4,900 points), warm start done."""
+    """The standard job's physics on 50 frames (4 angles, 4,900 points), warm start done,
+    the reference chosen to be the slower component."""
     folder = tmp_path_factory.mktemp("importance")
     subprocess.run(
         [sys.executable, "-m", "hetmpi", "simulate", str(JOBS / "standard_truth.yaml"), "-o",
@@ -97,6 +98,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> RunContext:
     )  # fmt: skip
     raw = yaml.safe_load((JOBS / "standard.yaml").read_text())
     raw["data"]["path"] = str(folder / "data.h5")
+    raw["model"]["labelling"] = "reference_slower"  # on 50 frames both labellings compete
     raw["output"] = {"directory": str(folder / "out")}
     return prepare(config_from_dict(raw, folder))
 

@@ -128,6 +128,27 @@ def test_a_labelling_keeps_the_basin_it_names(dataset: Dataset, truth: dict) -> 
         assert np.sign(warm.values[k]) == np.sign(sign * f1), labelling
         gap = warm.problem.model.labelling_gap(warm.center, warm.problem.consts)
         assert float(gap) > 0.0
+        assert warm.basins[0]["reference_slower"] == (labelling == "reference_slower")
+
+
+def test_competing_basins_of_both_labellings_stop_a_free_run() -> None:
+    """Competing basins with the reference slower in one and faster in the other cannot
+    give one posterior under a free labelling; a chosen labelling, a basin that does not
+    compete, or two competing basins of one order can."""
+    from hetmpi.basins import labelling_conflict
+
+    def basin(nats: float, share: float, slower: bool) -> dict:
+        return {"delta_nlp": nats, "mass_share": share, "competing": share >= 0.01,
+                "reference_slower": slower}  # fmt: skip
+
+    both = (basin(0.0, 0.52, True), basin(0.6, 0.48, False))
+    note = labelling_conflict(both, "free")
+    assert note.startswith("model.labelling: the data cannot tell the two labellings")
+    assert "basin 1 (+0.0 nats, 52% of the mass): the reference slower" in note
+    assert "basin 2 (+0.6 nats, 48% of the mass): the reference faster" in note
+    assert labelling_conflict(both, "reference_slower") == ""
+    assert labelling_conflict((basin(0.0, 0.995, True), basin(9.0, 0.005, False)), "free") == ""
+    assert labelling_conflict((basin(0.0, 0.6, True), basin(0.4, 0.4, True)), "free") == ""
 
 
 def _result(index: int, means: list[float]) -> ShardResult:
