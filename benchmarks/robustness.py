@@ -1,7 +1,8 @@
 """Does the mode search find the truth's basin from default start values on data it was
 not tuned on?
 
-    python benchmarks/robustness.py [--datasets 10] [--runs 0,1,2,3] [--seed 2026] [--workdir DIR]
+    python benchmarks/robustness.py [--datasets 10] [--runs 0,1,2,3] [--seed 2026] [--shards auto]
+        [--workdir DIR]
 
 Draws ``--datasets`` truths (seeded) from a broad realistic range: either component the
 slower one (both labellings), fraction amplitude 0.2-0.8 with a growth or decay of up to
@@ -10,7 +11,8 @@ frames, the typical fixed set (D_offset_sample, v_offset, f2, f3 = 0, held). Eac
 is fitted from the parameter table's defaults, as a user would. Per dataset it prints the
 mode search's best negative log posterior minus that of a BFGS started at the truth (target
 <= 0.5 nat), the basins found and the search's seconds; for the datasets listed in ``--runs``
-a full ``hetmpi run`` (K = 2 shards, 2 chains, 300 + 300, multiprocessing) and its max |z| of
+a full ``hetmpi run`` (``--shards``, default auto as a user's run: one shard under 100,000
+points; 2 chains, 300 + 300, multiprocessing) and its max |z| of
 the truth over the sampled physics parameters (target <= 3.3), max R-hat, divergences, the
 consensus check (its k-hat and ESS, and whether the posterior became its importance draws)
 and the run's verdict.
@@ -168,7 +170,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
-        "--shards", default="2", help="num_shards of the full runs: a count, or auto"
+        "--shards", default="auto", help="num_shards of the full runs: a count, or auto"
     )
     args = parser.parse_args()
     shards = None if args.shards == "auto" else int(args.shards)

@@ -310,8 +310,9 @@ class MpiExecutor:
         units = work_units(ordered, chain_blocks(task.cfg), samplers)
         if len(units) < samplers:
             log.warning(
-                "%d work units (shards or chains) for %d sampling ranks: %d ranks stay idle "
-                "(num_shards: auto picks a multiple of the rank count)",
+                "%d work units (shards or chains) for %d sampling ranks: %d ranks stay idle; "
+                "sampler.method: exact spreads the likelihood of all the data over every rank, "
+                "more sampler.num_chains or sharding.num_shards give them work",
                 len(units), samplers, samplers - len(units),
             )  # fmt: skip
         speculate = samplers > 1 and task.cfg.max_retries >= 1
