@@ -357,10 +357,12 @@ def not_converged_reasons(
             f"{2 * sampler.num_samples}) or run more chains (sampler.num_chains)"
         )
     if c["divergences"]:
+        higher = 0.95 if sampler.target_accept < 0.95 else 0.99
         reasons.append(
             f"{c['divergences']} divergent transitions: NUTS failed to follow the posterior's "
             "curvature there and may miss that part of it; raise sampler.target_accept (now "
-            f"{sampler.target_accept:g}, try 0.95) or fix the parameters the data barely inform"
+            f"{sampler.target_accept:g}, try {higher:g}) or fix the parameters the data barely "
+            "inform"
         )
     if c["min_bfmi"] < BFMI_LIMIT:
         reasons.append(

@@ -231,3 +231,5 @@ def test_a_run_that_missed_a_limit_says_which_and_what_to_try() -> None:
     assert [r.split()[0] for r in reasons] == ["5", "E-BFMI", "the"]
     assert "target_accept (now 0.8, try 0.95)" in reasons[0]
     assert "sampler.method: exact" in reasons[2]
+    careful = SamplerConfig(target_accept=0.95)
+    assert "(now 0.95, try 0.99)" in not_converged_reasons(broken, calm, careful)[0]
