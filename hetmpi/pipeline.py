@@ -260,9 +260,11 @@ def _run(
         task.num_shards, already_done=len(done), enabled=cfg.sampler.progress_bar
     )
     sampling_started = time.perf_counter()
-    with compile_monitor() as compiles:
-        results = executor.run(todo, task, progress.advance)
-    progress.close()
+    try:
+        with compile_monitor() as compiles:
+            results = executor.run(todo, task, progress.advance)
+    finally:
+        progress.close()
     timings = {
         **context.seconds,
         "sampling": time.perf_counter() - sampling_started,

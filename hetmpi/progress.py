@@ -1,4 +1,6 @@
-"""Progress over shards: a bar on a terminal, heartbeat log lines otherwise (rank 0 only)."""
+"""Progress over shards: a bar on a terminal, log lines otherwise (rank 0 only), and a
+heartbeat while no shard finishes (a run of one large shard is otherwise silent for as long
+as it samples)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,22 @@ from hetmpi.records import ShardNote
 
 log = logging.getLogger("hetmpi")
 
+HEARTBEAT_SECONDS = 60.0
+
 
 class ShardProgress:
     """Counts finished shards; ``advance`` may be called from several threads."""
 
-    def __init__(self, total: int, *, already_done: int = 0, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        total: int,
+        *,
+        already_done: int = 0,
+        enabled: bool = True,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        """``enabled``: a bar where stderr is a terminal; every ``heartbeat`` seconds the bar
+        is redrawn (its clock moves on) or, without one, a line is logged."""
         self.total = total
         self.done = already_done
         self.started = time.perf_counter()
@@ -25,6 +38,22 @@ class ShardProgress:
         self.bar = None
         if enabled and sys.stderr.isatty():
             self.bar = tqdm(total=total, initial=already_done, desc="shards", unit="shard")
+        self.stopped = threading.Event()
+        self.beating = threading.Thread(
+            target=self._beat, args=(heartbeat,), name="hetmpi-progress", daemon=True
+        )
+        self.beating.start()
+
+    def _beat(self, seconds: float) -> None:
+        while not self.stopped.wait(seconds):
+            with self.lock:
+                if self.bar is not None:
+                    self.bar.refresh()
+                    continue
+                log.info(
+                    "sampling: %d/%d shards done, %.0f s elapsed",
+                    self.done, self.total, time.perf_counter() - self.started,
+                )  # fmt: skip
 
     def advance(self, note: ShardNote) -> None:
         with self.lock:
@@ -42,5 +71,7 @@ class ShardProgress:
             )  # fmt: skip
 
     def close(self) -> None:
+        self.stopped.set()
+        self.beating.join()
         if self.bar is not None:
             self.bar.close()

@@ -57,3 +57,23 @@ def test_an_error_that_ends_the_run_is_logged_once(tmp_path: Path, quiet: object
         raise RunError("shard 3 failed")
     lines = (tmp_path / LOG_NAME).read_text().splitlines()
     assert lines == ["error: shard 3 failed"]
+
+
+def test_a_long_shard_leaves_heartbeat_lines_until_progress_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without a terminal, a line every heartbeat while shards run; none after close."""
+    import time
+
+    from hetmpi.progress import ShardProgress
+
+    with caplog.at_level(logging.INFO, logger="hetmpi"):
+        progress = ShardProgress(1, heartbeat=0.05)
+        time.sleep(0.3)
+        progress.close()
+        beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sampling:")]
+        time.sleep(0.2)
+        after = [r for r in caplog.records if r.getMessage().startswith("sampling:")]
+    assert len(beats) >= 2
+    assert beats[0].startswith("sampling: 0/1 shards done, ") and beats[0].endswith(" s elapsed")
+    assert len(after) == len(beats)
