@@ -43,10 +43,10 @@ def basin_report(fit: Problem, found: SearchResult, threshold: float) -> tuple[d
 
 
 def labelling_conflict(basins: tuple[dict[str, Any], ...], labelling: str) -> str:
-    """Why a run cannot give one posterior ("" when it can): under a free ``labelling``,
-    competing basins with the reference slower in one and faster in another, whose chains
-    could never be combined."""
-    competing = [k for k, b in enumerate(basins) if b["competing"]]
+    """Why a run cannot give one posterior ("" when it can): under a free ``labelling``, the
+    basins chains start in (the best and those competing) with the reference slower in one
+    and faster in another, whose chains could never be combined."""
+    competing = [0, *(k for k, b in enumerate(basins) if b["competing"] and k > 0)]
     if labelling != "free" or len({basins[k]["reference_slower"] for k in competing}) < 2:
         return ""
     listed = "; ".join(

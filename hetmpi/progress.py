@@ -33,7 +33,7 @@ class ShardProgress:
         is redrawn (its clock moves on) or, without one, a line is logged."""
         self.total = total
         self.done = already_done
-        self.started = time.perf_counter()
+        self.started = self.last = time.perf_counter()
         self.lock = threading.Lock()
         self.bar = None
         if enabled and sys.stderr.isatty():
@@ -50,6 +50,8 @@ class ShardProgress:
                 if self.bar is not None:
                     self.bar.refresh()
                     continue
+                if time.perf_counter() - self.last < seconds:
+                    continue
                 log.info(
                     "sampling: %d/%d shards done, %.0f s elapsed",
                     self.done, self.total, time.perf_counter() - self.started,
@@ -58,6 +60,7 @@ class ShardProgress:
     def advance(self, note: ShardNote) -> None:
         with self.lock:
             self.done += 1
+            self.last = time.perf_counter()
             if self.bar is not None:
                 self.bar.set_postfix_str(f"last: shard {note.index} {note.status}")
                 self.bar.update(1)

@@ -348,13 +348,20 @@ def not_converged_reasons(
     """Each limit the run missed, with what to try (none when it converged)."""
     c = convergence
     reasons = []
-    if c["max_r_hat"] > RHAT_LIMIT or c["max_shard_r_hat"] > SHARD_RHAT_LIMIT:
-        name = max(parameters, key=lambda n: parameters[n]["r_hat"])
+    longer = (
+        f"sample longer (sampler.num_warmup: {2 * sampler.num_warmup}, num_samples: "
+        f"{2 * sampler.num_samples}) or run more chains (sampler.num_chains)"
+    )
+    if not c["max_r_hat"] <= RHAT_LIMIT:
+        name = max(parameters, key=lambda n: np.nan_to_num(parameters[n]["r_hat"], nan=np.inf))
         reasons.append(
             f"R-hat {parameters[name]['r_hat']:.3f} in {name} (limit {RHAT_LIMIT}, bulk ESS "
-            f"{parameters[name]['ess_bulk']:.0f}): the chains have not mixed or disagree; "
-            f"sample longer (sampler.num_warmup: {2 * sampler.num_warmup}, num_samples: "
-            f"{2 * sampler.num_samples}) or run more chains (sampler.num_chains)"
+            f"{parameters[name]['ess_bulk']:.0f}): the chains have not mixed or disagree; " + longer
+        )
+    elif not c["max_shard_r_hat"] <= SHARD_RHAT_LIMIT:
+        reasons.append(
+            f"R-hat {c['max_shard_r_hat']:.3f} within a shard (limit {SHARD_RHAT_LIMIT}): its "
+            "chains have not mixed or disagree; " + longer
         )
     if c["divergences"]:
         higher = 0.95 if sampler.target_accept < 0.95 else 0.99
@@ -364,7 +371,7 @@ def not_converged_reasons(
             f"{sampler.target_accept:g}, try {higher:g}) or fix the parameters the data barely "
             "inform"
         )
-    if c["min_bfmi"] < BFMI_LIMIT:
+    if not c["min_bfmi"] >= BFMI_LIMIT:
         reasons.append(
             f"E-BFMI {c['min_bfmi']:.2f} (limit {BFMI_LIMIT}): the chains explore the energy "
             "distribution poorly (heavy tails); fix or give priors to the weakest parameters"

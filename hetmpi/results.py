@@ -6,8 +6,9 @@ out/
                         draws (chains, draws, d) in parameter units, u_draws the same in the
                         sampler's coordinates, stats/ NumPyro's statistics, attrs
                         names (JSON) and the run's settings
-  shards/shard_0007_chains_1.h5  while a run deals a shard's chains to different MPI ranks,
-                        or an exact run finishes a chain (merged into shard_0007.h5 at the end)
+  shards/shard_0007_chains_1.h5  while a run deals a shard's chains to different processes
+                        (MPI ranks, pool workers), or an exact run finishes a chain (merged
+                        into shard_0007.h5 at the end)
   shards/shard_0000_state_1.h5  an exact run's sampler state of chain 1 after its last chunk
                         (hetmpi.checkpoint; removed once the shard file is written)
   posterior.nc          ArviZ InferenceData, NetCDF (see hetmpi.inference_data)
@@ -113,14 +114,17 @@ def load_valid_shards(
 
 def merge_chain_files(out_dir: Path, accept: Callable[[ShardResult], bool]) -> None:
     """Turn the chain files of each shard without a shard file into its shard file, when
-    they load, merge and pass ``accept`` (a run interrupted while its shards' chains were
-    dealt to MPI ranks; --resume then reuses them)."""
+    they load, come from one run (the same ``run_id``), merge and pass ``accept`` (a run
+    interrupted while its shards' chains were dealt to different processes; --resume then
+    reuses them)."""
     parts: dict[int, list[ShardResult]] = {}
     for index, path in _result_files(out_dir, chain_files=True):
         result = _load_or_none(path)
         if result is not None and not shard_path(out_dir, index).exists():
             parts.setdefault(index, []).append(result)
     for found in parts.values():
+        if len({part.extra.get("run_id") for part in found}) > 1:
+            continue
         merged = merge_results(found)
         if accept(merged):
             save_merged_shard(out_dir, [merged])

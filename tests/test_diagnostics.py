@@ -231,5 +231,12 @@ def test_a_run_that_missed_a_limit_says_which_and_what_to_try() -> None:
     assert [r.split()[0] for r in reasons] == ["5", "E-BFMI", "the"]
     assert "target_accept (now 0.8, try 0.95)" in reasons[0]
     assert "sampler.method: exact" in reasons[2]
+    (shard,) = not_converged_reasons(clean | {"max_shard_r_hat": 1.08}, calm, sampler)
+    assert shard.startswith("R-hat 1.080 within a shard (limit 1.05)")
+    unknown = clean | {"max_r_hat": float("nan"), "min_bfmi": float("nan")}
+    nan_r_hat = {"D0_ref": {"r_hat": float("nan"), "ess_bulk": 3.0}}
+    assert [r.split()[0] for r in not_converged_reasons(unknown, nan_r_hat, sampler)] == [
+        "R-hat", "E-BFMI"
+    ]  # fmt: skip
     careful = SamplerConfig(target_accept=0.95)
     assert "(now 0.95, try 0.99)" in not_converged_reasons(broken, calm, careful)[0]

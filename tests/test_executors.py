@@ -165,6 +165,17 @@ def test_chain_files_of_an_interrupted_run_become_shard_files(tmp_path: Path) ->
     assert files == ["shard_0000.h5", "shard_0001_chains_0.h5"]
 
 
+def test_chain_files_of_two_runs_are_never_merged(tmp_path: Path) -> None:
+    """A shard's chain 0 from one run and chain 1 from another (a resume with a changed
+    config, interrupted again) stay chain files: the shard is sampled again."""
+    parts = [_chain_result(0, 0, run_id="first"), _chain_result(0, 1, run_id="second")]
+    for part in parts:
+        save_shard_result(tmp_path, part, part=True)
+    merge_chain_files(tmp_path, lambda r: r.chains == (0, 1))
+    files = sorted(path.name for path in (tmp_path / "shards").iterdir())
+    assert files == ["shard_0000_chains_0.h5", "shard_0000_chains_1.h5"]
+
+
 def test_work_is_dealt_by_chain_when_processes_share_it() -> None:
     shards = ["s0", "s1"]  # work_units only orders and pairs them
     blocks = ((0,), (1,))

@@ -149,6 +149,11 @@ def test_competing_basins_of_both_labellings_stop_a_free_run() -> None:
     assert labelling_conflict(both, "reference_slower") == ""
     assert labelling_conflict((basin(0.0, 0.995, True), basin(9.0, 0.005, False)), "free") == ""
     assert labelling_conflict((basin(0.0, 0.6, True), basin(0.4, 0.4, True)), "free") == ""
+    # the best basin gets chains even below the threshold
+    lonely = (basin(0.0, 0.005, True), basin(0.1, 0.995, False))
+    assert "basin 1 (+0.0 nats, 0% of the mass): the reference slower" in labelling_conflict(
+        lonely, "free"
+    )
 
 
 def _result(index: int, means: list[float]) -> ShardResult:

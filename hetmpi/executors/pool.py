@@ -37,7 +37,7 @@ from hetmpi.sharding import Shard
 log = logging.getLogger("hetmpi")
 
 HUNG_AFTER_SECONDS = 60.0
-MAX_ATTEMPTS = 2  # a shard whose worker died is retried once
+MAX_ATTEMPTS = 2  # a unit whose worker died is retried once
 
 
 @dataclass
@@ -81,7 +81,8 @@ def splittable_blocks(task: ShardTask) -> tuple[tuple[int, ...], ...]:
 
 
 class PoolExecutor:
-    """Shards over ``workers`` spawned processes, each pinned to its share of the cores."""
+    """Shards, or their chain blocks, over ``workers`` spawned processes, each pinned to its
+    share of the cores."""
 
     name = "multiprocessing"
 
