@@ -3,6 +3,7 @@ the notes the log, the summary and ``hetmpi validate --fit`` print from it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,11 +43,13 @@ def basin_report(fit: Problem, found: SearchResult, threshold: float) -> tuple[d
     return tuple(report)
 
 
-def labelling_conflict(basins: tuple[dict[str, Any], ...], labelling: str) -> str:
+def labelling_conflict(
+    basins: tuple[dict[str, Any], ...], chain_basins: Sequence[int], labelling: str
+) -> str:
     """Why a run cannot give one posterior ("" when it can): under a free ``labelling``, the
-    basins chains start in (the best and those competing) with the reference slower in one
-    and faster in another, whose chains could never be combined."""
-    competing = [0, *(k for k, b in enumerate(basins) if b["competing"] and k > 0)]
+    basins chains start in (``chain_basins``) with the reference slower in one and faster in
+    another, whose chains could never be combined."""
+    competing = list(chain_basins)
     if labelling != "free" or len({basins[k]["reference_slower"] for k in competing}) < 2:
         return ""
     listed = "; ".join(

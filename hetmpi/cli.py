@@ -206,7 +206,7 @@ def validate(config: str, fit: bool) -> None:
         click.echo(_identification_table(warm))
         click.echo()
         click.echo(_basin_table(warm))
-        conflict = labelling_conflict(warm.basins, cfg.model.labelling)
+        conflict = labelling_conflict(warm.basins, warm.chain_basins, cfg.model.labelling)
         if conflict:
             raise InputError(conflict)
 

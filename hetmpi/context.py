@@ -189,7 +189,7 @@ def prepare(
         cfg.sharding.strategy, fitted - loaded, warm.noise_sigma, warm.reduced_chi2,
     )  # fmt: skip
     log.info(basin_note(warm.basins, warm.search["starts"]))
-    conflict = labelling_conflict(warm.basins, cfg.model.labelling)
+    conflict = labelling_conflict(warm.basins, warm.chain_basins, cfg.model.labelling)
     if conflict and runnable:
         raise InputError(conflict)
     if len(warm.chain_basins) > 1 and not conflict:

@@ -142,17 +142,18 @@ def test_competing_basins_of_both_labellings_stop_a_free_run() -> None:
                 "reference_slower": slower}  # fmt: skip
 
     both = (basin(0.0, 0.52, True), basin(0.6, 0.48, False))
-    note = labelling_conflict(both, "free")
+    note = labelling_conflict(both, (0, 1), "free")
     assert note.startswith("model.labelling: the data cannot tell the two labellings")
     assert "basin 1 (+0.0 nats, 52% of the mass): the reference slower" in note
     assert "basin 2 (+0.6 nats, 48% of the mass): the reference faster" in note
-    assert labelling_conflict(both, "reference_slower") == ""
-    assert labelling_conflict((basin(0.0, 0.995, True), basin(9.0, 0.005, False)), "free") == ""
-    assert labelling_conflict((basin(0.0, 0.6, True), basin(0.4, 0.4, True)), "free") == ""
+    assert labelling_conflict(both, (0, 1), "reference_slower") == ""
+    minor = (basin(0.0, 0.995, True), basin(9.0, 0.005, False))
+    assert labelling_conflict(minor, (0,), "free") == ""
+    assert labelling_conflict((basin(0.0, 0.6, True), basin(0.4, 0.4, True)), (0, 1), "free") == ""
     # the best basin gets chains even below the threshold
     lonely = (basin(0.0, 0.005, True), basin(0.1, 0.995, False))
     assert "basin 1 (+0.0 nats, 0% of the mass): the reference slower" in labelling_conflict(
-        lonely, "free"
+        lonely, (0, 1), "free"
     )
 
 
