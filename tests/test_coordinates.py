@@ -1,5 +1,6 @@
-"""The sampler's coordinates (the fraction triple's, the rate offsets' shear): a bijection
-with the right Jacobian, so NUTS in w samples the same posterior as in u."""
+"""The sampler's coordinates (the fraction triple's; the transports' amplitude, slope and
+rate offset shear): a bijection with the right Jacobian, so NUTS in w samples the same
+posterior as in u."""
 
 from pathlib import Path
 
@@ -146,8 +147,9 @@ def test_growth_is_detected_against_the_shard_sd(
 
 def test_nuts_in_sampler_coordinates_samples_the_prior(problem: Problem) -> None:
     """With no data the shard density is the prior, N(0, 1) in every coordinate of u. NUTS in
-    w, mapped back to u, must give mean 0 and sd 1 for f0, f1, f3 (within 5 Monte Carlo
-    standard errors from the draws' ESS); a wrong Jacobian shifts them by O(1)."""
+    w, mapped back to u, must give mean 0 and sd 1 (within 5 Monte Carlo
+    standard errors from the draws' ESS) for f0, f1, f3 and the transports' D0, alpha and
+    D_offset; a wrong Jacobian shifts them by O(1)."""
     model, consts = problem.model, problem.consts
     empty = ShardArrays(*(jnp.zeros(1) for _ in range(3)), jnp.zeros(1, dtype=int),
                         jnp.zeros(1), jnp.ones(1))  # fmt: skip
@@ -165,50 +167,65 @@ def test_nuts_in_sampler_coordinates_samples_the_prior(problem: Problem) -> None
     mcmc.run(jax.random.PRNGKey(7), init_params=start)
     w = mcmc.get_samples(group_by_chain=True)
     u = np.asarray(jax.vmap(jax.vmap(lambda x: model.sampler_to_u(x, consts)[0]))(w))
-    for k in _block(problem):
+    transports = [i for shear in model.transport_shears for i in shear[1:]]
+    for k in [*_block(problem), *transports]:
         draws = u[:, :, k]
         ess = float(az.ess(draws))
-        assert ess > 200, (model.names[k], ess)
+        assert ess > 100, (model.names[k], ess)
         mean_error = 5.0 / np.sqrt(ess)
         sd_error = 5.0 / np.sqrt(2.0 * ess)
         assert abs(draws.mean()) < mean_error, (model.names[k], draws.mean(), ess)
         assert abs(draws.std() - 1.0) < sd_error, (model.names[k], draws.std(), ess)
 
 
-def test_rate_offsets_are_sheared_along_the_rate_at_t_star(problem: Problem) -> None:
-    """w of each rate offset is its u plus D0 t*^alpha over the offset's prior sd (the rest
-    of w is u where the fraction coordinates are off), with log-Jacobian 0; the shear turns
-    off with t* = 0."""
+def test_transports_follow_amplitude_slope_and_rate_at_t_star(problem: Problem) -> None:
+    """Per transport: w of the rate offset is its u plus D0 t*^alpha over the offset's prior
+    sd; w of D0 is its u plus alpha log(t*) / s_D, so that log(D0 t*^alpha) = mean + s_D w
+    in the affine part of the prior; w of alpha is (u - c) e^(s_D w_D), so that alpha
+    D0 t*^alpha = sd_alpha w_alpha e^mean (the slope at t*); log-Jacobian -s_D w_D summed
+    over the transports; every other coordinate of w is u (fraction coordinates off); both
+    maps turn off with t* = 0."""
     model = problem.model
     consts = problem.consts._replace(fraction_span=jnp.zeros(()))
     t_star = np.asarray(consts.transport_time)
     dataset_t = np.asarray(consts.t)
     assert t_star[0] == pytest.approx(np.sqrt(dataset_t[dataset_t > 0][0] * dataset_t[-1]))
-    assert len(model.transport_shears) == 2
+    assert len(model.transport_shears) == 2 and len(model.transport_slopes) == 2
+    mean, sd = np.asarray(consts.prior_mean), np.asarray(consts.prior_sd)
     rng = np.random.default_rng(9)
     for _ in range(20):
         u = rng.normal(0.0, 1.0, model.dim)
         values = model.to_values(u, consts)
         w = model.u_to_sampler(u, consts)
         expected = u.copy()
+        log_det = 0.0
         for prefactor, exponent, offset in (
             ("D0_ref", "alpha_ref", "D_offset_ref"),
             ("D0_sample", "alpha_sample", "D_offset_sample"),
         ):
-            i = model.names.index(offset)
-            sd = float(consts.prior_sd[i])
-            d0, alpha = (values[model.names.index(n)] for n in (prefactor, exponent))
-            expected[i] += d0 * t_star[0] ** alpha / sd
+            i_d0, i_alpha, i_off = (model.names.index(n) for n in (prefactor, exponent, offset))
+            d0, alpha = values[i_d0], values[i_alpha]
+            amplitude = d0 * t_star[0] ** alpha
+            expected[i_off] += amplitude / sd[i_off]
+            expected[i_d0] += alpha * np.log(t_star[0]) / sd[i_d0]
+            expected[i_alpha] = (u[i_alpha] + mean[i_alpha] / sd[i_alpha]) * np.exp(
+                sd[i_d0] * expected[i_d0]
+            )
+            log_det -= sd[i_d0] * expected[i_d0]
+            assert np.log(amplitude) == pytest.approx(mean[i_d0] + sd[i_d0] * w[i_d0], rel=1e-5)
+            slope = alpha * amplitude
+            assert slope == pytest.approx(sd[i_alpha] * w[i_alpha] * np.exp(mean[i_d0]), rel=1e-4)
         np.testing.assert_allclose(w, expected, rtol=1e-12, atol=1e-12)
-        back, log_det = model.sampler_to_u(jnp.asarray(w), consts)
+        back, got_log_det = model.sampler_to_u(jnp.asarray(w), consts)
         np.testing.assert_allclose(np.asarray(back), u, atol=1e-10)
-        assert float(log_det) == 0.0
+        assert float(got_log_det) == pytest.approx(log_det, rel=1e-12)
     draws = rng.normal(0.0, 1.0, (2, 5, model.dim))  # (chains, draws, d)
-    sheared = model.rate_sheared(draws, consts)
-    np.testing.assert_allclose(sheared[1, 3], model.u_to_sampler(draws[1, 3], consts), rtol=1e-14)
-    offsets = {model.names.index(n) for n in ("D_offset_ref", "D_offset_sample")}
-    others = [i for i in range(model.dim) if i not in offsets]
-    np.testing.assert_array_equal(sheared[..., others], draws[..., others])
+    moved = model.transport_sampled(draws, consts)
+    np.testing.assert_allclose(moved[1, 3], model.u_to_sampler(draws[1, 3], consts), rtol=1e-14)
+    transports = {model.names.index(n) for n in ("D_offset_ref", "D_offset_sample",
+                  "D0_ref", "D0_sample", "alpha_ref", "alpha_sample")}  # fmt: skip
+    others = [i for i in range(model.dim) if i not in transports]
+    np.testing.assert_array_equal(moved[..., others], draws[..., others])
     off = consts._replace(transport_time=jnp.zeros(2))
     assert not model.sampler_map_on(off)
     np.testing.assert_array_equal(model.u_to_sampler(u, off), u)

@@ -21,8 +21,16 @@ NUTS moves in sampler coordinates w: u itself, except
   J(t*) = D0 t*^alpha + D_offset at a time t* inside the window rather than the offset alone.
   The data pin J over the window, so (D0, alpha, D_offset) lie on a ridge that is curved in
   (log D0, alpha, D_offset), where NUTS diverges in its tails, and nearly straight in
-  (log D0, alpha, w). The shear leaves every other coordinate as it is, so its Jacobian is 1;
-  ``ModelConstants.transport_time`` t* = 0 turns it off;
+  (log D0, alpha, w). The shear has Jacobian 1;
+- where that transport's exponent is sampled too (D0 in log space, alpha in linear space),
+  its prefactor and exponent follow the amplitude A = D0 t*^alpha and the slope
+  dJ/dlog t = alpha A at t*: w_D = u_D + alpha log(t*) / s_D and
+  w_alpha = (u_alpha - c) e^(s_D w_D), with s_D the prior sd of log D0 and c the u of
+  alpha = 0. Near alpha = 0 the data pin the slope, not alpha: alpha's spread scales as
+  1 / A, a funnel in (log D0, alpha) that NUTS crosses at hundreds of steps a draw, and
+  nearly a box in w. In the affine part of the priors, log A = mean + s_D w_D and
+  alpha = sd_alpha w_alpha e^(-s_D w_D); log |det du/dw| = -s_D w_D;
+- ``ModelConstants.transport_time`` t* = 0 turns both maps off;
 - the sample-fraction triple is sampled in the coordinates of ``hetmpi.model.coordinates``
   when the model has them (``fraction_coordinates``) and the run turned them on
   (``ModelConstants.fraction_span`` > 0).
@@ -272,6 +280,28 @@ class PosteriorModel:
                 shears.append((k, self.names.index(d0), a, self.names.index(offset)))
         return tuple(shears)
 
+    @property
+    def transport_slopes(self) -> tuple[tuple[int, int, int], ...]:
+        """(transport, u index of D0, of alpha) of every transport shear whose exponent is
+        sampled in linear space and prefactor in log space: these take the amplitude and slope
+        coordinates (module docstring)."""
+        return tuple(
+            (k, i_d0, i_alpha)
+            for k, i_d0, i_alpha, _ in self.transport_shears
+            if i_alpha >= 0 and self.log_space[i_d0] and not self.log_space[i_alpha]
+        )
+
+    def _slope_constants(
+        self, k: int, i_d0: int, i_alpha: int, consts: ModelConstants, xp: ModuleType
+    ) -> tuple[Array, Array, Array, Array]:
+        """(on, log t*, s_D, c) of transport ``k``'s amplitude and slope coordinates, with
+        array module ``xp``: c is the u of alpha = 0 in the affine part of alpha's prior."""
+        t_star = xp.asarray(consts.transport_time)[k]
+        on = t_star > 0.0
+        log_t = xp.log(xp.where(on, t_star, 1.0))
+        mean, sd = xp.asarray(consts.prior_mean), xp.asarray(consts.prior_sd)
+        return on, log_t, sd[i_d0], -mean[i_alpha] / sd[i_alpha]
+
     def _rate_shifts(self, values: Array, consts: ModelConstants, xp: ModuleType) -> list:
         """(u index of D_offset, D0 t*^alpha / sd of D_offset) of every transport shear, the
         shift 0 where t* = 0; ``values`` are parameter values (..., d)."""
@@ -286,25 +316,49 @@ class PosteriorModel:
             shifts.append((i_offset, xp.where(on, shift, 0.0)))
         return shifts
 
-    def rate_sheared(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
-        """u (..., d) with every rate offset's coordinate sheared as the sampler shears it
-        (numpy)."""
+    def transport_sampled(self, u: np.ndarray, consts: ModelConstants) -> np.ndarray:
+        """u (..., d) with every transport in the sampler's coordinates: rate offsets
+        sheared, prefactors and exponents as amplitudes and slopes (numpy)."""
         u = np.array(u, dtype=np.float64)
         plain = ModelConstants(*(np.asarray(c) for c in consts))
-        for i_offset, shift in self._rate_shifts(self.to_values(u, plain), plain, np):
-            u[..., i_offset] += shift
-        return u
+        values = self.to_values(u, plain)
+        w = u.copy()
+        for i_offset, shift in self._rate_shifts(values, plain, np):
+            w[..., i_offset] += shift
+        for k, i_d0, i_alpha in self.transport_slopes:
+            on, log_t, s_d, c = self._slope_constants(k, i_d0, i_alpha, plain, np)
+            if not on:
+                continue
+            w[..., i_d0] = u[..., i_d0] + values[..., i_alpha] * log_t / s_d
+            w[..., i_alpha] = (u[..., i_alpha] - c) * np.exp(s_d * w[..., i_d0])
+        return w
 
-    def sampler_to_u(self, w: Array, consts: ModelConstants) -> tuple[Array, Array]:
-        """(u, log |det du/dw|) of sampler coordinates w (d,) (JAX)."""
+    def _transport_to_u(self, w: Array, consts: ModelConstants) -> tuple[Array, Array]:
+        """The transports' part of ``sampler_to_u``: (u, log |det du/dw|) (JAX)."""
+        log_det = jnp.zeros((), dtype=w.dtype)
+        for k, i_d0, i_alpha in self.transport_slopes:
+            on, log_t, s_d, c = self._slope_constants(k, i_d0, i_alpha, consts, jnp)
+            w_d0 = w[i_d0]
+            # switched off, the scale is e^0: no overflow to poison the gradient through where
+            scale = jnp.exp(jnp.where(on, -s_d * w_d0, 0.0))
+            u_alpha = jnp.where(on, c + w[i_alpha] * scale, w[i_alpha])
+            w = w.at[i_alpha].set(u_alpha)
+            alpha = self.bounded_values(w, consts)[i_alpha]
+            w = w.at[i_d0].set(jnp.where(on, w_d0 - alpha * log_t / s_d, w_d0))
+            log_det = log_det + jnp.where(on, -s_d * w_d0, 0.0)
         if self.transport_shears:
-            # D0 and alpha are the same in w and u, so their values give the shift
+            # D0 and alpha are in u now, so their values give the shift
             values = self.bounded_values(w, consts)
             for i_offset, shift in self._rate_shifts(values, consts, jnp):
                 w = w.at[i_offset].add(-shift)
+        return w, log_det
+
+    def sampler_to_u(self, w: Array, consts: ModelConstants) -> tuple[Array, Array]:
+        """(u, log |det du/dw|) of sampler coordinates w (d,) (JAX)."""
+        w, transport_log_det = self._transport_to_u(w, consts)
         index = self.fraction_indices
         if index is None:
-            return w, jnp.zeros((), dtype=w.dtype)
+            return w, transport_log_det
         on = consts.fraction_span > 0.0
         span = jnp.where(on, consts.fraction_span, 1.0)
         at = np.asarray(index)
@@ -321,7 +375,8 @@ class PosteriorModel:
         # du/dy = phi(z) / (sd (Phi(b) - Phi(a)) phi(u)), per coordinate
         log_du_dy = 0.5 * (u_block * u_block - z * z) - log_mass - jnp.log(sd)
         u_block = jnp.where(on, u_block, w[at])
-        return w.at[at].set(u_block), jnp.where(on, log_det + jnp.sum(log_du_dy), 0.0)
+        fraction_log_det = jnp.where(on, log_det + jnp.sum(log_du_dy), 0.0)
+        return w.at[at].set(u_block), transport_log_det + fraction_log_det
 
     def fraction_map_on(self, consts: ModelConstants) -> bool:
         """Whether the model has fraction coordinates and the run turned them on (numpy;
@@ -341,7 +396,7 @@ class PosteriorModel:
             return u
         plain = ModelConstants(*(np.asarray(c) for c in consts))
         values = self.to_values(u, plain)
-        w = self.rate_sheared(u, consts)
+        w = self.transport_sampled(u, consts)
         if self.fraction_map_on(consts):
             index = self.fraction_indices
             bounds = self._fraction_bounds(plain, np)
