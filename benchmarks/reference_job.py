@@ -51,6 +51,17 @@ def write_standard_job(work: Path, *, frames: int | None, shards: int | None) ->
     return path
 
 
+def truth_labelling(parameters: dict, t: float) -> str:
+    """``model.labelling`` that holds for the truth ``parameters``: which transport rate is
+    the slower one at the first frame, time ``t`` (s)."""
+    rate = {
+        part: parameters[f"D0_{part}"] * t ** parameters[f"alpha_{part}"]
+        + parameters[f"D_offset_{part}"]
+        for part in ("ref", "sample")
+    }
+    return "reference_slower" if rate["ref"] < rate["sample"] else "sample_slower"
+
+
 def write_reference_job(
     work: Path,
     *,
@@ -64,7 +75,7 @@ def write_reference_job(
 ) -> Path:
     """Simulate the reference data set into WORK/data.h5 and write WORK/cfg.yaml for it
     (f2 and ``fixed`` held at the truth, individual scaling, angle-balanced shards, 2 chains,
-    plots off)."""
+    plots off, the truth's labelling: these data cannot tell the two apart)."""
     truth = yaml.safe_load(TRUTH_FILE.read_text())
     subprocess.run(
         [sys.executable, "-m", "hetmpi", "simulate", str(TRUTH_FILE), "-o",
@@ -77,7 +88,11 @@ def write_reference_job(
         parameters[name]["fixed"] = True
     config = {
         "data": {"path": "data.h5"},
-        "model": {"per_angle_mode": "individual", "parameters": parameters},
+        "model": {
+            "per_angle_mode": "individual",
+            "parameters": parameters,
+            "labelling": truth_labelling(truth["parameters"], truth["t_start"]),
+        },
         "sharding": {"strategy": "angle_balanced", "num_shards": shards},
         "sampler": {
             "num_chains": 2,
