@@ -34,7 +34,7 @@ from hetmpi.sharding import Shard, ShardPlan
 from hetmpi.warmstart import WarmStart
 
 PLAN_NAME = "plan.h5"
-PLAN_FORMAT_VERSION = 4
+PLAN_FORMAT_VERSION = 5
 
 
 def plan_path(out_dir: Path) -> Path:

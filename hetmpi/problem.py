@@ -146,6 +146,7 @@ def build_problem(
         sigma=arr(SIGMA_PRIOR_WIDTH * sigma if sample_sigma else sigma),
         fraction_span=arr(span),
         transport_time=arr([transport_time(cfg, dataset)] * len(TRANSPORTS)),
+        transport_slope=arr([1.0] * len(TRANSPORTS)),
     )
     return Problem(model, consts)
 

@@ -61,6 +61,7 @@ log = logging.getLogger("hetmpi")
 _MAD_TO_SD = 1.4826
 GROWTH_DETECTION_Z = 3.0
 PRIOR_DOMINATED = 0.5  # Laplace sd / prior sd above which the data barely inform a parameter
+SLOPE_ALPHA_SD = 0.25  # a shard's Laplace sd of alpha in u above which alpha is sampled in u
 
 
 @dataclass(frozen=True)
@@ -319,22 +320,58 @@ def _sampling_u(fit: Problem, problem: Problem, fit_u: np.ndarray, sigma: float)
     return problem.model.to_unconstrained(start, problem.consts)
 
 
+def slopes_informed(
+    problem: Problem, w: np.ndarray, covariance: np.ndarray, num_shards: int
+) -> np.ndarray:
+    """``ModelConstants.transport_slope`` for the sampling: 0 for each transport whose
+    exponent one shard's data leave wider than ``SLOPE_ALPHA_SD`` (its Laplace sd in u at the
+    mode ``w``, full-data ``covariance`` in w, times sqrt(K)), 1 where they pin it.
+
+    Where the data pin alpha, its spread either scales as one over the amplitude (near
+    alpha = 0, where they pin the slope) or is small whatever the amplitude: the slope
+    coordinates straighten the first and barely bend the second. Where alpha is left to its
+    prior, its spread does not depend on the amplitude, and those coordinates would make it
+    one: a funnel of their own, so u is used instead."""
+    model, consts = problem.model, problem.consts
+    slopes = np.array(consts.transport_slope, dtype=np.float64)
+    if not model.transport_slopes:
+        return slopes
+    jacobian = model.u_jacobian(w, consts)
+    for k, _, i_alpha in model.transport_slopes:
+        row = jacobian[i_alpha]
+        shard_sd = np.sqrt(num_shards * row @ covariance @ row)
+        slopes[k] = float(shard_sd <= SLOPE_ALPHA_SD)
+    return slopes
+
+
 def _sampling_laplace(
     problem: Problem, data: FitData, center: np.ndarray, num_shards: int
 ) -> tuple[Problem, np.ndarray]:
-    """The sampling problem (its fraction coordinates off where a shard cannot see the
-    fraction grow) and its Laplace covariance in w at the mode ``center`` (u)."""
-    w = problem.model.u_to_sampler(center, problem.consts)
+    """The sampling problem and its Laplace covariance in w at the mode ``center`` (u): its
+    fraction coordinates off where a shard cannot see the fraction grow, its transports'
+    slope coordinates off where a shard's data leave alpha to its prior."""
+    model, consts = problem.model, problem.consts
+    w = model.u_to_sampler(center, consts)
     covariance = laplace_covariance(problem, data, w)
-    if problem.model.fraction_indices is None or growth_detected(
+    if model.fraction_indices is not None and not growth_detected(
         problem, w, covariance, num_shards
     ):
+        log.info("warm start: no growth of the sample fraction detected on a shard's data; "
+                 "sampling f0, f1, f3 in u")  # fmt: skip
+        consts = consts._replace(fraction_span=jnp.zeros_like(consts.fraction_span))
+    slopes = slopes_informed(problem, w, covariance, num_shards)
+    if not np.array_equal(slopes, np.asarray(consts.transport_slope)):
+        held = [model.names[i_alpha] for k, _, i_alpha in model.transport_slopes if not slopes[k]]
+        which = "that transport" if len(held) == 1 else "those transports"
+        log.info(
+            f"warm start: a shard's data leave {', '.join(held)} wider than {SLOPE_ALPHA_SD} "
+            f"of the prior sd; sampling D0 and alpha of {which} in u"
+        )
+        consts = consts._replace(transport_slope=jnp.asarray(slopes))
+    if consts is problem.consts:
         return problem, covariance
-    log.info("warm start: no growth of the sample fraction detected on a shard's data; "
-             "sampling f0, f1, f3 in u")  # fmt: skip
-    off = jnp.zeros_like(problem.consts.fraction_span)
-    problem = Problem(problem.model, problem.consts._replace(fraction_span=off))
-    w = problem.model.u_to_sampler(center, problem.consts)
+    problem = Problem(model, consts)
+    w = model.u_to_sampler(center, consts)
     return problem, laplace_covariance(problem, data, w)
 
 

@@ -15,7 +15,7 @@ from hetmpi.config import config_from_dict
 from hetmpi.formats import load_dataset
 from hetmpi.model.posterior import ShardArrays
 from hetmpi.problem import Problem, build_problem
-from hetmpi.warmstart import growth_detected
+from hetmpi.warmstart import SLOPE_ALPHA_SD, growth_detected, slopes_informed
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +229,49 @@ def test_transports_follow_amplitude_slope_and_rate_at_t_star(problem: Problem) 
     off = consts._replace(transport_time=jnp.zeros(2))
     assert not model.sampler_map_on(off)
     np.testing.assert_array_equal(model.u_to_sampler(u, off), u)
+
+
+def test_slope_switched_off_leaves_prefactor_and_exponent_in_u(problem: Problem) -> None:
+    """With ``transport_slope`` 0 for the sample transport its D0 and alpha are sampled as
+    u while its rate offset stays sheared and the reference keeps its slope coordinates."""
+    model = problem.model
+    consts = problem.consts._replace(
+        fraction_span=jnp.zeros(()), transport_slope=jnp.asarray([1.0, 0.0])
+    )
+    both = problem.consts._replace(fraction_span=jnp.zeros(()))
+    d0, alpha, offset = (model.names.index(n) for n in ("D0_sample", "alpha_sample",
+                                                        "D_offset_sample"))  # fmt: skip
+    ref = [model.names.index(n) for n in ("D0_ref", "alpha_ref", "D_offset_ref")]
+    rng = np.random.default_rng(10)
+    for _ in range(10):
+        u = rng.normal(0.0, 1.0, model.dim)
+        w = model.u_to_sampler(u, consts)
+        assert w[d0] == u[d0] and w[alpha] == u[alpha]
+        np.testing.assert_array_equal(
+            w[[offset, *ref]], model.u_to_sampler(u, both)[[offset, *ref]]
+        )
+        back, log_det = model.sampler_to_u(jnp.asarray(w), consts)
+        np.testing.assert_allclose(np.asarray(back), u, atol=1e-10)
+        s_d = float(consts.prior_sd[ref[0]])
+        assert float(log_det) == pytest.approx(-s_d * w[ref[0]], rel=1e-12)
+
+
+@pytest.mark.parametrize("num_shards", [1, 4])
+def test_slopes_follow_how_well_a_shard_pins_alpha(problem: Problem, num_shards: int) -> None:
+    """A covariance that gives alpha_ref a shard sd (in u) just under ``SLOPE_ALPHA_SD``
+    and alpha_sample one just over it keeps the reference's slope coordinates and turns
+    the sample's off."""
+    model, consts = problem.model, problem.consts
+    w = model.u_to_sampler(np.full(model.dim, 0.1), consts)
+    jacobian = model.u_jacobian(w, consts)
+    rows = [jacobian[model.names.index(n)] for n in ("alpha_ref", "alpha_sample")]
+    targets = (0.9 * SLOPE_ALPHA_SD, 1.1 * SLOPE_ALPHA_SD)
+    # a covariance in w whose u-variance along each alpha row is the target's shard variance
+    solve = np.linalg.solve(jacobian, np.eye(model.dim))
+    u_variance = np.full(model.dim, 1e-4)
+    for name, target in zip(("alpha_ref", "alpha_sample"), targets, strict=True):
+        u_variance[model.names.index(name)] = target**2 / num_shards
+    covariance = solve @ np.diag(u_variance) @ solve.T
+    for row, target in zip(rows, targets, strict=True):
+        assert np.sqrt(num_shards * row @ covariance @ row) == pytest.approx(target, rel=1e-8)
+    np.testing.assert_array_equal(slopes_informed(problem, w, covariance, num_shards), [1.0, 0.0])

@@ -30,7 +30,10 @@ NUTS moves in sampler coordinates w: u itself, except
   1 / A, a funnel in (log D0, alpha) that NUTS crosses at hundreds of steps a draw, and
   nearly a box in w. In the affine part of the priors, log A = mean + s_D w_D and
   alpha = sd_alpha w_alpha e^(-s_D w_D); log |det du/dw| = -s_D w_D;
-- ``ModelConstants.transport_time`` t* = 0 turns both maps off;
+- ``ModelConstants.transport_time`` t* = 0 turns both maps off, and
+  ``ModelConstants.transport_slope`` 0 the second (where the data leave alpha to its prior,
+  alpha's spread does not scale with 1 / A, and the slope map would make a funnel of its
+  own);
 - the sample-fraction triple is sampled in the coordinates of ``hetmpi.model.coordinates``
   when the model has them (``fraction_coordinates``) and the run turned them on
   (``ModelConstants.fraction_span`` > 0).
@@ -96,6 +99,7 @@ class ModelConstants(NamedTuple):
     sigma: Array  # fixed scalar noise sd, or the HalfNormal scale when sigma is sampled
     fraction_span: Array  # T (s) of the fraction coordinates; 0: the triple is sampled in u
     transport_time: Array  # (2,) t* (s) of the reference's and sample's rate shear; 0: off
+    transport_slope: Array  # (2,) 1: D0 and alpha move as amplitude and slope at t*; 0: as u
 
 
 class Geometry(NamedTuple):
@@ -297,8 +301,8 @@ class PosteriorModel:
         """(on, log t*, s_D, c) of transport ``k``'s amplitude and slope coordinates, with
         array module ``xp``: c is the u of alpha = 0 in the affine part of alpha's prior."""
         t_star = xp.asarray(consts.transport_time)[k]
-        on = t_star > 0.0
-        log_t = xp.log(xp.where(on, t_star, 1.0))
+        on = (t_star > 0.0) & (xp.asarray(consts.transport_slope)[k] > 0.0)
+        log_t = xp.log(xp.where(t_star > 0.0, t_star, 1.0))
         mean, sd = xp.asarray(consts.prior_mean), xp.asarray(consts.prior_sd)
         return on, log_t, sd[i_d0], -mean[i_alpha] / sd[i_alpha]
 
