@@ -416,26 +416,16 @@ def basins_of(
     optima: Sequence[Optimum],
     reached: Sequence[int],
     provisional: SearchResult,
-    map_fn: MapFn = lambda fn, items: list(map(fn, items)),
 ) -> SearchResult:
     """Group full-data ``optima`` (each reached by ``reached`` design starts) into basins:
     an optimum within ``SAME_BASIN_SD`` of a better one, by that one's Laplace curvature,
-    joins it."""
+    joins it. Only an optimum that founds a basin needs its own Hessian (by differences of
+    full-data gradients), so the others get none."""
     finite = sorted(
         (k for k, o in enumerate(optima) if np.isfinite(o.nlp)), key=lambda k: optima[k].nlp
     )
-    full_map = full_data_map(data, map_fn)
-    hessians = full_map(partial(_finite_hessian, problem, data), [optima[k].u for k in finite])
     basins: list[Basin] = []
-    for k, hessian in zip(finite, hessians, strict=True):
-        if hessian is None and not basins:
-            raise RunError(
-                "mode search: the log posterior's gradient is not finite next to its best "
-                "optimum; give start values closer to the data (model.parameters.<name>.value) "
-                "or fix the parameters the data cannot see"
-            )
-        if hessian is None:
-            continue
+    for k in finite:
         o = optima[k]
         for j, basin in enumerate(basins):
             delta = o.u - basin.u
@@ -443,7 +433,15 @@ def basins_of(
                 basins[j] = Basin(basin.u, basin.nlp, basin.hessian, basin.starts + reached[k])
                 break
         else:
-            basins.append(Basin(o.u, o.nlp, positive_definite(hessian), reached[k]))
+            hessian = _finite_hessian(problem, data, o.u)
+            if hessian is None and not basins:
+                raise RunError(
+                    "mode search: the log posterior's gradient is not finite next to its best "
+                    "optimum; give start values closer to the data "
+                    "(model.parameters.<name>.value) or fix the parameters the data cannot see"
+                )
+            if hessian is not None:
+                basins.append(Basin(o.u, o.nlp, positive_definite(hessian), reached[k]))
     return SearchResult(
         basins=tuple(basins),
         num_starts=provisional.num_starts,

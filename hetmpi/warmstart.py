@@ -307,7 +307,7 @@ def _full_data_basins(
         sigma = robust_sd(_residual(fit, data, best.u))
         fit = _fit_problem(_fit_config(cfg), dataset, sigma)
         optima = full_data_map(data, map_fn)(partial(_polished, fit, data), optima)
-    return fit, basins_of(fit, data, optima, reached, provisional, map_fn), sigma
+    return fit, basins_of(fit, data, optima, reached, provisional), sigma
 
 
 def _sampling_u(fit: Problem, problem: Problem, fit_u: np.ndarray, sigma: float) -> np.ndarray:
