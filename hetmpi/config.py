@@ -438,22 +438,20 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path) -> Config:
     """Check ``raw`` (as yaml.safe_load gives it) and build the Config.
 
     Relative data.path, output.directory and executor.compile_cache are taken relative to
-    ``base_dir`` and come back absolute. Raises ConfigError listing every problem, in
-    document order.
+    ``base_dir`` and come back absolute, with ``..`` resolved as the file system does.
+    Raises ConfigError listing every problem, in document order.
     """
     problems = v.Problems()
     cfg = _CONFIG.parse(raw, "", problems)
     if problems.lines:
         raise ConfigError(problems.lines)
     base = Path(base_dir).expanduser().absolute()
+    cache = cfg.executor.compile_cache
     return replace(
         cfg,
-        data=replace(cfg.data, path=base / cfg.data.path),
-        output=replace(cfg.output, directory=base / cfg.output.directory),
+        data=replace(cfg.data, path=(base / cfg.data.path).resolve()),
+        output=replace(cfg.output, directory=(base / cfg.output.directory).resolve()),
         executor=replace(
-            cfg.executor,
-            compile_cache=None
-            if cfg.executor.compile_cache is None
-            else base / cfg.executor.compile_cache,
+            cfg.executor, compile_cache=None if cache is None else (base / cache).resolve()
         ),
     )
