@@ -46,7 +46,7 @@ from hetmpi.fitblocks import (
     unflatten,
     vector_prediction,
 )
-from hetmpi.model.parameters import PHYSICS_NAMES
+from hetmpi.model.parameters import PHYSICS_NAMES, TRANSPORTS
 from hetmpi.model.posterior import PosteriorModel, geometry_of
 from hetmpi.problem import Problem
 
@@ -219,18 +219,29 @@ def design_starts(
     return starts
 
 
-def swap_labels(physics: dict[str, float], t_mid: float, *, f3_free: bool = True) -> dict:
+def swap_labels(
+    physics: dict[str, float],
+    t_mid: float,
+    *,
+    f3_free: bool = True,
+    held: frozenset[str] = frozenset(),
+) -> dict:
     """The 14 physics values with the reference and sample roles exchanged.
 
     The transport triples are swapped; the sample fraction x(t) = f0 e^{f1 (t - f2)} + f3
     becomes a curve of the same form that equals 1 - x(t) in value and slope at ``t_mid``
     (seconds). With f3 free: f1 -> -f1, f0 -> f0 G^2, f3 -> 1 - f3 - 2 f0 G, G = e^{f1 (t_mid
     - f2)} (an involution); with f3 held, f3 stays and (f0, f1) match the value and slope.
-    Values may leave the bounds; the caller clips.
+    A transport whose rate offset or exponent is ``held`` keeps its value, and the transport's
+    free parameters take the rate the other one had, in value and slope against log t at
+    ``t_mid`` (``_rate_matched``). Values may leave the bounds; the caller clips.
     """
     swapped = dict(physics)
     for ref, sample in _TRANSPORT_PAIRS:
         swapped[ref], swapped[sample] = physics[sample], physics[ref]
+    for d0, alpha, offset in TRANSPORTS:
+        if d0 not in held and held & {alpha, offset}:
+            swapped.update(_rate_matched(swapped, physics, (d0, alpha, offset), held, t_mid))
     f0, f1, f2, f3 = (physics[name] for name in ("f0", "f1", "f2", "f3"))
     growth = float(np.exp(np.clip(f1 * (t_mid - f2), -50.0, 50.0)))
     if f3_free:
@@ -241,6 +252,37 @@ def swap_labels(physics: dict[str, float], t_mid: float, *, f3_free: bool = True
     rate = -f1 * f0 * growth / level
     swapped.update(f0=level * float(np.exp(np.clip(-rate * (t_mid - f2), -50.0, 50.0))), f1=rate)
     return swapped
+
+
+def _rate_matched(
+    wanted: dict[str, float],
+    own: dict[str, float],
+    names: tuple[str, str, str],
+    held: frozenset[str],
+    t_mid: float,
+) -> dict[str, float]:
+    """(D0, alpha, D_offset) of one transport (``names``) with its held values from ``own``
+    and its free ones chosen so that J(t) = D0 t^alpha + D_offset equals the rate of
+    ``wanted``'s triple in value J and slope S = dJ/dlog t at ``t_mid``: alpha = S / (J -
+    D_offset) with the offset held, D_offset = J - S / alpha with alpha held, and the value
+    alone with both held. Where no such values exist (a power part of the wrong sign, alpha
+    held at 0) ``wanted``'s free values are kept."""
+    d0, alpha, offset = names
+    power = wanted[d0] * t_mid ** wanted[alpha]
+    rate, slope = power + wanted[offset], wanted[alpha] * power
+    new_alpha = own[alpha] if alpha in held else wanted[alpha]
+    new_offset = own[offset] if offset in held else wanted[offset]
+    if offset in held and alpha not in held:
+        if rate - new_offset <= 0.0:
+            return {d0: wanted[d0], alpha: new_alpha, offset: new_offset}
+        new_alpha = slope / (rate - new_offset)
+        return {d0: (rate - new_offset) / t_mid**new_alpha, alpha: new_alpha, offset: new_offset}
+    if alpha in held and offset not in held and new_alpha * slope > 0.0:
+        power = slope / new_alpha
+        return {d0: power / t_mid**new_alpha, alpha: new_alpha, offset: rate - power}
+    if alpha in held and offset in held and rate - new_offset > 0.0:
+        return {d0: (rate - new_offset) / t_mid**new_alpha, alpha: new_alpha, offset: new_offset}
+    return {d0: wanted[d0], alpha: new_alpha, offset: new_offset}
 
 
 def label_swapped(problem: Problem, u: np.ndarray) -> np.ndarray | None:
@@ -255,8 +297,12 @@ def label_swapped(problem: Problem, u: np.ndarray) -> np.ndarray | None:
     physics[free] = values[: len(free)]
     t = np.asarray(consts.t)
     f3_free = PHYSICS_NAMES.index("f3") in free
+    held = frozenset(name for k, name in enumerate(PHYSICS_NAMES) if k not in free)
     swapped = swap_labels(
-        dict(zip(PHYSICS_NAMES, physics, strict=True)), 0.5 * (t[0] + t[-1]), f3_free=f3_free
+        dict(zip(PHYSICS_NAMES, physics, strict=True)),
+        0.5 * (t[0] + t[-1]),
+        f3_free=f3_free,
+        held=held,
     )
     values = values.copy()
     values[: len(free)] = [swapped[PHYSICS_NAMES[k]] for k in free]

@@ -149,6 +149,39 @@ def test_swap_with_f3_held_complements_the_fraction_at_mid_window(truth: dict) -
     assert np.diff(swapped[::2]) == pytest.approx(np.diff(complement[::2]), abs=1e-9)
 
 
+def _rate(p: dict[str, float], part: str, t: np.ndarray) -> np.ndarray:
+    return p[f"D0_{part}"] * t ** p[f"alpha_{part}"] + p[f"D_offset_{part}"]
+
+
+@pytest.mark.parametrize(
+    "held, changes",
+    [
+        ({"D_offset_sample"}, {"D_offset_ref": -800.0}),
+        ({"alpha_sample"}, {"alpha_ref": 0.1}),
+        ({"alpha_sample", "D_offset_sample"}, {}),
+    ],
+)
+def test_swap_with_a_rate_parameter_held_matches_the_rate_at_mid_window(
+    truth: dict, held: set[str], changes: dict[str, float]
+) -> None:
+    """A held offset or exponent keeps its value; the sample's free parameters then take the
+    reference's rate in value and in slope against log t at t_mid (the value alone with both
+    held), while the reference, all free, takes the sample's triple as it is."""
+    p = {**truth["parameters"], **changes}
+    t_mid, h = 2.5, 1e-5
+    q = swap_labels(p, t_mid, held=frozenset(held))
+    for name in held:
+        assert q[name] == p[name]
+    assert [q[f"{n}_ref"] for n in ("D0", "alpha", "D_offset")] == [
+        p[f"{n}_sample"] for n in ("D0", "alpha", "D_offset")
+    ]
+    around = t_mid * np.exp(np.array([-h, 0.0, h]))  # steps in log t
+    wanted, got = _rate(p, "ref", around), _rate(q, "sample", around)
+    assert got[1] == pytest.approx(wanted[1], rel=1e-12)
+    if len(held) == 1:
+        assert np.diff(got[::2]) == pytest.approx(np.diff(wanted[::2]), rel=1e-6)
+
+
 def test_swap_leaves_c2_unchanged_for_a_constant_fraction(truth: dict) -> None:
     """With f1 = 0 the swap is exact, and c2 is symmetric in the two components."""
     p = {**truth["parameters"], "f1": 0.0}
