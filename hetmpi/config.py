@@ -7,6 +7,7 @@ back. docs/configuration.md describes every key.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -438,7 +439,7 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path) -> Config:
     """Check ``raw`` (as yaml.safe_load gives it) and build the Config.
 
     Relative data.path, output.directory and executor.compile_cache are taken relative to
-    ``base_dir`` and come back absolute, with ``..`` resolved as the file system does.
+    ``base_dir`` and come back absolute, with ``..`` taken out of the path as written.
     Raises ConfigError listing every problem, in document order.
     """
     problems = v.Problems()
@@ -447,11 +448,13 @@ def config_from_dict(raw: Mapping[str, Any], base_dir: Path) -> Config:
         raise ConfigError(problems.lines)
     base = Path(base_dir).expanduser().absolute()
     cache = cfg.executor.compile_cache
+
+    def absolute(path: Path) -> Path:
+        return Path(os.path.normpath(base / path))
+
     return replace(
         cfg,
-        data=replace(cfg.data, path=(base / cfg.data.path).resolve()),
-        output=replace(cfg.output, directory=(base / cfg.output.directory).resolve()),
-        executor=replace(
-            cfg.executor, compile_cache=None if cache is None else (base / cache).resolve()
-        ),
+        data=replace(cfg.data, path=absolute(cfg.data.path)),
+        output=replace(cfg.output, directory=absolute(cfg.output.directory)),
+        executor=replace(cfg.executor, compile_cache=None if cache is None else absolute(cache)),
     )

@@ -338,6 +338,8 @@ def slopes_informed(
         return slopes
     jacobian = model.u_jacobian(w, consts)
     for k, _, i_alpha in model.transport_slopes:
+        if float(consts.transport_time[k]) <= 0.0:
+            continue  # no map to switch
         row = jacobian[i_alpha]
         shard_sd = np.sqrt(num_shards * row @ covariance @ row)
         slopes[k] = float(shard_sd <= SLOPE_ALPHA_SD)
