@@ -12,10 +12,11 @@ from hetmpi.config import ModelConfig, ModeSearchConfig, config_from_dict
 from hetmpi.dataset import Dataset
 from hetmpi.errors import InputError
 from hetmpi.fitblocks import _head, _head_gradient, fit_data
+from hetmpi.model.labelswap import swap_labels
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.physics import c2
 from hetmpi.model.posterior import _jacobians
-from hetmpi.modesearch import difference_hessian, label_swapped, local_optimum, swap_labels
+from hetmpi.modesearch import difference_hessian, label_swapped, local_optimum
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.sharding import pool_points
 from hetmpi.simulate import simulate_dataset
