@@ -34,7 +34,7 @@ def basin_report(fit: Problem, found: SearchResult, threshold: float) -> tuple[d
                 "starts": basin.starts,
                 "competing": bool(share >= threshold),
                 "reference_slower": bool(
-                    sign * float(fit.model.labelling_gap(basin.u, fit.consts)) > 0.0
+                    sign * fit.model.labelling_gap_at(basin.u, fit.consts) > 0.0
                 ),
                 "values": dict(zip(fit.model.names, values.tolist(), strict=True)),
                 "differs_most_in": [fit.model.names[k] for k in most],

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hetmpi import bfgs
 from hetmpi.exact import ordered_sum
 from hetmpi.model.parameters import PHYSICS_NAMES
 from hetmpi.model.posterior import (
@@ -228,6 +229,55 @@ def negative_log_posterior(
         total = data.spread.total(np.asarray(vector), own_rows)
     gradient = _head_gradient(model, x, consts, sampler, total[1:])
     return -(float(rest) + float(total[0])), -np.asarray(gradient)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _block_minimum(
+    model: PosteriorModel,
+    x0: jax.Array,
+    consts: ModelConstants,
+    block: ShardArrays,
+    geometry: Geometry,
+    max_iterations: jax.Array,
+    gtol: jax.Array,
+) -> bfgs.BfgsResult:
+    def minus_log_posterior(x: jax.Array) -> jax.Array:
+        vector, rest = _parts(model, x, consts, False)
+        return -(rest + _log_likelihood(vector, block, geometry))
+
+    return bfgs.minimize(
+        jax.value_and_grad(minus_log_posterior),
+        x0,
+        max_iterations=max_iterations,
+        max_evaluations=2 * max_iterations,
+        gtol=gtol,
+    )
+
+
+def block_minimum(
+    model: PosteriorModel,
+    u0: np.ndarray,
+    data: FitData,
+    consts: ModelConstants,
+    *,
+    max_iterations: int,
+    gtol: float,
+) -> tuple[np.ndarray, float, int]:
+    """BFGS from u0 on minus the log posterior (prior untempered) of ``data``, one block held
+    here, as one compiled program (``bfgs.minimize``, at most 2 ``max_iterations``
+    evaluations): (the end point in u, minus the log posterior there, the ``bfgs`` status)."""
+    if len(data.blocks) != 1 or data.spread is not None:
+        raise ValueError("block_minimum needs data of one block, held in this process")
+    result = _block_minimum(
+        model,
+        jnp.asarray(u0, dtype=jnp.float64),
+        consts,
+        data.blocks[0],
+        geometry_of(consts),
+        jnp.asarray(max_iterations),
+        jnp.asarray(gtol, dtype=jnp.float64),
+    )
+    return np.asarray(result.x), float(result.f), int(result.status)
 
 
 def compile_head(model: PosteriorModel, consts: ModelConstants, sampler: bool) -> None:

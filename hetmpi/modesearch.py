@@ -9,9 +9,9 @@ one start point is therefore no answer. The search:
    free physics coordinates (in u every prior is a standard normal), each start's per-angle
    contrast and offset fitted to the data by linear least squares at its physics;
 2. runs a short BFGS from every start on a cheap version of the data (every k-th pooled
-   point, about ``cheap_points`` of them): the starts are independent, so they run in
-   parallel over the run's processes (``MapFn``) with results in start order, the same
-   whatever the process count;
+   point, about ``cheap_points`` of them), each fit one compiled loop (``bfgs``): the
+   starts are independent, so they run in parallel over the run's processes (``MapFn``)
+   with results in start order, the same whatever the process count;
 3. refines the best distinct end points, and the label-swapped counterpart of each, by BFGS
    on the full data;
 4. groups the refined optima into basins (within 3 sd of each other by the better one's
@@ -30,16 +30,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 import scipy.special
 import scipy.stats.qmc
 
+from hetmpi import bfgs
 from hetmpi.config import ModeSearchConfig
 from hetmpi.errors import RunError
 from hetmpi.fitblocks import (
     FitData,
+    block_minimum,
     negative_log_posterior,
     scaled_values,
     subsample,
@@ -56,6 +57,8 @@ MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
 SAME_BASIN_SD = 3.0  # optima closer than this, in Laplace sd of the better one, are one basin
 DISTINCT_U = 0.05  # cheap end points closer than this in every physics u are one candidate
 CHEAP_MAXITER = 400
+CHEAP_GTOL = 1e-4
+SAME_OPTIMUM_U = 1e-6  # refined optima this close in every u coordinate are one point
 REFINE_WITHIN = 1000.0  # nats (full-data scale) of the best cheap optimum a refined one lies in
 START_LIMIT = 7.0  # |u| of a start, in prior sd: off the bounds, where u still moves y
 PROBE_STEP = 1e-7  # first pass of the Hessian differences, in the coordinates' own units
@@ -104,16 +107,10 @@ class SearchResult:
 
 
 def local_optimum(
-    problem: Problem,
-    data: FitData,
-    u0: np.ndarray,
-    *,
-    maxiter: int = 5000,
-    gtol: float = 1e-6,
-    short: bool = False,
+    problem: Problem, data: FitData, u0: np.ndarray, *, maxiter: int = 5000, gtol: float = 1e-6
 ) -> Optimum:
-    """BFGS from u0 on the negative log posterior of ``data``; a ``short`` search also keeps
-    where it stood at ``maxiter``."""
+    """BFGS (SciPy's) from u0 on the negative log posterior of ``data``, its blocks
+    evaluated where they are held."""
     model, consts = problem.model, problem.consts
 
     def fun(u: np.ndarray) -> tuple[float, np.ndarray]:
@@ -126,10 +123,9 @@ def local_optimum(
             fun, u0, jac=True, method="BFGS", options={"maxiter": maxiter, "gtol": gtol}
         )
     # status 2 (precision loss) is how BFGS usually stops at a mode this sharp; a NaN met
-    # on the way (3) is no optimum, nor is the iteration limit (1) of a full refinement
-    stopped = (0, 2, 1) if short else (0, 2)
+    # on the way (3) is no optimum, nor is the iteration limit (1)
     finite = np.all(np.isfinite(result.x)) and np.isfinite(result.fun)
-    found = finite and result.status in stopped and np.all(np.isfinite(result.jac))
+    found = finite and result.status in (0, 2) and np.all(np.isfinite(result.jac))
     return Optimum(result.x, float(result.fun) if found else np.inf)
 
 
@@ -245,7 +241,7 @@ def labelling_holds(problem: Problem, u: np.ndarray) -> bool:
     a free labelling)."""
     if problem.model.labelling == "free":
         return True
-    return float(problem.model.labelling_gap(jnp.asarray(u), problem.consts)) > 0.0
+    return problem.model.labelling_gap_at(u, problem.consts) > 0.0
 
 
 def _distinct(optima: Sequence[Optimum], n_free: int) -> tuple[list[int], list[int]]:
@@ -336,8 +332,47 @@ def refined(
     return full_data_map(data, map_fn)(partial(_full_search, problem, data), candidates)
 
 
+def polished(
+    problem: Problem, data: FitData, optima: list[Optimum], map_fn: MapFn
+) -> list[Optimum]:
+    """Every optimum refined again under ``problem`` (a new noise sd), where it is finite;
+    refinements that ended at one point (within ``SAME_OPTIMUM_U`` in every coordinate, as
+    different candidates often do) once."""
+    first: list[int] = []  # index into optima of each distinct point
+    which: list[int] = []  # index into first of each optimum
+    for k, optimum in enumerate(optima):
+        match = next(
+            (
+                n
+                for n, j in enumerate(first)
+                if np.isfinite(optimum.nlp)
+                and np.isfinite(optima[j].nlp)
+                and np.max(np.abs(optima[j].u - optimum.u)) <= SAME_OPTIMUM_U
+            ),
+            None,
+        )
+        if match is None:
+            first.append(k)
+            match = len(first) - 1
+        which.append(match)
+    distinct = full_data_map(data, map_fn)(
+        partial(_polish, problem, data), [optima[j] for j in first]
+    )
+    return [distinct[n] for n in which]
+
+
+def _polish(problem: Problem, data: FitData, optimum: Optimum) -> Optimum:
+    return local_optimum(problem, data, optimum.u) if np.isfinite(optimum.nlp) else optimum
+
+
 def _cheap_search(problem: Problem, data: FitData, u0: np.ndarray) -> Optimum:
-    return local_optimum(problem, data, u0, maxiter=CHEAP_MAXITER, gtol=1e-4, short=True)
+    """A short fit: where it stands at the iteration limit counts too; only a start where
+    the posterior is not finite yields none."""
+    u, nlp, status = block_minimum(
+        problem.model, u0, data, problem.consts, max_iterations=CHEAP_MAXITER, gtol=CHEAP_GTOL
+    )
+    found = status != bfgs.NOT_FINITE and np.isfinite(nlp) and np.all(np.isfinite(u))
+    return Optimum(u, nlp if found else np.inf)
 
 
 def _full_search(problem: Problem, data: FitData, u0: np.ndarray) -> Optimum:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from functools import cached_property, partial
+from functools import cached_property
 from typing import Any
 
 import jax.numpy as jnp
@@ -47,10 +47,9 @@ from hetmpi.modesearch import (
     cheap_stage,
     clip_start,
     difference_hessian,
-    full_data_map,
     labelling_holds,
     line_fit,
-    local_optimum,
+    polished,
     refined,
 )
 from hetmpi.problem import Problem, build_problem, initial_values, pooled_arrays
@@ -247,11 +246,6 @@ def growth_detected(
     return bool(abs(g) >= GROWTH_DETECTION_Z * shard_sd)
 
 
-def _polished(problem: Problem, data: FitData, optimum: Optimum) -> Optimum:
-    """The optimum refined under ``problem`` (a new noise sd); unchanged if not finite."""
-    return local_optimum(problem, data, optimum.u) if np.isfinite(optimum.nlp) else optimum
-
-
 def find_basins(
     cfg: ModelConfig,
     dataset: Dataset,
@@ -306,7 +300,7 @@ def _full_data_basins(
         best = min(optima, key=lambda o: o.nlp)
         sigma = robust_sd(_residual(fit, data, best.u))
         fit = _fit_problem(_fit_config(cfg), dataset, sigma)
-        optima = full_data_map(data, map_fn)(partial(_polished, fit, data), optima)
+        optima = polished(fit, data, optima, map_fn)
     return fit, basins_of(fit, data, optima, reached, provisional), sigma
 
 

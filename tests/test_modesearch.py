@@ -9,14 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hetmpi import bfgs
 from hetmpi.config import ConsensusConfig, ModeSearchConfig, SamplerConfig, config_from_dict
 from hetmpi.consensus import BasinCheck, select_shards
 from hetmpi.dataset import Dataset
 from hetmpi.errors import RunError
-from hetmpi.fitblocks import fit_data, subsample
+from hetmpi.fitblocks import block_minimum, fit_data, negative_log_posterior, subsample
 from hetmpi.fitcheck import against_mode, fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
-from hetmpi.modesearch import cheap_stage, local_optimum, refined, thread_map
+from hetmpi.modesearch import (
+    Optimum,
+    cheap_stage,
+    clip_start,
+    local_optimum,
+    polished,
+    refined,
+    thread_map,
+)
 from hetmpi.problem import build_problem, initial_values, pooled_arrays
 from hetmpi.records import ShardResult
 from hetmpi.sampling import ShardTask
@@ -94,6 +103,51 @@ def test_the_search_is_the_same_however_its_starts_are_spread(dataset: Dataset) 
         assert a.nlp == b.nlp or not (np.isfinite(a.nlp) or np.isfinite(b.nlp))
 
 
+def test_the_compiled_short_fit_minimises_the_posterior_the_other_fits_evaluate(
+    dataset: Dataset,
+) -> None:
+    """``block_minimum`` (one compiled loop) ends where ``negative_log_posterior`` has its
+    value and a small gradient, and SciPy's BFGS from there gains nothing."""
+    problem, data, u0 = _configured_start(_model_config(), dataset)
+    model, consts = problem.model, problem.consts
+    u0 = clip_start(u0, model)
+    cheap = subsample(data, SEARCH.cheap_points)
+    u, nlp, status = block_minimum(model, u0, cheap, consts, max_iterations=2000, gtol=1e-5)
+    value, gradient = negative_log_posterior(model, u, cheap, consts)
+    assert status in (bfgs.CONVERGED, bfgs.STALLED)  # stalled: precision reached
+    assert nlp == pytest.approx(value, rel=1e-12, abs=1e-9)
+    assert np.max(np.abs(gradient)) <= 1e-3
+    assert local_optimum(problem, cheap, u).nlp >= nlp - 1e-6
+    with pytest.raises(ValueError, match="one block"):
+        block_minimum(model, u0, data, consts, max_iterations=10, gtol=1e-5)
+
+
+def test_refinements_that_ended_at_one_point_are_polished_once(dataset: Dataset) -> None:
+    """Optima within 1e-6 of each other in every coordinate are polished once and share
+    the result; others, and optima that are not finite, keep their own."""
+    problem, data, u0 = _configured_start(_model_config(), dataset)
+    candidates, _, _ = cheap_stage(problem, data, u0, SEARCH)
+    found = sorted((o for o in refined(problem, data, candidates) if np.isfinite(o.nlp)),
+                   key=lambda o: o.nlp)  # fmt: skip
+    a, b = found[0], found[-1]
+    assert np.max(np.abs(a.u - b.u)) > 0.1
+    optima = [a, Optimum(a.u + 5e-7, a.nlp), b, Optimum(u0, np.inf), a]
+    sharper = dataclasses.replace(problem, consts=problem.consts._replace(sigma=0.9 * SIGMA))
+    calls: list[int] = []
+
+    def counting(fn, items):
+        calls.append(len(items))
+        return [fn(item) for item in items]
+
+    result = polished(sharper, data, optima, counting)
+    assert calls == [3]
+    alone = [local_optimum(sharper, data, o.u) for o in (a, b)]
+    for k, expected in ((0, alone[0]), (1, alone[0]), (2, alone[1]), (4, alone[0])):
+        np.testing.assert_array_equal(result[k].u, expected.u)
+        assert result[k].nlp == expected.nlp
+    assert result[3] is optima[3]
+
+
 def test_the_warm_start_on_threads_is_the_one_in_turn(dataset: Dataset) -> None:
     """The local fits spread over 3 threads give the warm start, bit for bit, that one
     thread running them in order gives."""
@@ -126,8 +180,13 @@ def test_a_labelling_keeps_the_basin_it_names(dataset: Dataset, truth: dict) -> 
         )
         k = warm.problem.model.names.index("f1")
         assert np.sign(warm.values[k]) == np.sign(sign * f1), labelling
-        gap = warm.problem.model.labelling_gap(warm.center, warm.problem.consts)
-        assert float(gap) > 0.0
+        model, consts = warm.problem.model, warm.problem.consts
+        gap = float(model.labelling_gap(warm.center, consts))
+        assert gap > 0.0
+        for u in (warm.center, warm.center + 0.5, -warm.center):
+            assert model.labelling_gap_at(u, consts) == pytest.approx(
+                float(model.labelling_gap(u, consts)), rel=1e-9, abs=1e-12
+            )
         assert warm.basins[0]["reference_slower"] == (labelling == "reference_slower")
 
 

@@ -236,9 +236,20 @@ class PosteriorModel:
         """(J_s - J_r) / (J_s + J_r) at the first frame after t = 0, sign flipped for
         ``sample_slower``: positive when the configured labelling holds."""
         p, _, _, _ = self.unpack(u, consts)
-        t = jnp.where(consts.t[0] > 0.0, consts.t[0], consts.t[1])
-        j_r = jnp.maximum(p["D0_ref"] * t ** p["alpha_ref"] + p["D_offset_ref"], 0.0)
-        j_s = jnp.maximum(p["D0_sample"] * t ** p["alpha_sample"] + p["D_offset_sample"], 0.0)
+        return self._rate_gap(p, consts.t, jnp)
+
+    def labelling_gap_at(self, u: np.ndarray, consts: ModelConstants) -> float:
+        """``labelling_gap`` at one point u (d,) in numpy (no JAX dispatch)."""
+        values = self.to_values(u, consts)
+        physics = np.array(consts.physics, dtype=np.float64)
+        physics[list(self.free_physics)] = values[: len(self.free_physics)]
+        p = dict(zip(PHYSICS_NAMES, physics, strict=True))
+        return float(self._rate_gap(p, np.asarray(consts.t), np))
+
+    def _rate_gap(self, p: Mapping[str, Array], t: Array, xp: ModuleType) -> Array:
+        first = xp.where(t[0] > 0.0, t[0], t[1])
+        j_r = xp.maximum(p["D0_ref"] * first ** p["alpha_ref"] + p["D_offset_ref"], 0.0)
+        j_s = xp.maximum(p["D0_sample"] * first ** p["alpha_sample"] + p["D_offset_sample"], 0.0)
         gap = (j_s - j_r) / (j_s + j_r + 1e-300)
         return -gap if self.labelling == "sample_slower" else gap
 
