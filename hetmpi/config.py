@@ -126,7 +126,7 @@ class ModelConfig:
 class ModeSearchConfig:
     """How widely the warm start searches for the posterior's basins (hetmpi.modesearch)."""
 
-    starts: int = 64  # design points over the prior, besides the configured start
+    starts: int = 48  # design points over the prior, besides the configured start
     cheap_points: int = 6000  # points of the cheap data version the starts are fitted on
     refine: int = 4  # best distinct cheap optima refined on the full data, each with its swap
     mass_threshold: float = 0.01  # Laplace share of the mass from which a basin competes
