@@ -62,9 +62,16 @@ class BasinCheck:
 
     def chain_basins(self, draws: np.ndarray) -> np.ndarray:
         """For each chain of ``draws`` (chains, draws, d), the label of the basin nearest its
-        mean draw."""
+        mean draw, in the metric of the Laplace covariance plus the chains' within-chain
+        covariance: where the Laplace approximation is far narrower than the posterior
+        (a weakly identified transport), the chains' own spread sets the scale."""
+        length = draws.shape[1]
+        within = np.zeros_like(self.precision)
+        if length > 1:
+            within = np.mean([np.cov(chain, rowvar=False) for chain in draws], axis=0)
+        metric = np.linalg.inv(np.linalg.inv(self.precision) + np.atleast_2d(within))
         delta = draws.mean(axis=1)[:, None, :] - self.centers[None, :, :]
-        distance = np.einsum("cbi,ij,cbj->cb", delta, self.precision, delta)
+        distance = np.einsum("cbi,ij,cbj->cb", delta, metric, delta)
         labels = np.asarray(self.labels or range(len(self.centers)))
         return labels[np.argmin(distance, axis=1)]
 

@@ -251,6 +251,20 @@ def test_shards_outside_the_run_basin_are_never_averaged() -> None:
         select_shards(results[1:], cfg, check)
 
 
+def test_chains_are_placed_by_their_own_spread_where_the_laplace_one_is_too_narrow() -> None:
+    """Basins at (0, 0) and (0.35, -1) apart in the well-identified coordinate (Laplace sd
+    0.1, chains 0.1) with a weakly identified one whose Laplace sd (0.01) is 50 times
+    narrower than the chains' (0.5), as in a dataset of seed 202: chains at (0.4, 0), 40
+    Laplace sd off in the weak coordinate, belong to the first basin; moved to -1 in the
+    other coordinate, to the second. In the Laplace metric alone both went to the second
+    (1600 against 125)."""
+    check = BasinCheck(np.array([[0.0, 0.0], [0.35, -1.0]]), np.diag([1e4, 1e2]))
+    rng = np.random.default_rng(7)
+    draws = np.array([0.4, 0.0]) + rng.standard_normal((2, 300, 2)) * np.array([0.5, 0.1])
+    assert check.chain_basins(draws).tolist() == [0, 0]
+    assert check.chain_basins(draws + np.array([0.0, -1.0])).tolist() == [1, 1]
+
+
 def test_chains_start_in_each_competing_basin(dataset: Dataset) -> None:
     """With two competing basins, chain 0 starts around the first and chain 1 around the
     second, each within a few shard Laplace sd of its own basin."""
