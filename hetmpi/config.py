@@ -210,6 +210,7 @@ class OutputConfig:
     hdi_prob: float = 0.94
     pointwise_max_values: int = 30_000_000  # draws x points above which posterior.nc has no
     # log_likelihood / posterior_predictive group (each 8 bytes a value)
+    heartbeat_seconds: float = 60.0  # a progress line this often while no shard finishes
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,7 @@ _KEYS: dict[str, dict[str, v.Field]] = {
         "plots": v.Bool(),
         "hdi_prob": _UNIT_OPEN,
         "pointwise_max_values": v.Int(low=0),
+        "heartbeat_seconds": v.Float(low=0.0, low_open=True),
     },
 }
 

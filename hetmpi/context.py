@@ -270,10 +270,12 @@ def planned_context(out_dir: Path, cfg: Config, *, changed: str) -> RunContext:
 
 
 def run_fingerprint(cfg: Config, dataset: Dataset) -> str:
-    """Identifies what determines shard results: config (less output/executor) and data."""
+    """Identifies what determines shard results: config (less output, executor and the
+    progress bar) and data."""
     settings = config_to_dict(cfg)
     for key in ("output", "executor", "scheduler"):
         settings.pop(key, None)
+    settings["sampler"].pop("progress_bar")
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for array in (dataset.c2, dataset.t, dataset.phi, dataset.sigma, dataset.mask):
         if array is not None:

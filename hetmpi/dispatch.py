@@ -18,10 +18,13 @@ passes, the speculation is called off. Verdicts for other processes go to ``outb
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from hetmpi.records import ShardNote, ShardResult
@@ -32,7 +35,18 @@ log = logging.getLogger("hetmpi")
 ChainBlocks = tuple[tuple[int, ...], ...]
 WorkUnit = tuple["Shard", tuple[int, ...] | None]  # a shard and one chain block, or None: all
 UnitKey = tuple[int, tuple[int, ...]]  # shard index and the chains of a unit
-Report = Callable[["ShardNote"], None]
+
+
+class Progress(Protocol):
+    """Where a run's sampling progress goes (rank 0's bar or log lines)."""
+
+    def shard_done(self, note: ShardNote) -> None:
+        """Every chain of a shard has finished (``note`` merges their notes)."""
+
+    def iterations(self, process: int, key: UnitKey | None, done: int, total: int) -> None:
+        """``process`` has run ``done`` of the ``total`` NUTS iterations (warmup and draws)
+        of its attempt at unit ``key``; ``key`` None: it runs no unit now."""
+
 
 WON = "won"  # verdict for a running speculative retry: its result is kept
 CALLED_OFF = "called off"  # verdict for a running speculative retry: it is not needed
@@ -50,6 +64,26 @@ def _never() -> bool:
     return False
 
 
+def _ignore(chains: tuple[int, ...], done: int, total: int) -> None:
+    return None
+
+
+Ran = Callable[[tuple[int, ...], int, int], None]  # (chains, iterations run, in all)
+
+
+def throttled(ran: Ran, seconds: float) -> Ran:
+    """``ran`` on the first call, then at most once every ``seconds``."""
+    last = -math.inf
+
+    def call(chains: tuple[int, ...], done: int, total: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= seconds:
+            last = time.monotonic()
+            ran(chains, done, total)
+
+    return call
+
+
 @dataclass(frozen=True)
 class AttemptControl:
     """How dispatch steers the attempts of a chain block in the sampler.
@@ -60,11 +94,14 @@ class AttemptControl:
         speculative retry has it).
     cancelled: polled between chunks of iterations; True raises ``Superseded`` (the first
         attempt's result is kept, so this speculative retry is not needed).
+    ran: told after every chunk of iterations (the block's chains, iterations its attempt
+        has run, its iterations in all), for progress.
     """
 
     first: int = 1
     may_retry: Callable[[], bool] = _always
     cancelled: Callable[[], bool] = _never
+    ran: Ran = _ignore
 
 
 def longest_first(shards: Sequence[Shard]) -> list[int]:
@@ -135,13 +172,13 @@ class Dispatch:
         self,
         units: Sequence[WorkUnit],
         num_chains: int,
-        report: Report,
+        progress: Progress,
         *,
         speculate: bool = False,
     ) -> None:
         self.queue = list(units)
         self.num_chains = num_chains
-        self.report = report
+        self.progress = progress
         self.speculate = speculate  # only when units are single blocks (see work_units)
         self.lock = threading.Lock()
         self.partial: dict[int, list[ShardNote]] = {}
@@ -172,7 +209,8 @@ class Dispatch:
         with self.lock:
             dealt = self.running.pop(process)
             self.queue.insert(0, dealt.unit)
-            return dealt
+        self.progress.iterations(process, None, 0, 0)
+        return dealt
 
     def _speculation(self, process: int) -> Dealt | None:
         if not self.speculate:
@@ -228,6 +266,7 @@ class Dispatch:
     def finished(self, process: int, note: ShardNote | None) -> None:
         """``process`` is done with its unit: ``note`` of its result, or None when it left
         the result to another (it retries no more, or its speculation was called off)."""
+        self.progress.iterations(process, None, 0, 0)
         with self.lock:
             dealt = self.running.pop(process, None)
             if dealt is None or note is None:
@@ -260,11 +299,21 @@ class Dispatch:
             self.held_notes[key] = note
         return bool(won)
 
+    def ran(self, process: int, chains: tuple[int, ...], done: int, total: int) -> None:
+        """``process`` has run ``done`` of the ``total`` iterations of its attempt at
+        ``chains`` of the shard it was dealt."""
+        with self.lock:
+            dealt = self.running.get(process)
+        if dealt is not None:
+            self.progress.iterations(process, (dealt.key[0], chains), done, total)
+
     def control(self, process: int, dealt: Dealt) -> AttemptControl:
         """The AttemptControl of a unit that runs in this process (as ``process``)."""
+        ran = partial(self.ran, process)
         if dealt.speculative:
-            return AttemptControl(first=dealt.first, cancelled=lambda: self.called_off(dealt.key))
-        return AttemptControl(may_retry=lambda: self.may_retry(process))
+            called_off = partial(self.called_off, dealt.key)
+            return AttemptControl(first=dealt.first, cancelled=called_off, ran=ran)
+        return AttemptControl(may_retry=partial(self.may_retry, process), ran=ran)
 
     def _note_done(self, note: ShardNote) -> None:
         """Report a shard once notes for all its chains are in."""
@@ -279,7 +328,7 @@ class Dispatch:
             if sum(part.chains for part in parts) < self.num_chains:
                 return
             del self.partial[note.index]
-        self.report(ShardNote.merged(parts))
+        self.progress.shard_done(ShardNote.merged(parts))
 
     def winners(
         self, results: Sequence[tuple[ShardResult, bool]]

@@ -257,12 +257,15 @@ def _run(
             )  # fmt: skip
     todo = [s for s in context.plan.shards if s.index not in done]
     progress = ShardProgress(
-        task.num_shards, already_done=len(done), enabled=cfg.sampler.progress_bar
+        task.num_shards,
+        already_done=len(done),
+        enabled=cfg.sampler.progress_bar,
+        heartbeat=cfg.output.heartbeat_seconds,
     )
     sampling_started = time.perf_counter()
     try:
         with compile_monitor() as compiles:
-            results = executor.run(todo, task, progress.advance)
+            results = executor.run(todo, task, progress)
     finally:
         progress.close()
     timings = {

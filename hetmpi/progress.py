@@ -1,6 +1,6 @@
 """Progress over shards: a bar on a terminal, log lines otherwise (rank 0 only), and a
-heartbeat while no shard finishes (a run of one large shard is otherwise silent for as long
-as it samples)."""
+heartbeat while no shard finishes that says how many NUTS iterations the running units have
+done (a run of one large shard is otherwise silent for as long as it samples)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ import time
 
 from tqdm import tqdm
 
+from hetmpi.dispatch import UnitKey
 from hetmpi.records import ShardNote
 
 log = logging.getLogger("hetmpi")
 
 HEARTBEAT_SECONDS = 60.0
+REDRAW_SECONDS = 1.0  # the bar shows new iteration counts at most this often
+LISTED_UNITS = 4  # more running units than this are summed, not listed
 
 
 class ShardProgress:
-    """Counts finished shards; ``advance`` may be called from several threads."""
+    """``dispatch.Progress`` of a run: counts finished shards and the iterations of the
+    running units (shards or chain blocks); its methods may be called from several
+    threads."""
 
     def __init__(
         self,
@@ -34,6 +39,8 @@ class ShardProgress:
         self.total = total
         self.done = already_done
         self.started = self.last = time.perf_counter()
+        self.drawn = 0.0
+        self.running: dict[int, tuple[UnitKey, int, int]] = {}  # process -> unit, done, total
         self.lock = threading.Lock()
         self.bar = None
         if enabled and sys.stderr.isatty():
@@ -52,17 +59,45 @@ class ShardProgress:
                     continue
                 if time.perf_counter() - self.last < seconds:
                     continue
+                running = self._running_text()
                 log.info(
-                    "sampling: %d/%d shards done, %.0f s elapsed",
+                    "sampling: %d/%d shards done, %.0f s elapsed%s",
                     self.done, self.total, time.perf_counter() - self.started,
+                    f"; running: {running}" if running else "",
                 )  # fmt: skip
 
-    def advance(self, note: ShardNote) -> None:
+    def _running_text(self) -> str:
+        """The running units and their iterations (or their sum), '' when none is known."""
+        units = sorted(self.running.values())
+        if len(units) > LISTED_UNITS:
+            done = sum(unit[1] for unit in units)
+            total = sum(unit[2] for unit in units)
+            return f"{len(units)} units at {done}/{total} iterations ({done / total:.0%})"
+        return ", ".join(
+            f"shard {index} chains {list(chains)} {done}/{total}"
+            for (index, chains), done, total in units
+        ) + (" iterations" if units else "")
+
+    def iterations(self, process: int, key: UnitKey | None, done: int, total: int) -> None:
+        with self.lock:
+            if key is None:
+                self.running.pop(process, None)
+            else:
+                self.running[process] = (key, done, total)
+            now = time.perf_counter()
+            if self.bar is not None and now - self.drawn >= REDRAW_SECONDS:
+                self.drawn = now
+                self.bar.set_postfix_str(self._running_text())
+
+    def shard_done(self, note: ShardNote) -> None:
         with self.lock:
             self.done += 1
             self.last = time.perf_counter()
             if self.bar is not None:
-                self.bar.set_postfix_str(f"last: shard {note.index} {note.status}")
+                self.bar.set_postfix_str(
+                    self._running_text() or f"last: shard {note.index} {note.status}",
+                    refresh=False,
+                )
                 self.bar.update(1)
                 return
             elapsed = time.perf_counter() - self.started

@@ -208,6 +208,7 @@ def _sample(
     start, advance = compiled_sampler(problem.model, settings, target.reduce)
     warmup_chunks = counts.num_warmup // settings.chunk
     all_chunks = warmup_chunks + counts.num_samples // settings.chunk
+    iterations = all_chunks * settings.chunk
     seconds = [0.0, 0.0]  # of warmup and of kept iterations, over every attempt run here
     while True:
         attempts += 1
@@ -225,6 +226,7 @@ def _sample(
             done, kept = progress.chunks, list(progress.kept)
             seconds = [progress.warmup_seconds, progress.sample_seconds]
             progress = None
+        control.ran(block, done * settings.chunk, iterations)
         for chunk in range(done, all_chunks):
             if deadline is not None and time.monotonic() > deadline:
                 raise ShardTimeout
@@ -233,10 +235,10 @@ def _sample(
             states, output = advance(states, *operands)
             if chunk >= warmup_chunks:
                 kept.append(output)
-            if target.checkpoint is not None or chunk + 1 in (warmup_chunks, all_chunks):
-                jax.block_until_ready(states)
+            jax.block_until_ready(states)  # so progress, time limits and seconds are true
             seconds[chunk >= warmup_chunks] += time.perf_counter() - began
             began = time.perf_counter()
+            control.ran(block, (chunk + 1) * settings.chunk, iterations)
             if target.checkpoint is not None:
                 saved = Progress(
                     attempts, target_accept, chunk + 1, jax.device_get(jax.tree.leaves(states)),

@@ -16,6 +16,7 @@ from hetmpi.dispatch import (
     costliest_first,
     longest_first,
     seconds_per_chain,
+    throttled,
     work_units,
 )
 from hetmpi.records import (
@@ -206,10 +207,59 @@ def test_a_shard_costs_what_its_finished_chains_took() -> None:
     assert seconds_per_chain([failed]) is None
 
 
+class Recorded:
+    """A ``dispatch.Progress`` that keeps the notes of finished shards in ``notes`` and the
+    latest iterations told per process in ``running``."""
+
+    def __init__(self, notes: list[ShardNote]) -> None:
+        self.notes = notes
+        self.running: dict[int, tuple] = {}
+
+    def shard_done(self, note: ShardNote) -> None:
+        self.notes.append(note)
+
+    def iterations(self, process: int, key, done: int, total: int) -> None:
+        if key is None:
+            self.running.pop(process, None)
+        else:
+            self.running[process] = (key, done, total)
+
+
+def test_throttled_passes_the_first_call_then_one_per_interval() -> None:
+    told: list[tuple] = []
+    ran = throttled(lambda *args: told.append(args), 3600.0)
+    ran((0,), 50, 600)
+    ran((0,), 100, 600)
+    assert told == [((0,), 50, 600)]
+    every = throttled(lambda *args: told.append(args), 0.0)
+    every((1,), 50, 600)
+    every((1,), 100, 600)
+    assert told[1:] == [((1,), 50, 600), ((1,), 100, 600)]
+
+
 def _dealer(units: list, reports: list[ShardNote]) -> Dispatch:
     """A Dispatch of ``units`` (shards stand in by their index: it only orders and books
     them) with speculation on, 2 chains per shard, reporting into ``reports``."""
-    return Dispatch(units, 2, reports.append, speculate=True)
+    return Dispatch(units, 2, Recorded(reports), speculate=True)
+
+
+def test_a_unit_s_iterations_reach_progress_until_its_process_finishes_or_dies() -> None:
+    """What the sampler tells through a unit's AttemptControl reaches the run's progress
+    under the unit's shard and chains; a finished or requeued unit leaves it."""
+    shards = [SimpleNamespace(index=4), SimpleNamespace(index=7)]
+    progress = Recorded([])
+    dealer = Dispatch([(shards[0], None), (shards[1], None)], 2, progress)
+    first, second = dealer.next_unit(0), dealer.next_unit(1)
+    dealer.control(0, first).ran((0,), 50, 600)
+    dealer.control(1, second).ran((0, 1), 100, 600)
+    dealer.ran(1, (0, 1), 150, 600)
+    assert progress.running == {0: ((4, (0,)), 50, 600), 1: ((7, (0, 1)), 150, 600)}
+    dealer.finished(0, ShardNote(4, "ok", 0, 10.0, seconds=5.0, chains=2))
+    dealer.requeue(1)
+    assert progress.running == {}
+    assert [note.index for note in progress.notes] == [4]
+    dealer.ran(0, (0,), 50, 600)  # a process that runs nothing tells nothing
+    assert progress.running == {}
 
 
 def test_a_speculative_retry_that_wins_is_reported_once_when_the_first_attempt_gives_up():

@@ -61,8 +61,16 @@ def run(
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory, tiny_h5: Path) -> Path:
     folder = tmp_path_factory.mktemp("parallel")
-    write_config(folder, tiny_h5, sharding={"num_shards": NUM_SHARDS})
+    write_config(
+        folder, tiny_h5, sharding={"num_shards": NUM_SHARDS}, output={"heartbeat_seconds": 0.1}
+    )
     return folder
+
+
+def running_units(log: str) -> list[list[str]]:
+    """Per heartbeat line of a run's log, the running units it lists ('shard 2 chains [1]')."""
+    lines = re.findall(r"sampling: \d+/\d+ shards done, .*; running: (.*) iterations", log)
+    return [re.findall(r"shard \d+ chains \[[\d, ]+\]", line) for line in lines]
 
 
 def finished(
@@ -159,6 +167,8 @@ def test_multiprocessing_matches_cpu(folder: Path, cpu_run: Path) -> None:
     out = finished(folder, "mp", "--executor", "multiprocessing")
     assert_same_draws(out, cpu_run)
     assert summary(out)["run"]["executor"] == "multiprocessing"
+    # the workers tell the parent how far their units are (heartbeat every 0.1 s here)
+    assert any(running_units((out / "stderr.txt").read_text()))
     # every worker compiled the sampler once: a start and an advance function, and small helpers
     timings = summary(out)["run"]["timings"]
     counts, seconds = timings["compiles_per_process"], timings["compile_seconds_per_process"]
@@ -195,12 +205,13 @@ def test_mpi_matches_cpu(folder: Path, cpu_run: Path, ranks: int) -> None:
     assert not list(temporary.iterdir())  # the cache is removed at the end
     assert_same_draws(out, cpu_run)
     assert not list((out / "shards").glob("*_chains_*"))  # merged into the shard files
+    assert any(running_units(log))  # the wire from other ranks: test_ranks_tell_rank_0_...
     run_info = summary(out)["run"]
     assert run_info["executor"] == "mpi"
     assert len(run_info["timings"]["compiles_per_process"]) == ranks
     assert f"executor mpi ({ranks} MPI ranks)" in log
     # only rank 0 reports: one line per shard
-    assert sum("done," in line for line in log.splitlines()) == NUM_SHARDS
+    assert len(re.findall(r"shard \d+ ok in [\d.]+ s: \d+/\d+ done", log)) == NUM_SHARDS
     np.testing.assert_array_equal(
         read_posterior(out / "posterior.nc")["D0_ref"],
         read_posterior(cpu_run / "posterior.nc")["D0_ref"],
@@ -234,6 +245,56 @@ def test_a_rank_with_nothing_left_retries_a_running_chain_speculatively(
     log = (out / "stderr.txt").read_text()
     assert "starts the retry of shard 0 chains [0] speculatively" in log
     assert sum("done," in line for line in log.splitlines()) == 1
+
+
+TELL_RAN = """
+from types import SimpleNamespace
+
+import numpy as np
+from mpi4py import MPI
+
+from hetmpi.dispatch import Dispatch
+from hetmpi.executors.mpi import Dealer, _tell_ran
+from hetmpi.executors.mpiwire import TAG_REQUEST, TAG_SHARD
+
+
+class Told:
+    def shard_done(self, note):
+        pass
+
+    def iterations(self, process, key, done, total):
+        print("told", process, key, done, total, flush=True)
+
+
+notes = MPI.COMM_WORLD
+if notes.Get_rank() == 0:
+    dispatch = Dispatch([(SimpleNamespace(index=5), (1,))], 2, Told())
+    dispatch.next_unit(1)
+    Dealer(notes, None, dispatch, frozenset()).serve(1)
+else:
+    _tell_ran(notes, (1,), 7, 60)
+    _tell_ran(notes, (1,), 30, 60)
+    notes.send(None, dest=0, tag=TAG_REQUEST)
+    head = np.empty(3, dtype=np.int64)
+    notes.Recv(head, source=0, tag=TAG_SHARD)
+    print("answer", head[0], flush=True)
+"""
+
+
+@needs_mpi
+def test_ranks_tell_rank_0_how_far_their_units_are(tmp_path: Path) -> None:
+    """A rank's progress messages reach rank 0's dispatch under the unit dealt to it, in
+    order, before its next request (which leaves the unit: it is idle)."""
+    script = tmp_path / "tell_ran.py"
+    script.write_text(TELL_RAN)
+    proc = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, str(script)],
+        env=env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    told = [line for line in proc.stdout.splitlines() if line.startswith("told")]
+    assert told == ["told 1 (5, (1,)) 7 60", "told 1 (5, (1,)) 30 60", "told 1 None 0 0"]
+    assert "answer -1" in proc.stdout  # no unit left (NO_SHARD)
 
 
 @needs_mpi

@@ -77,3 +77,36 @@ def test_a_long_shard_leaves_heartbeat_lines_until_progress_closes(
     assert len(beats) >= 2
     assert beats[0].startswith("sampling: 0/1 shards done, ") and beats[0].endswith(" s elapsed")
     assert len(after) == len(beats)
+
+
+def test_heartbeat_lines_tell_the_iterations_of_the_running_units(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each running unit listed with its shard, chains and iterations; more than
+    LISTED_UNITS summed; a unit whose process finished leaves the line."""
+    import time
+
+    from hetmpi.progress import LISTED_UNITS, ShardProgress
+
+    def beats_while(told: list[tuple]) -> list[str]:
+        caplog.clear()
+        progress = ShardProgress(9, heartbeat=0.05)
+        for process, key, done, total in told:
+            progress.iterations(process, key, done, total)
+        time.sleep(0.3)
+        progress.close()
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("sampling:")]
+
+    with caplog.at_level(logging.INFO, logger="hetmpi"):
+        two = beats_while([(0, (3, (0,)), 50, 600), (2, (1, (0, 1)), 100, 600)])
+        gone = beats_while([(0, (3, (0,)), 50, 600), (0, None, 0, 0)])
+        many = beats_while([(k, (k, (0,)), 100 * k, 600) for k in range(LISTED_UNITS + 1)])
+    assert two and all(
+        line.endswith(" s elapsed; running: shard 1 chains [0, 1] 100/600, "
+                      "shard 3 chains [0] 50/600 iterations") for line in two
+    )  # fmt: skip
+    assert gone and all(line.endswith(" s elapsed") for line in gone)
+    total = 600 * (LISTED_UNITS + 1)
+    done = sum(100 * k for k in range(LISTED_UNITS + 1))
+    expected = f"running: {LISTED_UNITS + 1} units at {done}/{total} iterations"
+    assert many and all(expected in line for line in many)

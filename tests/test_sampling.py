@@ -46,11 +46,15 @@ def test_chunking_does_not_change_draws(
     whole = sampling.sample_shard(shard, seeded(prepared.task, 3))
     assert whole.status == "ok", whole.error
     monkeypatch.setattr(kernel, "chunk_length", lambda warmup, samples: 5)
-    chunked = sampling.sample_shard(shard, seeded(prepared.task, 3))
+    told: list[tuple] = []
+    control = sampling.AttemptControl(ran=lambda *args: told.append(args))
+    chunked = sampling.sample_shard(shard, seeded(prepared.task, 3), control=control)
     assert chunked.draws.shape == whole.draws.shape == (2, 20, prepared.task.warm.center.size)
     np.testing.assert_array_equal(chunked.draws, whole.draws)
     for name, values in whole.stats.items():
         np.testing.assert_array_equal(chunked.stats[name], values, err_msg=name)
+    # progress at the start and after every chunk of 5 of each chain's 20 + 20 iterations
+    assert told == [((chain,), 5 * k, 40) for chain in (0, 1) for k in range(9)]
 
 
 def test_time_limit_fails_the_shard(prepared: RunContext) -> None:

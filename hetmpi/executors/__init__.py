@@ -4,7 +4,8 @@ unit to run next and calls ``sample_shard`` on it; they differ only in where tha
 ``Executor.run`` samples the given shards and returns their results (any order). Each
 result is saved to ``out_dir`` by the process that produced it, as soon as it exists (that
 file is the --resume checkpoint; the MPI executor's speculative retries are the exception,
-see executors/mpi.py), and ``report`` gets its ShardNote in this process (progress).
+see executors/mpi.py), and ``progress`` (a ``dispatch.Progress``) hears, in this process, of
+every finished shard and of the iterations its running units have done.
 ``timings`` holds what the executor measured (seconds, compiles per process).
 
 This module imports no JAX: executor modules are loaded by processes (spawned workers, MPI
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hetmpi.config import ExecutorConfig
-from hetmpi.dispatch import Report
+from hetmpi.dispatch import Progress
 from hetmpi.runtime import ProcessLayout, layout_for
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class Executor(Protocol):
     timings: dict[str, Any]
 
     def run(
-        self, shards: Sequence[Shard], task: ShardTask, report: Report
+        self, shards: Sequence[Shard], task: ShardTask, progress: Progress
     ) -> list[ShardResult]: ...
 
 

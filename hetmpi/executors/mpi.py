@@ -24,7 +24,8 @@ Protocol, in order, on ``COMM_WORLD``:
    samples too, from the first request of a rank on its node on: that rank has compiled the
    sampler into the node's compilation cache, which rank 0 then loads instead of compiling
    it again. Each rank saves each result file itself as soon as it has it (the --resume
-   checkpoint);
+   checkpoint). While it samples, a rank tells rank 0 the iterations its unit has run
+   (``TAG_RAN``: after the first chunk, then at most every RAN_SECONDS), for progress;
 5. speculative retries: when nothing is left to deal, a rank that asks gets attempt 2 of the
    chain block dealt last among those still on their first attempt elsewhere (``Dispatch``).
    A rank whose first attempt fails the divergence check asks rank 0 before retrying; if a
@@ -62,10 +63,11 @@ from hetmpi.dispatch import (
     AttemptControl,
     Dealt,
     Dispatch,
-    Report,
+    Progress,
     Superseded,
     UnitKey,
     longest_first,
+    throttled,
     unit_key,
     work_units,
 )
@@ -73,8 +75,10 @@ from hetmpi.errors import InputError
 from hetmpi.executors.mpiwire import (
     IDLE_POLL_SECONDS,
     NO_SHARD,
+    RAN_SECONDS,
     SEARCH_DONE,
     TAG_CANCEL,
+    TAG_RAN,
     TAG_REQUEST,
     TAG_RETRY,
     TAG_SHARD,
@@ -166,11 +170,12 @@ def _sample_dealt_units(
     note = None
     while (dealt := _request(notes, header, note, verdicts)) is not None:
         won = partial(_verdict, notes, verdicts, TAG_WON, dealt.key)
+        ran = throttled(partial(_tell_ran, notes), RAN_SECONDS)
         if dealt.speculative:
             called_off = partial(_verdict, notes, verdicts, TAG_CANCEL, dealt.key)
-            control = AttemptControl(first=dealt.first, cancelled=called_off)
+            control = AttemptControl(first=dealt.first, cancelled=called_off, ran=ran)
         else:
-            control = AttemptControl(may_retry=partial(_ask_to_retry, notes))
+            control = AttemptControl(may_retry=partial(_ask_to_retry, notes), ran=ran)
         try:
             result, undecided = _run_unit(dealt, header, control, won)
         except Superseded:
@@ -178,6 +183,12 @@ def _sample_dealt_units(
             continue
         results.append((result, undecided))
         note = ShardNote.of(result)
+
+
+def _tell_ran(notes: MPI.Comm, chains: tuple[int, ...], done: int, total: int) -> None:
+    """Tell rank 0 how far this rank's unit has come (rank 0 receives it before this
+    rank's next request: messages between two ranks keep their order)."""
+    notes.send((chains, done, total), dest=0, tag=TAG_RAN)
 
 
 def _ask_to_retry(notes: MPI.Comm) -> bool:
@@ -263,7 +274,7 @@ class MpiExecutor:
         self.comm.bcast(SEARCH_DONE, root=0)
 
     def _run_exact(
-        self, shards: Sequence[Shard], header: RunHeader, report: Report
+        self, shards: Sequence[Shard], header: RunHeader, progress: Progress
     ) -> list[ShardResult]:
         """Every rank samples the full data, in groups of ranks that share out the chains
         (``mpi_exact``); rank 0 merges the groups' chains and saves the result."""
@@ -274,7 +285,7 @@ class MpiExecutor:
         results: list[tuple[ShardResult, bool]] = []
         with compile_monitor() as compiles:
             if shards:  # empty when --resume found the run's shard done
-                chains = sample_exact(self.comm, header, shards[0])
+                chains = sample_exact(self.comm, header, shards[0], progress)
                 results.append((chains, False))
         idle_barrier(self.comm)
         everything, compiled = gather_results(self.comm, results, compiles)
@@ -285,10 +296,12 @@ class MpiExecutor:
         if not everything:
             return []
         result = finish_exact([chains for chains, _ in everything], header.task)
-        report(ShardNote.of(result))
+        progress.shard_done(ShardNote.of(result))
         return [result]
 
-    def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
+    def run(
+        self, shards: Sequence[Shard], task: ShardTask, progress: Progress
+    ) -> list[ShardResult]:
         from hetmpi.kernel import chain_blocks, compile_monitor
         from hetmpi.records import ShardNote
         from hetmpi.results import merge_split_shards, save_shard_result
@@ -303,7 +316,7 @@ class MpiExecutor:
         self.comm.bcast(header, root=0)
         self.dispatched = True
         if task.cfg.method == "exact":
-            return self._run_exact(shards, header, report)
+            return self._run_exact(shards, header, progress)
         rank0_samples = size == 1 or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
         samplers = size if rank0_samples else size - 1
         ordered = [shards[k] for k in longest_first(shards)]
@@ -316,7 +329,7 @@ class MpiExecutor:
                 len(units), samplers, samplers - len(units),
             )  # fmt: skip
         speculate = samplers > 1 and task.cfg.max_retries >= 1
-        dispatch = Dispatch(units, task.cfg.num_chains, report, speculate=speculate)
+        dispatch = Dispatch(units, task.cfg.num_chains, progress, speculate=speculate)
         dealer = Dealer(self.notes, header, dispatch, self.neighbours)
         results: list[tuple[ShardResult, bool]] = []
 
@@ -417,6 +430,10 @@ class Dealer:
                 self._send_outbox()
                 time.sleep(IDLE_POLL_SECONDS)
             rank, tag = status.Get_source(), status.Get_tag()
+            if tag == TAG_RAN:
+                chains, done, total = self.notes.recv(source=rank, tag=TAG_RAN)
+                dispatch.ran(rank, tuple(chains), done, total)
+                continue
             if tag == TAG_RETRY:
                 self.notes.recv(source=rank, tag=TAG_RETRY)
                 self.notes.send(dispatch.may_retry(rank), dest=rank, tag=TAG_RETRY)

@@ -22,6 +22,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hetmpi.checkpoint import StateFiles
+from hetmpi.dispatch import AttemptControl, Progress
 from hetmpi.exact import block_arrays, block_count, block_ranges, global_blocks, ordered_sum
 from hetmpi.executors.mpiwire import RunHeader
 from hetmpi.records import SHARD_FIELDS, ShardResult, merge_results
@@ -58,11 +59,14 @@ def chain_groups(chains: int, ranks: int, requested: int | None) -> int:
     return math.gcd(requested or chains, chains, ranks)
 
 
-def sample_exact(comm: MPI.Comm, header: RunHeader, shard: Shard | None) -> ShardResult | None:
+def sample_exact(
+    comm: MPI.Comm, header: RunHeader, shard: Shard | None, progress: Progress | None = None
+) -> ShardResult | None:
     """On every rank of ``comm`` at once: receive this rank's blocks of the run's single
     shard (``shard`` on rank 0, None elsewhere) and sample this rank's group's chains,
-    continuing from the checkpoints of a killed run. Returns the group's result on the
-    first rank of each group (rank 0 included), None on the others."""
+    continuing from the checkpoints of a killed run; ``progress`` (rank 0's) hears how far
+    its chains have come. Returns the group's result on the first rank of each group (rank
+    0 included), None on the others."""
     task = header.task
     rank, size = comm.Get_rank(), comm.Get_size()
     num_points = header.length  # an exact run's one shard has no padding
@@ -96,7 +100,12 @@ def sample_exact(comm: MPI.Comm, header: RunHeader, shard: Shard | None) -> Shar
     )  # fmt: skip
     target = Target(0, num_points, block_arrays(mine), reduce, checkpoint)
     blocks = [(chain,) for chain in range(group, chains, groups)]
-    result = sample_target(target, dataclasses.replace(task, timeout=None), blocks)
+    control = AttemptControl()
+    if progress is not None:
+        control = AttemptControl(
+            ran=lambda chains, done, total: progress.iterations(0, (0, chains), done, total)
+        )
+    result = sample_target(target, dataclasses.replace(task, timeout=None), blocks, control)
     team.Free()
     return result if member == 0 else None
 

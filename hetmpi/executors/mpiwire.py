@@ -29,8 +29,10 @@ TAG_SHARD = 12  # rank 0's answer: a unit header, then the shard's arrays unless
 TAG_RETRY = 13  # a rank whose first attempt failed asks whether to retry (answer: same tag)
 TAG_CANCEL = 14  # rank 0 calls a speculative retry off: (shard index, chains)
 TAG_WON = 15  # rank 0 tells a speculative retry that it won: (shard index, chains)
+TAG_RAN = 16  # a sampling rank's progress: (chains, iterations run, iterations in all)
 VERDICT_TAGS = {WON: TAG_WON, CALLED_OFF: TAG_CANCEL}
 IDLE_POLL_SECONDS = 0.05
+RAN_SECONDS = 5.0  # a sampling rank tells rank 0 its progress at most this often
 NO_SHARD = -1
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from hetmpi.config import ExecutorConfig
-from hetmpi.dispatch import Dealt, Dispatch, Report, longest_first, work_units
+from hetmpi.dispatch import Dealt, Dispatch, Progress, longest_first, work_units
 from hetmpi.executors import process_layout
 from hetmpi.executors.worker import BlockSpec, serve
 from hetmpi.records import ShardNote, ShardResult, stack_shards, unpack_result
@@ -91,11 +91,13 @@ class PoolExecutor:
         self.settings = settings
         self.timings: dict[str, Any] = {}
 
-    def run(self, shards: Sequence[Shard], task: ShardTask, report: Report) -> list[ShardResult]:
+    def run(
+        self, shards: Sequence[Shard], task: ShardTask, progress: Progress
+    ) -> list[ShardResult]:
         if not shards:
             return []
         with shared_shards(shards) as blocks:
-            dispatch = _PoolRun(self, shards, task, report, blocks)
+            dispatch = _PoolRun(self, shards, task, progress, blocks)
             try:
                 dispatch.run()
             finally:
@@ -116,7 +118,7 @@ class _PoolRun:
         executor: PoolExecutor,
         shards: Sequence[Shard],
         task: ShardTask,
-        report: Report,
+        progress: Progress,
         blocks: BlockSpec,
     ) -> None:
         self.settings = executor.settings
@@ -125,7 +127,7 @@ class _PoolRun:
         ordered = [shards[k] for k in longest_first(shards)]
         units = work_units(ordered, splittable_blocks(task), executor.workers)
         self.count = min(executor.workers, len(units))
-        self.dispatch = Dispatch(units, task.cfg.num_chains, report)
+        self.dispatch = Dispatch(units, task.cfg.num_chains, progress)
         self.rows = {shard.index: row for row, shard in enumerate(shards)}
         self.attempts: dict[tuple[int, tuple[int, ...]], int] = {}
         self.units = len(units)
@@ -170,7 +172,9 @@ class _PoolRun:
             except (EOFError, OSError):
                 continue  # the worker died; check() replaces it
             worker.last_beat = time.monotonic()
-            if message[0] == "done":
+            if message[0] == "ran" and worker.dealt is not None:
+                self.dispatch.ran(worker.slot, *message[1:])
+            elif message[0] == "done":
                 _, meta, payload, compiled = message
                 self.compiles[worker.slot] = compiled
                 worker.dealt = None

@@ -3,8 +3,9 @@
 It sets its JAX environment, then takes messages from its pipe: ("run", task) once, then
 ("shard", row, block) per work unit (the shard in that row of the blocks; ``block`` its
 chains, or None for all of them) and ("stop",) at the end. It answers ("done", result,
-compiles) per unit and ("beat",) every HEARTBEAT_SECONDS from a thread,
-so the parent can tell a busy worker from a hung one. Shard arrays are read from shared
+compiles) per unit, ("ran", chains, done, total) after a unit's first chunk of iterations
+and then at most every RAN_SECONDS (progress), and ("beat",) every HEARTBEAT_SECONDS from a
+thread, so the parent can tell a busy worker from a hung one. Shard arrays are read from shared
 memory blocks named in ``blocks`` (field -> (name, shape, dtype)).
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 from hetmpi.runtime import ProcessLayout, configure_process
 
 HEARTBEAT_SECONDS = 2.0
+RAN_SECONDS = 1.0
 
 BlockSpec = dict[str, tuple[str, tuple[int, ...], str]]
 
@@ -37,6 +39,7 @@ def attach(blocks: BlockSpec) -> tuple[list[shared_memory.SharedMemory], dict[st
 def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
     """Worker main loop; returns on ("stop",) or when the parent goes away."""
     configure_process(layout)
+    from hetmpi.dispatch import AttemptControl, throttled
     from hetmpi.executors.cpu import sample_and_save
     from hetmpi.kernel import compile_monitor
     from hetmpi.records import pack_result, shard_from_block
@@ -55,6 +58,9 @@ def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
             except OSError:
                 return
 
+    def ran(chains: tuple[int, ...], done: int, total: int) -> None:
+        send(("ran", chains, done, total))
+
     handles, arrays = attach(blocks)
     threading.Thread(target=beat, name="hetmpi-heartbeat", daemon=True).start()
     try:
@@ -65,7 +71,8 @@ def serve(layout: ProcessLayout, conn: Connection, blocks: BlockSpec) -> None:
                 if message[0] == "stop":
                     return
                 _, row, block = message
-                result = sample_and_save(shard_from_block(arrays, row), task, block)
+                control = AttemptControl(ran=throttled(ran, RAN_SECONDS))
+                result = sample_and_save(shard_from_block(arrays, row), task, block, control)
                 compiled = (int(compiles["compiles"]), float(compiles["seconds"]))
                 send(("done", *pack_result(result), compiled))
     except EOFError:
