@@ -40,6 +40,7 @@ class ShardProgress:
         self.done = already_done
         self.started = self.last = time.perf_counter()
         self.drawn = 0.0
+        self.finished = ""  # the bar's text when no unit runs
         self.running: dict[int, tuple[UnitKey, int, int]] = {}  # process -> unit, done, total
         self.lock = threading.Lock()
         self.bar = None
@@ -55,7 +56,7 @@ class ShardProgress:
         while not self.stopped.wait(seconds):
             with self.lock:
                 if self.bar is not None:
-                    self.bar.refresh()
+                    self._draw()
                     continue
                 if time.perf_counter() - self.last < seconds:
                     continue
@@ -78,27 +79,29 @@ class ShardProgress:
             for (index, chains), done, total in units
         ) + (" iterations" if units else "")
 
+    def _draw(self) -> None:
+        """Redraw the bar with the running units (or the last finished shard)."""
+        assert self.bar is not None
+        self.drawn = time.perf_counter()
+        self.bar.set_postfix_str(self._running_text() or self.finished)
+
     def iterations(self, process: int, key: UnitKey | None, done: int, total: int) -> None:
         with self.lock:
             if key is None:
                 self.running.pop(process, None)
             else:
                 self.running[process] = (key, done, total)
-            now = time.perf_counter()
-            if self.bar is not None and now - self.drawn >= REDRAW_SECONDS:
-                self.drawn = now
-                self.bar.set_postfix_str(self._running_text())
+            if self.bar is not None and time.perf_counter() - self.drawn >= REDRAW_SECONDS:
+                self._draw()
 
     def shard_done(self, note: ShardNote) -> None:
         with self.lock:
             self.done += 1
             self.last = time.perf_counter()
+            self.finished = f"last: shard {note.index} {note.status}"
             if self.bar is not None:
-                self.bar.set_postfix_str(
-                    self._running_text() or f"last: shard {note.index} {note.status}",
-                    refresh=False,
-                )
                 self.bar.update(1)
+                self._draw()
                 return
             elapsed = time.perf_counter() - self.started
             log.info(
