@@ -2,7 +2,7 @@
 its data cut into blocks of one length.
 
 Every program that reads data points is compiled for one block length and serves every data
-size: the mode search's subsample (one block) and the full data (many) alike. The programs
+size: the mode search's cheap data (one block) and the full data (many) alike. The programs
 are split where the model meets the data:
 
 - ``_head`` (per model, no data): the point x in u (or in the sampler's coordinates w) as one
@@ -88,7 +88,7 @@ def held_here(data: FitData) -> AbstractContextManager[FitData]:
 
 def fit_data(points: ShardArrays, target: int, max_blocks: int = LOCAL_BLOCKS) -> FitData:
     """``points`` (1-D fields, every weight real) cut into blocks of one length: k =
-    ceil(size / target) blocks, as long as ``subsample(data, target)`` (one compile serves
+    ceil(size / target) blocks, as long as the cheap data (``cheap_version``: one compile serves
     both), or ``max_blocks`` longer ones where k is more (every block costs a fixed
     overhead per evaluation, 0.6 ms at 1000 frames)."""
     host = ShardArrays(*(np.asarray(a) for a in points))
@@ -128,6 +128,58 @@ def subsample(data: FitData, target: int) -> FitData:
     stride = max(1, math.ceil(data.num_points / target))
     points = ShardArrays(*(a[::stride] for a in data.host))
     return _blocked(points, min(points.c2.shape[0], data.block_length))
+
+
+def cheap_version(data: FitData, target: int) -> tuple[FitData, float]:
+    """The mode search's cheap data, in one block of at most ``subsample``'s size, and how
+    many nats of ``data`` one of its nats stands for: all of ``data`` where it fits (1),
+    else ``time_bins`` (1: they keep nearly all the information) where they fit, else
+    ``subsample`` (size / its size)."""
+    cap = math.ceil(data.num_points / max(1, math.ceil(data.num_points / target)))
+    points = None if cap == data.num_points else time_bins(data.host, cap)
+    if points is None:
+        return subsample(data, target), data.num_points / cap
+    return _blocked(points, cap), 1.0  # padded to the subsample's length: one compile
+
+
+def time_bins(host: ShardArrays, cap: int) -> ShardArrays | None:
+    """Points of one angle and lag t2 - t1 averaged in runs of k consecutive t1 (the least
+    k that leaves at most ``cap`` bins; None when even whole lags are more): each bin's c2
+    the precision-weighted mean, its weight the points' total weight and its sigma such
+    that weight / sigma^2 is their total precision, so the Gaussian likelihood of the bins
+    differs from that of the points by a constant wherever the model is constant over a
+    bin, and to second order in the bin's width otherwise (the bin sits at its middle
+    point). Exact for stationary dynamics, where c2 depends on the lag alone."""
+    precision = host.weight / host.sigma**2
+    real = precision > 0
+    angle, i1, i2 = host.angle[real], host.i1[real], host.i2[real]
+    lag = i2 - i1
+    order = np.lexsort((i1, lag, angle))
+    angle, lag = angle[order], lag[order]
+    n = order.size
+    starts = np.flatnonzero(np.r_[True, (angle[1:] != angle[:-1]) | (lag[1:] != lag[:-1])])
+    sizes = np.diff(np.r_[starts, n])
+    if starts.size > cap:
+        return None
+    k = max(1, math.ceil(n / cap))
+    while np.sum(-(-sizes // k)) > cap:
+        k += 1
+    position = np.arange(n) - np.repeat(starts, sizes)
+    first = np.flatnonzero(position % k == 0)
+    bin_of = np.cumsum(position % k == 0) - 1
+    members = np.diff(np.r_[first, n])
+    total = np.bincount(bin_of, precision[real][order])
+    c2 = np.bincount(bin_of, (precision * host.c2)[real][order]) / total
+    weight = np.bincount(bin_of, host.weight[real][order])
+    middle = np.flatnonzero(real)[order[first + members // 2]]
+    return ShardArrays(
+        c2=c2,
+        i1=host.i1[middle],
+        i2=host.i2[middle],
+        angle=host.angle[middle],
+        weight=weight,
+        sigma=np.sqrt(weight / total),
+    )
 
 
 def vector_width(n_phi: int) -> int:

@@ -8,8 +8,9 @@ one start point is therefore no answer. The search:
 1. starts from the configured point and from a scrambled Sobol design over the prior of the
    free physics coordinates (in u every prior is a standard normal), each start's per-angle
    contrast and offset fitted to the data by linear least squares at its physics;
-2. runs a short BFGS from every start on a cheap version of the data (every k-th pooled
-   point, about ``cheap_points`` of them), each fit one compiled loop (``bfgs``): the
+2. runs a short BFGS from every start on a cheap version of the data of about
+   ``cheap_points`` points (``fitblocks.cheap_version``: averages over runs of t1 at one
+   angle and lag, or every k-th pooled point), each fit one compiled loop (``bfgs``): the
    starts are independent, so they run in parallel over the run's processes (``MapFn``)
    with results in start order, the same whatever the process count;
 3. refines the best distinct end points, and the label-swapped counterpart of each, by BFGS
@@ -41,9 +42,9 @@ from hetmpi.errors import RunError
 from hetmpi.fitblocks import (
     FitData,
     block_minimum,
+    cheap_version,
     negative_log_posterior,
     scaled_values,
-    subsample,
     unflatten,
     vector_prediction,
 )
@@ -293,18 +294,17 @@ def cheap_stage(
     settings: ModeSearchConfig,
     map_fn: MapFn = _in_turn,
 ) -> tuple[list[np.ndarray], list[int], SearchResult]:
-    """Short fits from the configured start and the design starts on a subsample of
+    """Short fits from the configured start and the design starts on a cheap version of
     ``data``: (the candidates to refine on the full data, each best distinct end point
     followed by its label-swapped counterpart; how many design starts reached each; a
     provisional result without basins: see ``basins_of``)."""
-    cheap = subsample(data, settings.cheap_points)
+    cheap, nats = cheap_version(data, settings.cheap_points)
     starts = design_starts(problem, cheap, configured, settings.starts, settings.seed)
     search = partial(_cheap_search, problem, cheap)
     cheap_optima = map_fn(search, starts)
     n_free = len(problem.model.free_physics)
     kept, owner = _distinct(cheap_optima, n_free)
-    stride = data.num_points / cheap.num_points
-    hopeless = cheap_optima[kept[0]].nlp + REFINE_WITHIN / stride if kept else np.inf
+    hopeless = cheap_optima[kept[0]].nlp + REFINE_WITHIN / nats if kept else np.inf
     chosen = [k for k in kept[: settings.refine] if cheap_optima[k].nlp <= hopeless]
     counts = [sum(1 for o in owner if o == k) for k in chosen]
     to_refine: list[np.ndarray] = []
