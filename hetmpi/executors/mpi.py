@@ -25,7 +25,7 @@ Protocol, in order, on ``COMM_WORLD``:
    sampler into the node's compilation cache, which rank 0 then loads instead of compiling
    it again. Each rank saves each result file itself as soon as it has it (the --resume
    checkpoint). While it samples, a rank tells rank 0 the iterations its unit has run
-   (``TAG_RAN``: after the first chunk, then at most every RAN_SECONDS), for progress;
+   (``TAG_RAN``: as its unit starts, then at most every RAN_SECONDS), for progress;
 5. speculative retries: when nothing is left to deal, a rank that asks gets attempt 2 of the
    chain block dealt last among those still on their first attempt elsewhere (``Dispatch``).
    A rank whose first attempt fails the divergence check asks rank 0 before retrying; if a

@@ -3,10 +3,10 @@
 It sets its JAX environment, then takes messages from its pipe: ("run", task) once, then
 ("shard", row, block) per work unit (the shard in that row of the blocks; ``block`` its
 chains, or None for all of them) and ("stop",) at the end. It answers ("done", result,
-compiles) per unit, ("ran", chains, done, total) after a unit's first chunk of iterations
-and then at most every RAN_SECONDS (progress), and ("beat",) every HEARTBEAT_SECONDS from a
-thread, so the parent can tell a busy worker from a hung one. Shard arrays are read from shared
-memory blocks named in ``blocks`` (field -> (name, shape, dtype)).
+compiles) per unit, ("ran", chains, done, total) as a unit starts and then at most every
+RAN_SECONDS after a chunk of iterations (progress), and ("beat",) every HEARTBEAT_SECONDS
+from a thread, so the parent can tell a busy worker from a hung one. Shard arrays are read
+from shared memory blocks named in ``blocks`` (field -> (name, shape, dtype)).
 """
 
 from __future__ import annotations
