@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from hetmpi.config import config_from_dict
-from hetmpi.fitblocks import cheap_version, fit_data, negative_log_posterior, time_bins
+from hetmpi.fitblocks import (
+    MAX_RUN,
+    cheap_version,
+    fit_data,
+    negative_log_posterior,
+    time_bins,
+)
 from hetmpi.problem import build_problem, pooled_arrays
 from hetmpi.sharding import pool_points
 from hetmpi.simulate import simulate_dataset
@@ -84,13 +90,16 @@ def test_bins_hold_every_point_s_weight_and_precision_at_one_angle_and_lag(fitte
         same = (host.angle == bins.angle[k]) & (lag == bins.i2[k] - bins.i1[k])
         assert same.any()
         assert host.c2[same].min() <= bins.c2[k] <= host.c2[same].max()
-    groups = np.unique(np.stack([host.angle, lag]), axis=1).shape[1]  # 2 angles x 29 lags
-    assert time_bins(host, groups) is not None
-    assert time_bins(host, groups - 1) is None
+    # runs of at most MAX_RUN t1: the fewest bins they allow, and no bins below that
+    sizes = np.unique(np.stack([host.angle, lag]), axis=1, return_counts=True)[1]
+    fewest = int(np.sum(-(-sizes // MAX_RUN)))
+    assert fewest > 2 * 29  # some of the 2 angles x 29 lags hold more than MAX_RUN points
+    assert time_bins(host, fewest) is not None
+    assert time_bins(host, fewest - 1) is None
 
 
-def test_too_many_lags_for_the_cap_fall_back_to_every_k_th_point(fitted) -> None:
-    """With fewer points allowed than there are (angle, lag) runs, the cheap data is the
+def test_too_few_bins_allowed_fall_back_to_every_k_th_point(fitted) -> None:
+    """Where runs of MAX_RUN t1 leave more bins than allowed, the cheap data is the
     subsample, and one of its nats stands for the stride's worth of the full data's."""
     _, data, _, _ = fitted
     cheap, nats = cheap_version(data, 40)
