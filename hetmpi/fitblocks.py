@@ -163,10 +163,10 @@ def time_bins(host: ShardArrays, cap: int) -> ShardArrays | None:
     starts = np.flatnonzero(np.r_[True, (angle[1:] != angle[:-1]) | (lag[1:] != lag[:-1])])
     sizes = np.diff(np.r_[starts, n])
     k = max(1, math.ceil(n / cap))
-    while np.sum(-(-sizes // k)) > cap:
+    while k <= MAX_RUN and np.sum(-(-sizes // k)) > cap:
         k += 1
-        if k > MAX_RUN:
-            return None
+    if k > MAX_RUN:
+        return None
     position = np.arange(n) - np.repeat(starts, sizes)
     first = np.flatnonzero(position % k == 0)
     bin_of = np.cumsum(position % k == 0) - 1

@@ -15,6 +15,7 @@ from hetmpi.fitblocks import (
     negative_log_posterior,
     time_bins,
 )
+from hetmpi.model.posterior import ShardArrays
 from hetmpi.problem import build_problem, pooled_arrays
 from hetmpi.sharding import pool_points
 from hetmpi.simulate import simulate_dataset
@@ -115,3 +116,17 @@ def test_data_within_the_size_are_their_own_cheap_version(fitted) -> None:
     assert nats == 1.0
     for got, held in zip(cheap.host, data.host, strict=True):
         np.testing.assert_array_equal(got, held)
+
+
+def test_no_bin_spans_more_than_max_run_frames() -> None:
+    """100 points of one angle and lag: 4 bins would need runs of 25 t1, so none are made;
+    5 bins (runs of 20) are."""
+    i1 = np.arange(100)
+    host = ShardArrays(
+        c2=np.ones(100), i1=i1, i2=i1 + 1, angle=np.zeros(100, dtype=int),
+        weight=np.ones(100), sigma=np.ones(100),
+    )  # fmt: skip
+    assert time_bins(host, 4) is None
+    bins = time_bins(host, 5)
+    assert bins is not None and bins.c2.size == 5
+    np.testing.assert_array_equal(bins.i1, [10, 30, 50, 70, 90])
