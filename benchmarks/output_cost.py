@@ -240,10 +240,7 @@ def run_phase(args: argparse.Namespace) -> dict:
         fit = report.posterior_mean_c2(prepared, found.draws)
         setup["posterior_mean_c2"] = time.perf_counter() - started
         started = time.perf_counter()
-        summary = report.build_summary(
-            prepared, found.results, found.verdicts, found.draws, fit, executor="synthetic",
-            timings={},
-        )  # fmt: skip
+        summary = report.build_summary(prepared, found, fit, executor="synthetic", timings={})
         setup["summary"] = time.perf_counter() - started
     elif on:
         timed_pointwise(record)

@@ -155,11 +155,8 @@ def report_run(out_dir: Path) -> dict[str, Any]:
         raise InputError(f"{plots_dir}: exists and is not a folder; move it away")
     found = consensus_of(context, list(results.values()))
     fit = report.posterior_mean_c2(context, found.draws)
-    summary = report.build_summary(
-        context, found.results, found.verdicts, found.draws, fit, executor="report",
-        timings=saved_timings(out_dir / "summary.json"), check=found.check,
-        corrected=found.corrected,
-    )  # fmt: skip
+    timings = saved_timings(out_dir / "summary.json")
+    summary = report.build_summary(context, found, fit, executor="report", timings=timings)
     report.write_plots(context, found, fit, summary, plots_dir)
     return summary
 

@@ -16,7 +16,7 @@ from numpyro.infer.hmc_util import consensus, parametric_draws
 
 from hetmpi.config import ConsensusConfig
 from hetmpi.errors import RunError
-from hetmpi.records import ShardResult
+from hetmpi.records import ShardResult, only_chains
 
 SKEW_LIMIT = 1.0  # |sample skewness| of a shard's draws above which it is clearly not Gaussian
 BASIN_HINT = (
@@ -29,11 +29,14 @@ BASIN_HINT = (
 
 @dataclass(frozen=True)
 class ShardVerdict:
-    """Whether a shard enters the consensus, and why not."""
+    """Whether a shard enters the consensus, and why not; ``left_out`` the (chain, basin
+    label) of each of its chains that sat outside the run's basin and were dropped from an
+    included shard."""
 
     index: int
     included: bool
     reason: str
+    left_out: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,25 +79,38 @@ class BasinCheck:
         return labels[np.argmin(distance, axis=1)]
 
 
-def basin_reason(result: ShardResult, check: BasinCheck | None) -> str:
-    """Why a shard's chains cannot enter the consensus by where they sit ("" if they can):
-    chains in different basins, or all in a basin other than the run's."""
+def basin_verdict(result: ShardResult, check: BasinCheck | None) -> ShardVerdict:
+    """The shard's verdict by where its chains sit: included where all sit in the run's
+    basin (label 0); included without the others where some do (``left_out``, so that the
+    posterior is the run's basin alone and says so); excluded where none does."""
     if check is None or len(check.centers) < 2:
-        return ""
-    found = sorted({int(b) for b in check.chain_basins(result.draws)})
-    if len(found) > 1:
-        listed = " and ".join(str(b + 1) for b in found)
-        return f"its chains sit in different basins ({listed}) of the mode search"
-    if found[0] != 0:
-        return f"its chains sit in basin {found[0] + 1} of the mode search, not the run's basin 1"
-    return ""
+        return ShardVerdict(result.index, True, "")
+    labels = [int(b) for b in check.chain_basins(result.draws)]
+    if 0 not in labels:
+        found = " and ".join(str(b + 1) for b in sorted(set(labels)))
+        return ShardVerdict(
+            result.index,
+            False,
+            f"its chains sit in basin(s) {found} of the mode search, not the run's basin 1",
+        )
+    left_out = tuple(
+        (chain, label) for chain, label in zip(result.chains, labels, strict=True) if label
+    )
+    if not left_out:
+        return ShardVerdict(result.index, True, "")
+    listed = ", ".join(f"chain {chain} in basin {label + 1}" for chain, label in left_out)
+    return ShardVerdict(
+        result.index, True, f"left out {listed} of the mode search (not the run's basin 1)",
+        left_out,
+    )  # fmt: skip
 
 
 def judge_shard(
     result: ShardResult, cfg: ConsensusConfig, basins: BasinCheck | None = None
 ) -> ShardVerdict:
     """Explicit exclusion rules, in order: failed, non-finite draws, too many divergences,
-    chains outside the run's basin (``basins``)."""
+    no chain in the run's basin (``basins``); chains outside it are left out of an included
+    shard."""
     if result.status != "ok":
         return ShardVerdict(result.index, False, f"sampling failed: {result.error}")
     if not np.all(np.isfinite(result.draws)):
@@ -106,16 +122,15 @@ def judge_shard(
             f"divergence rate {result.divergence_rate:.3f} > "
             f"consensus.max_divergence_rate {cfg.max_divergence_rate}",
         )
-    elsewhere = basin_reason(result, basins)
-    if elsewhere:
-        return ShardVerdict(result.index, False, elsewhere)
-    return ShardVerdict(result.index, True, "")
+    return basin_verdict(result, basins)
 
 
 def select_shards(
     results: Sequence[ShardResult], cfg: ConsensusConfig, basins: BasinCheck | None = None
 ) -> tuple[list[ShardResult], list[ShardVerdict]]:
-    """Shards that enter the consensus; RunError when fewer than min_success_rate remain."""
+    """Shards that enter the consensus, each holding only its chains in the run's basin and
+    all cut to the fewest such chains (draw-wise averaging pairs chains across shards);
+    RunError when fewer than min_success_rate of the shards remain."""
     verdicts = [judge_shard(r, cfg, basins) for r in results]
     kept = [r for r, v in zip(results, verdicts, strict=True) if v.included]
     if len(kept) < cfg.min_success_rate * len(results) or not kept:
@@ -128,6 +143,13 @@ def select_shards(
             + "Look at the shard table in the log; more warmup (sampler.num_warmup), a higher "
             "sampler.target_accept or fewer shards usually help."
         )
+    in_basin = [
+        [chain for chain in r.chains if chain not in dict(v.left_out)]
+        for r, v in zip(results, verdicts, strict=True)
+        if v.included
+    ]
+    fewest = min(len(chains) for chains in in_basin)
+    kept = [only_chains(r, chains[:fewest]) for r, chains in zip(kept, in_basin, strict=True)]
     return kept, verdicts
 
 

@@ -119,10 +119,7 @@ def finalize(
     found = consensus_of(context, results)
     combined = time.perf_counter()
     fit = report.posterior_mean_c2(context, found.draws)
-    summary = report.build_summary(
-        context, found.results, found.verdicts, found.draws, fit, executor=executor,
-        timings=timings, check=found.check, corrected=found.corrected,
-    )  # fmt: skip
+    summary = report.build_summary(context, found, fit, executor=executor, timings=timings)
     seconds = summary["run"]["timings"]
     seconds["consensus"] = combined - started
     written = time.perf_counter()

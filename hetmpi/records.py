@@ -146,6 +146,22 @@ def merge_results(parts: Sequence[ShardResult]) -> ShardResult:
     )
 
 
+def only_chains(result: ShardResult, chains: Sequence[int]) -> ShardResult:
+    """The result of a shard's ``chains`` alone (numbers from ``result.chains``, in order)."""
+    if tuple(chains) == result.chains:
+        return result
+    rows = [result.chains.index(chain) for chain in chains]
+    return replace(
+        result,
+        chains=tuple(chains),
+        draws=result.draws[rows],
+        values=result.values[rows],
+        stats={k: result.stats[k][rows] for k in STAT_FIELDS},
+        step_size=result.step_size[rows],
+        target_accept=result.target_accept[rows],
+    )
+
+
 @dataclass(frozen=True)
 class ShardNote:
     """What progress shows of a finished shard (or of some of its chains); small enough to

@@ -16,14 +16,14 @@ import numpy as np
 from hetmpi import __version__, diagnostics, plots
 from hetmpi.basins import basin_note, rivals_note, weak_identification_note
 from hetmpi.config import SamplerConfig
-from hetmpi.consensus import SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
+from hetmpi.consensus import BASIN_HINT, SKEW_LIMIT, ShardVerdict, shard_shapes, skewed
 from hetmpi.dataset import Dataset
 from hetmpi.fitcheck import against_mode, fit_check_note, residual_checks
-from hetmpi.importance import ConsensusCheck, check_note
+from hetmpi.importance import check_note
 from hetmpi.model.physics import c2_grid
 from hetmpi.model.posterior import PosteriorModel, ShardArrays
 from hetmpi.problem import Problem
-from hetmpi.records import ShardResult
+from hetmpi.records import ShardResult, only_chains
 
 if TYPE_CHECKING:
     from hetmpi.context import RunContext
@@ -53,13 +53,19 @@ def simulated_values(truth: dict[str, Any] | None, plain_noise: bool) -> dict[st
 
 
 def shard_row(result: ShardResult, verdict: ShardVerdict) -> dict[str, Any]:
-    """One line of the shard table in summary.json."""
+    """One line of the shard table in summary.json; the statistics of the chains that
+    entered the consensus where the verdict left some out."""
+    left_out = dict(verdict.left_out)
+    result = only_chains(result, [chain for chain in result.chains if chain not in left_out])
     ok = result.status == "ok"
     row: dict[str, Any] = {
         "index": result.index,
         "status": result.status,
         "included": verdict.included,
-        "excluded_because": verdict.reason,
+        "excluded_because": "" if verdict.included else verdict.reason,
+        "chains_left_out": [
+            {"chain": chain, "basin": basin + 1} for chain, basin in verdict.left_out
+        ],
         "num_points": result.num_points,
         "num_warmup": result.num_warmup,
         "num_samples": result.num_samples,
@@ -82,22 +88,37 @@ def shard_row(result: ShardResult, verdict: ShardVerdict) -> dict[str, Any]:
     return row
 
 
+def chains_left_out(
+    verdicts: Sequence[ShardVerdict], basins: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Per chain left out of an included shard: the shard, the chain, and the basin it sat
+    in (numbered from 1) with that basin's nats above the best and Laplace share."""
+    return [
+        {
+            "shard": verdict.index,
+            "chain": chain,
+            "basin": label + 1,
+            "delta_nlp": basins[label]["delta_nlp"],
+            "mass_share": basins[label]["mass_share"],
+        }
+        for verdict in verdicts
+        for chain, label in verdict.left_out
+    ]
+
+
 def build_summary(
     prepared: RunContext,
-    results: Sequence[ShardResult],
-    verdicts: Sequence[ShardVerdict],
-    draws: dict[str, np.ndarray],
+    found: Consensus,
     fit: np.ndarray,
     *,
     executor: str,
     timings: dict[str, float],
-    check: ConsensusCheck | None = None,
-    corrected: bool = False,
 ) -> dict[str, Any]:
-    """The content of summary.json; ``fit`` (n_phi, N, N) is the posterior-mean model,
-    ``check`` the consensus against the exact posterior (none for an exact run), whose
-    importance draws are the posterior where ``corrected``."""
+    """The content of summary.json from a run's consensus; ``fit`` (n_phi, N, N) is the
+    posterior-mean model."""
     cfg = prepared.cfg
+    results, verdicts, draws = found.results, found.verdicts, found.draws
+    check, corrected = found.check, found.corrected
     parameters = diagnostics.summarize(draws, hdi_prob=cfg.output.hdi_prob)
     if corrected:  # resampled draws repeat: the weights' ESS bounds every parameter's
         for entry in parameters.values():
@@ -118,19 +139,14 @@ def build_summary(
         "min_bfmi": min(s["min_bfmi"] for s in included),
         "mean_leapfrog_steps": float(np.mean([s["mean_leapfrog_steps"] for s in included])),
     }
-    kept = [r for r, v in zip(results, verdicts, strict=True) if v.included]
-    shapes = shard_shapes([r.draws for r in kept], kept[0].names)
-    convergence["non_gaussian_shards"] = skewed(shapes) if len(kept) > 1 else []
+    shapes = shard_shapes([r.draws for r in found.kept], found.kept[0].names)
+    convergence["non_gaussian_shards"] = skewed(shapes) if len(found.kept) > 1 else []
     convergence["max_shard_r_hat"] = max(s["max_r_hat"] for s in included)
     convergence["consensus_differs"] = [] if check is None or corrected else check.differs
-    convergence["converged"] = bool(
-        convergence["max_r_hat"] <= RHAT_LIMIT
-        and convergence["max_shard_r_hat"] <= SHARD_RHAT_LIMIT
-        and convergence["divergences"] == 0
-        and convergence["min_bfmi"] >= BFMI_LIMIT
-        and not convergence["consensus_differs"]
-    )
-    convergence["reasons"] = not_converged_reasons(convergence, parameters, prepared.cfg.sampler)
+    convergence["chains_left_out"] = chains_left_out(verdicts, warm.basins)
+    convergence["chains_per_shard"] = len(found.kept[0].chains)
+    reasons = not_converged_reasons(convergence, parameters, prepared.cfg.sampler)
+    convergence |= {"converged": not reasons, "reasons": reasons}
     sigma = float(draws["sigma"].mean()) if "sigma" in draws else warm.noise_sigma
     phi = prepared.dataset.phi
     checks = against_mode(
@@ -345,9 +361,21 @@ def truth_note(check: dict[str, Any]) -> str | None:
 def not_converged_reasons(
     convergence: dict[str, Any], parameters: dict[str, dict[str, Any]], sampler: SamplerConfig
 ) -> list[str]:
-    """Each limit the run missed, with what to try (none when it converged)."""
+    """Each limit the run missed, with what to try: the run converged where there is none."""
     c = convergence
     reasons = []
+    if c["chains_left_out"]:
+        listed = "; ".join(
+            f"shard {e['shard']} chain {e['chain']} in basin {e['basin']} "
+            f"({e['delta_nlp']:+.1f} nats, {e['mass_share']:.0%} of the mass by Laplace)"
+            for e in c["chains_left_out"]
+        )
+        reasons.append(
+            f"chains stayed in other basins of the mode search than the run's basin 1 and are "
+            f"left out ({listed}): the posterior shown is basin 1's alone, and the others' "
+            f"mass is missing from it (every shard enters with {c['chains_per_shard']} "
+            "chain(s) in basin 1). " + BASIN_HINT.strip()
+        )
     longer = (
         f"sample longer (sampler.num_warmup: {2 * sampler.num_warmup}, num_samples: "
         f"{2 * sampler.num_samples}) or run more chains (sampler.num_chains)"

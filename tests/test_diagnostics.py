@@ -217,7 +217,7 @@ def test_a_run_that_missed_a_limit_says_which_and_what_to_try() -> None:
     }
     clean = {
         "max_r_hat": 1.004, "max_shard_r_hat": 1.004, "divergences": 0, "min_bfmi": 0.9,
-        "consensus_differs": [],
+        "consensus_differs": [], "chains_left_out": [], "chains_per_shard": 2,
     }  # fmt: skip
     sampler = SamplerConfig(num_warmup=300, num_samples=300, target_accept=0.8)
     calm = {"D0_ref": {"r_hat": 1.004, "ess_bulk": 900.0}}
@@ -240,3 +240,11 @@ def test_a_run_that_missed_a_limit_says_which_and_what_to_try() -> None:
     ]  # fmt: skip
     careful = SamplerConfig(target_accept=0.95)
     assert "(now 0.95, try 0.99)" in not_converged_reasons(broken, calm, careful)[0]
+    stuck = {"shard": 0, "chain": 1, "basin": 2, "delta_nlp": 2.5, "mass_share": 0.09}
+    (elsewhere,) = not_converged_reasons(
+        clean | {"chains_left_out": [stuck], "chains_per_shard": 1}, calm, sampler
+    )
+    assert elsewhere.startswith("chains stayed in other basins of the mode search")
+    assert "shard 0 chain 1 in basin 2 (+2.5 nats, 9% of the mass by Laplace)" in elsewhere
+    assert "the posterior shown is basin 1's alone" in elsewhere
+    assert "model.labelling" in elsewhere

@@ -11,7 +11,7 @@ import pytest
 
 from hetmpi import bfgs
 from hetmpi.config import ConsensusConfig, ModeSearchConfig, SamplerConfig, config_from_dict
-from hetmpi.consensus import BasinCheck, select_shards
+from hetmpi.consensus import BasinCheck, ShardVerdict, select_shards
 from hetmpi.dataset import Dataset
 from hetmpi.errors import RunError
 from hetmpi.fitblocks import block_minimum, fit_data, negative_log_posterior, subsample
@@ -233,22 +233,32 @@ def _result(index: int, means: list[float]) -> ShardResult:
     )  # fmt: skip
 
 
-def test_shards_outside_the_run_basin_are_never_averaged() -> None:
-    """Basins at 0 and 5 (shard sd 1): a shard with both chains near 0 enters; one whose
-    chains are split, or both near 5, is excluded and named; with all split the run stops
-    and says how to pick a labelling."""
+def test_chains_outside_the_run_basin_are_never_averaged() -> None:
+    """Basins at 0 and 5 (shard sd 1): a shard with both chains near 0 enters whole; one
+    whose chains are split enters with its chain near 0 alone, the other named as left out;
+    one with both near 5 is excluded. Every shard kept then gives as many chains as the
+    fewest in basin 1 (draw-wise averaging pairs them). With no chain of any shard in
+    basin 1 the run stops and says how to pick a labelling."""
     check = BasinCheck(centers=np.array([[0.0], [5.0]]), precision=np.eye(1))
-    results = [_result(0, [0.2, -0.3]), _result(1, [0.1, 4.8]), _result(2, [5.1, 4.9])]
+    results = [_result(0, [0.2, -0.3]), _result(1, [4.8, 0.1]), _result(2, [5.1, 4.9])]
     cfg = ConsensusConfig(min_success_rate=0.3)
     kept, verdicts = select_shards(results, cfg, check)
-    assert [r.index for r in kept] == [0]
-    assert verdicts[1].reason == "its chains sit in different basins (1 and 2) of the mode search"
+    assert [(r.index, r.chains) for r in kept] == [(0, (0,)), (1, (1,))]
+    np.testing.assert_array_equal(kept[1].draws, results[1].draws[1:])
+    np.testing.assert_array_equal(kept[1].stats["energy"], results[1].stats["energy"][1:])
+    assert verdicts[0] == ShardVerdict(0, True, "")
+    assert verdicts[1].included and verdicts[1].left_out == ((0, 1),)
+    assert (
+        verdicts[1].reason
+        == "left out chain 0 in basin 2 of the mode search (not the run's basin 1)"
+    )
+    assert not verdicts[2].included
     assert verdicts[2].reason == (
-        "its chains sit in basin 2 of the mode search, not the run's basin 1"
+        "its chains sit in basin(s) 2 of the mode search, not the run's basin 1"
     )
     assert select_shards(results, cfg, BasinCheck(np.array([[0.0]]), np.eye(1)))[0] == results
     with pytest.raises(RunError, match=r"model\.labelling"):
-        select_shards(results[1:], cfg, check)
+        select_shards(results[2:], cfg, check)
 
 
 def test_chains_are_placed_by_their_own_spread_where_the_laplace_one_is_too_narrow() -> None:
