@@ -2,7 +2,7 @@
 not tuned on?
 
     python benchmarks/robustness.py [--datasets 10] [--runs 0,1,2,3] [--seed 2026] [--shards auto]
-        [--workdir DIR]
+        [--frames LO,HI] [--workdir DIR]
 
 Draws ``--datasets`` truths (seeded) from a broad realistic range: either component the
 slower one (both labellings), fraction amplitude 0.2-0.8 with a growth or decay of up to
@@ -15,7 +15,8 @@ a full ``hetmpi run`` (``--shards``, default auto as a user's run: one shard und
 points; 2 chains, 300 + 300, multiprocessing) and its max |z| of
 the truth over the sampled physics parameters (target <= 3.3), max R-hat, divergences, the
 consensus check (its k-hat and ESS, and whether the posterior became its importance draws)
-and the run's verdict.
+and the run's verdict. ``--frames LO,HI`` keeps the truths and their windows but spreads
+each window over LO-HI frames (drawn from a second generator of the seed), for long series.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def draw_truth(rng: np.random.Generator) -> dict:
         "seed": int(rng.integers(2**31)),
         "reference_slower": ref_slower,
     }
+
+
+def stretched(truth: dict, rng: np.random.Generator, frames: tuple[int, int]) -> dict:
+    """``truth`` with its window spread over a number of frames drawn from ``frames``."""
+    n_frames = int(rng.integers(frames[0], frames[1] + 1))
+    dt = truth["n_frames"] * truth["dt"] / n_frames
+    return truth | {"n_frames": n_frames, "dt": dt, "t_start": dt}
 
 
 def config_for(data: Path, out: Path, shards: int | None) -> dict:
@@ -172,7 +180,12 @@ def main() -> None:
     parser.add_argument(
         "--shards", default="auto", help="num_shards of the full runs: a count, or auto"
     )
+    parser.add_argument(
+        "--frames", default=None, help="LO,HI: each truth's window over LO-HI frames"
+    )
     args = parser.parse_args()
+    frames = None if args.frames is None else tuple(int(n) for n in args.frames.split(","))
+    frames_rng = np.random.default_rng(args.seed + 1)
     shards = None if args.shards == "auto" else int(args.shards)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hetmpi-robustness-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -183,6 +196,8 @@ def main() -> None:
     gaps = []
     for k in range(args.datasets):
         truth = draw_truth(rng)
+        if frames is not None:
+            truth = stretched(truth, frames_rng, frames)
         folder = work / f"set{k}"
         folder.mkdir(exist_ok=True)
         dataset = simulate_dataset(
