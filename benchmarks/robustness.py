@@ -2,7 +2,7 @@
 not tuned on?
 
     python benchmarks/robustness.py [--datasets 10] [--runs 0,1,2,3] [--seed 2026] [--shards auto]
-        [--frames LO,HI] [--workdir DIR]
+        [--frames LO,HI] [--noise-scale X] [--workdir DIR]
 
 Draws ``--datasets`` truths (seeded) from a broad realistic range: either component the
 slower one (both labellings), fraction amplitude 0.2-0.8 with a growth or decay of up to
@@ -16,7 +16,8 @@ points; 2 chains, 300 + 300, multiprocessing) and its max |z| of
 the truth over the sampled physics parameters (target <= 3.3), max R-hat, divergences, the
 consensus check (its k-hat and ESS, and whether the posterior became its importance draws)
 and the run's verdict. ``--frames LO,HI`` keeps the truths and their windows but spreads
-each window over LO-HI frames (drawn from a second generator of the seed), for long series.
+each window over LO-HI frames (drawn from a second generator of the seed), for long series;
+``--noise-scale`` multiplies every truth's noise sd (0.002-0.006 drawn) by X.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument(
         "--frames", default=None, help="LO,HI: each truth's window over LO-HI frames"
     )
+    parser.add_argument("--noise-scale", type=float, default=1.0, help="times the noise sd")
     args = parser.parse_args()
     frames = None if args.frames is None else tuple(int(n) for n in args.frames.split(","))
     frames_rng = np.random.default_rng(args.seed + 1)
@@ -198,6 +200,7 @@ def main() -> None:
         truth = draw_truth(rng)
         if frames is not None:
             truth = stretched(truth, frames_rng, frames)
+        truth["sigma"] *= args.noise_scale
         folder = work / f"set{k}"
         folder.mkdir(exist_ok=True)
         dataset = simulate_dataset(
