@@ -13,11 +13,11 @@ from hetmpi.problem import Problem
 
 
 def basin_report(fit: Problem, found: SearchResult, threshold: float) -> tuple[dict[str, Any], ...]:
-    """Per basin, best first: its negative log posterior over the best's (nats), Laplace
+    """Per basin, most mass first: its negative log posterior over basin 1's (nats), Laplace
     share of the mass, design starts that reached it, whether it competes (share at least
     ``threshold``), whether the reference's transport rate is the lower at the first frame
     (the order ``model.labelling: reference_slower`` asks for), its parameter values, and
-    the (up to) three physics parameters in which it differs most from the best basin, in
+    the (up to) three physics parameters in which it differs most from basin 1, in
     prior sd (u)."""
     sign = -1.0 if fit.model.labelling == "sample_slower" else 1.0
     best = found.basins[0]
@@ -80,7 +80,8 @@ def basin_note(basins: tuple[dict[str, Any], ...], num_starts: int) -> str:
 
 
 def rivals_note(basins: tuple[dict[str, Any], ...], threshold: float) -> str:
-    """The warning when basins besides the best hold ``threshold`` of the mass or more."""
+    """The warning when basins besides basin 1 (the most mass) hold ``threshold`` of the
+    mass or more."""
     best = basins[0]["values"]
 
     def described(k: int) -> str:
@@ -96,7 +97,7 @@ def rivals_note(basins: tuple[dict[str, Any], ...], threshold: float) -> str:
 
     listed = "; ".join(described(k) for k, b in enumerate(basins) if b["competing"] and k > 0)
     return (
-        f"the posterior has more than one basin: besides the best, basin(s) {listed} hold at "
+        f"the posterior has more than one basin: besides basin 1, basin(s) {listed} hold at "
         f"least {threshold:.0%} of the mass (mode_search.mass_threshold). Chains start in "
         "each, and shards or chains in different basins are never averaged. Where the "
         "basins are the two labellings of reference and sample (transports exchanged), pick "

@@ -212,8 +212,8 @@ def validate(config: str, fit: bool) -> None:
 
 
 def _basin_table(warm: WarmStart) -> str:
-    """The mode search's basins: nats above the best, Laplace share, starts, and the physics
-    values of each (one column per basin)."""
+    """The mode search's basins: nats relative to basin 1 (the most mass), Laplace share,
+    starts, and the physics values of each (one column per basin)."""
     basins = warm.basins
     search = warm.search
     lines = [

@@ -41,7 +41,7 @@ class ShardVerdict:
 
 @dataclass(frozen=True)
 class BasinCheck:
-    """The basins of the full-data posterior (u, best first; row 0 is the run's basin) and
+    """The basins of the full-data posterior (u, most mass first; row 0 is the run's basin) and
     the metric that assigns a chain to the nearest: the precision of a shard's posterior in
     u by Laplace (the full-data one over K). ``labels`` number the basins as the mode
     search reported them (0 = basin 1)."""

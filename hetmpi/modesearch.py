@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -80,8 +80,9 @@ class Basin:
 
     u: np.ndarray  # (d,)
     nlp: float  # negative log posterior at u
-    hessian: np.ndarray  # (d, d) of the negative log posterior in u at u
+    hessian: np.ndarray  # (d, d) of the negative log posterior in u at u, made definite
     starts: int  # design starts whose cheap search ended here
+    definite: bool = True  # whether the Hessian was positive definite before it was made so
 
     @property
     def log_mass(self) -> float:
@@ -93,7 +94,7 @@ class Basin:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """The basins found (lowest nlp first), with how the search ran."""
+    """The basins found, most Laplace mass first (``basins_of``), with how the search ran."""
 
     basins: tuple[Basin, ...]
     num_starts: int
@@ -431,7 +432,9 @@ def basins_of(
     """Group full-data ``optima`` (each reached by ``reached`` design starts) into basins:
     an optimum within ``SAME_BASIN_SD`` of a better one, by that one's Laplace curvature,
     joins it. Only an optimum that founds a basin needs its own Hessian (by differences of
-    full-data gradients), so the others get none."""
+    full-data gradients), so the others get none. The basins come most Laplace mass first:
+    a narrow peak above a broad basin (a velocity alias on the frame grid) holds less of the
+    posterior than the basin, which the run then samples around."""
     finite = sorted(
         (k for k, o in enumerate(optima) if np.isfinite(o.nlp)), key=lambda k: optima[k].nlp
     )
@@ -441,7 +444,7 @@ def basins_of(
         for j, basin in enumerate(basins):
             delta = o.u - basin.u
             if delta @ basin.hessian @ delta < SAME_BASIN_SD**2:
-                basins[j] = Basin(basin.u, basin.nlp, basin.hessian, basin.starts + reached[k])
+                basins[j] = replace(basin, starts=basin.starts + reached[k])
                 break
         else:
             hessian = _finite_hessian(problem, data, o.u)
@@ -452,13 +455,24 @@ def basins_of(
                     "(model.parameters.<name>.value) or fix the parameters the data cannot see"
                 )
             if hessian is not None:
-                basins.append(Basin(o.u, o.nlp, positive_definite(hessian), reached[k]))
+                definite = bool(np.linalg.eigvalsh(hessian).min() > 0.0)
+                basins.append(Basin(o.u, o.nlp, positive_definite(hessian), reached[k], definite))
     return SearchResult(
-        basins=tuple(basins),
+        basins=mass_order(basins),
         num_starts=provisional.num_starts,
         cheap_points=provisional.cheap_points,
         starts_elsewhere=provisional.starts_elsewhere,
     )
+
+
+def mass_order(basins: Sequence[Basin]) -> tuple[Basin, ...]:
+    """Basins at a true minimum (positive definite Hessian) by Laplace mass, most first; the
+    others after them, lowest nlp first (their Laplace mass is not defined)."""
+
+    def key(basin: Basin) -> tuple[bool, float]:
+        return (not basin.definite, -basin.log_mass if basin.definite else basin.nlp)
+
+    return tuple(sorted(basins, key=key))
 
 
 def _finite_hessian(problem: Problem, data: FitData, u: np.ndarray) -> np.ndarray | None:

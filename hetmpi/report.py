@@ -92,7 +92,7 @@ def chains_left_out(
     verdicts: Sequence[ShardVerdict], basins: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Per chain left out of an included shard: the shard, the chain, and the basin it sat
-    in (numbered from 1) with that basin's nats above the best and Laplace share."""
+    in (numbered from 1) with that basin's nats relative to basin 1 and Laplace share."""
     return [
         {
             "shard": verdict.index,

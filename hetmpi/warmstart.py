@@ -1,8 +1,8 @@
 """The warm start on the full data, done once before sharding.
 
 A global mode search (``hetmpi.modesearch``) from the configured start values finds the
-posterior's basins; the best one gives every shard (a) its starting point, (b) a robust
-noise estimate and (c) the Laplace covariance of the full-data posterior in the sampler
+posterior's basins; the one with the most mass gives every shard (a) its starting point, (b)
+a robust noise estimate and (c) the Laplace covariance of the full-data posterior in the sampler
 coordinates, from which the sampler builds a whitened space. Basins holding at least
 ``mode_search.mass_threshold`` of the posterior mass by Laplace compete: chains start in
 each of them, so that disagreement shows in R-hat and in the consensus's basin check. It also
@@ -68,7 +68,7 @@ class WarmStart:
     """The sampling problem, its full-data mode in u and the Laplace covariance at that mode
     in the sampler coordinates w; the basins the mode search found.
 
-    ``basin_centers`` (n_basins, d) are the optima in u, best first (row 0 is ``center``);
+    ``basin_centers`` (n_basins, d) are the optima in u, most mass first (row 0 is ``center``);
     ``chain_basins`` the rows chains start in, one after another (the competing basins);
     ``basins`` a JSON-ready report of each basin (``basin_report``).
     """
@@ -255,7 +255,7 @@ def find_basins(
     map_fn: MapFn,
     spread: Spreader = held_here,
 ) -> tuple[Problem, SearchResult, float]:
-    """The fit's problem, the basins of its posterior (lowest first, those the labelling
+    """The fit's problem, the basins of its posterior (most mass first, those the labelling
     rules out left out) and the noise sd they were found at; ``data`` holds ``points`` in
     the fits' blocks (``fit_data(pooled_arrays(points), settings.cheap_points)``). The
     cheap stage's fits go through ``map_fn``; the full-data fits run on ``spread(data)``."""
@@ -381,7 +381,7 @@ def fit_warm_start(
     max_blocks: int = LOCAL_BLOCKS,
 ) -> WarmStart:
     """Search the full data's basins, estimate the noise, and return the sampling problem
-    around the best basin for ``num_shards`` shards; ``map_fn`` runs the search's
+    around the basin with the most mass for ``num_shards`` shards; ``map_fn`` runs the search's
     independent local fits (in parallel where the caller has processes); the fits' data
     in at most ``max_blocks`` blocks (``fit_block_limit``)."""
     started = time.perf_counter()
@@ -423,7 +423,7 @@ def warm_start_at(
     started: float,
     spread: Spreader = held_here,
 ) -> WarmStart:
-    """The sampling problem around the best of ``basins`` (``find_basins``' result) for
+    """The sampling problem around the first of ``basins`` (``find_basins``' result) for
     ``num_shards`` shards, its Laplace covariance, and where chains start; ``started`` is
     the ``time.perf_counter()`` at which the search began."""
     fit, found, sigma = basins

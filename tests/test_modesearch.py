@@ -18,10 +18,13 @@ from hetmpi.fitblocks import block_minimum, fit_data, negative_log_posterior, su
 from hetmpi.fitcheck import against_mode, fit_check_note, residual_checks
 from hetmpi.model.physics import c2_grid
 from hetmpi.modesearch import (
+    Basin,
     Optimum,
+    SearchResult,
     cheap_stage,
     clip_start,
     local_optimum,
+    mass_order,
     polished,
     refined,
     thread_map,
@@ -336,3 +339,16 @@ def test_warm_start_reports_its_search(dataset: Dataset) -> None:
         <= (warm.search["starts"])
     )
     np.testing.assert_array_equal(warm.basin_centers[0], warm.center)
+
+
+def test_basins_come_most_mass_first() -> None:
+    """A narrow peak 3 nats above a broad basin (curvature 1e6 against 1 in both of 2
+    coordinates: 1e-6 of its volume) holds about 1e-6 e^3 of the mass: the broad basin
+    comes first. A point whose Hessian was not positive definite (a saddle) comes after
+    every true minimum, whatever its nlp."""
+    peak = Basin(np.zeros(2), 0.0, 1e6 * np.eye(2), 1)
+    broad = Basin(np.ones(2), 3.0, np.eye(2), 5)
+    saddle = Basin(-np.ones(2), -10.0, 1e-10 * np.eye(2), 1, definite=False)
+    assert mass_order([peak, saddle, broad]) == (broad, peak, saddle)
+    shares = SearchResult(mass_order([peak, broad]), 48, 100, 0).shares
+    assert shares[0] == pytest.approx(1.0 / (1.0 + 1e-6 * np.exp(3.0)))
