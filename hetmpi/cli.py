@@ -221,7 +221,7 @@ def _basin_table(warm: WarmStart) -> str:
         f"{search['cheap_points']} points, {search['seconds']:.1f} s "
         f"(competing: at least {search['mass_threshold']:.0%} of the mass)",
         f"{'basin':<18}" + "".join(f"{k + 1:>13}" for k in range(len(basins))),
-        f"{'+nats':<18}" + "".join(f"{b['delta_nlp']:>13.1f}" for b in basins),
+        f"{'nats':<18}" + "".join(f"{b['delta_nlp']:>13.1f}" for b in basins),
         f"{'mass share':<18}" + "".join(f"{b['mass_share']:>13.3g}" for b in basins),
         f"{'starts':<18}" + "".join(f"{b['starts']:>13}" for b in basins),
         f"{'competing':<18}" + "".join(f"{'yes' if b['competing'] else 'no':>13}" for b in basins),

@@ -99,7 +99,7 @@ def fit_check_note(checks: Checks) -> str | None:
     if missed:
         lines.append(
             f"fit check: the posterior-mean fit leaves structure in the residuals at "
-            f"{_listed(missed)}, and so does the fit at the posterior's mode; the model misses "
+            f"{_listed(missed)}, and so does the fit at the mode of basin 1; the model misses "
             "something there (another basin, a parameter held fixed at a wrong value, or "
             "physics it does not describe): look at plots/c2_fit.png"
         )
@@ -107,7 +107,7 @@ def fit_check_note(checks: Checks) -> str | None:
         at_mode = ", ".join(f"phi {c['phi']:g}: {c['mode_reduced_chi2']:.3f}" for c in spread)
         lines.append(
             f"fit check: the posterior-mean fit leaves structure in the residuals at "
-            f"{_listed(spread)}, but the fit at the posterior's mode leaves none there "
+            f"{_listed(spread)}, but the fit at the mode of basin 1 leaves none there "
             f"(reduced chi2 {at_mode}): the draws' mean lies off the ridge the data pin (a "
             "curved or multi-basin posterior, or a combination of shards that misses it), so "
             "it is a poor point estimate; the mode's values are in summary.json "

@@ -103,8 +103,12 @@ class SearchResult:
 
     @property
     def shares(self) -> np.ndarray:
-        """Each basin's share of the posterior mass by Laplace, (n_basins,)."""
+        """Each basin's share of the posterior mass by Laplace, (n_basins,): 0 for a basin
+        whose Hessian was not positive definite (no Laplace mass) while any other's was."""
         log_mass = np.array([b.log_mass for b in self.basins])
+        definite = np.array([b.definite for b in self.basins], dtype=bool)
+        if definite.any():
+            log_mass = np.where(definite, log_mass, -np.inf)
         return np.exp(log_mass - scipy.special.logsumexp(log_mass))
 
 

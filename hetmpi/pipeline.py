@@ -62,6 +62,13 @@ class Consensus:
     check: ConsensusCheck | None = None
     corrected: bool = False
 
+    @property
+    def entered(self) -> tuple[ShardResult, ...]:
+        """Each shard's result as it entered the consensus: the chains kept of an included
+        shard, the whole result of an excluded one."""
+        kept = {result.index: result for result in self.kept}
+        return tuple(kept.get(result.index, result) for result in self.results)
+
 
 def consensus_of(context: RunContext, results: Sequence[ShardResult]) -> Consensus:
     """Select the shards, combine their draws (in u) and check the combination against the

@@ -23,7 +23,7 @@ from hetmpi.importance import check_note
 from hetmpi.model.physics import c2_grid
 from hetmpi.model.posterior import PosteriorModel, ShardArrays
 from hetmpi.problem import Problem
-from hetmpi.records import ShardResult, only_chains
+from hetmpi.records import ShardResult
 
 if TYPE_CHECKING:
     from hetmpi.context import RunContext
@@ -53,15 +53,14 @@ def simulated_values(truth: dict[str, Any] | None, plain_noise: bool) -> dict[st
 
 
 def shard_row(result: ShardResult, verdict: ShardVerdict) -> dict[str, Any]:
-    """One line of the shard table in summary.json; the statistics of the chains that
-    entered the consensus where the verdict left some out."""
-    left_out = dict(verdict.left_out)
-    result = only_chains(result, [chain for chain in result.chains if chain not in left_out])
+    """One line of the shard table in summary.json, of ``result`` as it entered the
+    consensus (``Consensus.entered``: an included shard's chains kept)."""
     ok = result.status == "ok"
     row: dict[str, Any] = {
         "index": result.index,
         "status": result.status,
         "included": verdict.included,
+        "chains": list(result.chains),
         "excluded_because": "" if verdict.included else verdict.reason,
         "chains_left_out": [
             {"chain": chain, "basin": basin + 1} for chain, basin in verdict.left_out
@@ -84,7 +83,7 @@ def shard_row(result: ShardResult, verdict: ShardVerdict) -> dict[str, Any]:
         shard_summary = diagnostics.summarize(
             {n: result.draws[..., k] for k, n in enumerate(result.names)}
         )
-        row["max_r_hat"] = max(s["r_hat"] for s in shard_summary.values())
+        row["max_r_hat"] = float(np.max([s["r_hat"] for s in shard_summary.values()]))
     return row
 
 
@@ -104,6 +103,13 @@ def chains_left_out(
         for verdict in verdicts
         for chain, label in verdict.left_out
     ]
+
+
+def shard_label(verdict: ShardVerdict) -> str:
+    """What a shard's name in a plot adds: excluded, or how many chains it left out."""
+    if not verdict.included:
+        return " (excluded)"
+    return f" ({len(verdict.left_out)} chain(s) left out)" if verdict.left_out else ""
 
 
 def build_summary(
@@ -128,20 +134,20 @@ def build_summary(
     for name, entry in parameters.items():
         if name in truth:
             entry["truth"] = truth[name]
-    shards = [shard_row(r, v) for r, v in zip(results, verdicts, strict=True)]
+    shards = [shard_row(r, v) for r, v in zip(found.entered, verdicts, strict=True)]
     included = [s for s in shards if s["included"]]
     warm = prepared.task.warm
-    convergence = {
-        "max_r_hat": max(p["r_hat"] for p in parameters.values()),
-        "min_ess_bulk": min(p["ess_bulk"] for p in parameters.values()),
-        "min_ess_tail": min(p["ess_tail"] for p in parameters.values()),
+    convergence = {  # NaN-aware: np.max and np.min propagate a NaN from anywhere
+        "max_r_hat": float(np.max([p["r_hat"] for p in parameters.values()])),
+        "min_ess_bulk": float(np.min([p["ess_bulk"] for p in parameters.values()])),
+        "min_ess_tail": float(np.min([p["ess_tail"] for p in parameters.values()])),
         "divergences": sum(s["divergences"] for s in included),
-        "min_bfmi": min(s["min_bfmi"] for s in included),
+        "min_bfmi": float(np.min([s["min_bfmi"] for s in included])),
         "mean_leapfrog_steps": float(np.mean([s["mean_leapfrog_steps"] for s in included])),
     }
     shapes = shard_shapes([r.draws for r in found.kept], found.kept[0].names)
     convergence["non_gaussian_shards"] = skewed(shapes) if len(found.kept) > 1 else []
-    convergence["max_shard_r_hat"] = max(s["max_r_hat"] for s in included)
+    convergence["max_shard_r_hat"] = float(np.max([s["max_r_hat"] for s in included]))
     convergence["consensus_differs"] = [] if check is None or corrected else check.differs
     convergence["chains_left_out"] = chains_left_out(verdicts, warm.basins)
     convergence["chains_per_shard"] = len(found.kept[0].chains)
@@ -309,10 +315,10 @@ def write_plots(
     parts = None
     if len(results) > 1:
         parts = {
-            f"shard {r.index}" + ("" if v.included else " (excluded)"): {
+            f"shard {r.index}" + shard_label(v): {
                 name: r.values[..., k] for k, name in enumerate(r.names)
             }
-            for r, v in zip(results, verdicts, strict=True)
+            for r, v in zip(found.entered, verdicts, strict=True)
             if r.status == "ok"
         }
     ratios = summary["run"]["warm_start"]["prior_sd_ratio"]

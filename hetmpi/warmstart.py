@@ -1,11 +1,12 @@
 """The warm start on the full data, done once before sharding.
 
 A global mode search (``hetmpi.modesearch``) from the configured start values finds the
-posterior's basins; the one with the most mass gives every shard (a) its starting point, (b)
-a robust noise estimate and (c) the Laplace covariance of the full-data posterior in the sampler
-coordinates, from which the sampler builds a whitened space. Basins holding at least
-``mode_search.mass_threshold`` of the posterior mass by Laplace compete: chains start in
-each of them, so that disagreement shows in R-hat and in the consensus's basin check. It also
+posterior's basins; the one with the most mass gives every shard (a) its starting point and
+(b) the Laplace covariance of the full-data posterior in the sampler coordinates, from
+which the sampler builds a whitened space; the lowest optimum gives a robust noise
+estimate. Basins holding at least ``mode_search.mass_threshold`` of the posterior mass by
+Laplace compete: chains start in each of them, so that disagreement shows in R-hat and in
+the consensus's basin check. It also
 tells how much the data inform each parameter (``WarmStart.prior_sd_ratio``).
 """
 

@@ -264,6 +264,29 @@ def test_chains_outside_the_run_basin_are_never_averaged() -> None:
         select_shards(results[2:], cfg, check)
 
 
+def test_the_shard_table_shows_the_chains_that_entered_the_consensus() -> None:
+    """A split shard's row holds its chain in basin 1 alone (its divergences, its step
+    size) and names the chain left out; an excluded shard's row holds all of it."""
+    from hetmpi.pipeline import Consensus
+    from hetmpi.report import shard_label, shard_row
+
+    check = BasinCheck(centers=np.array([[0.0], [5.0]]), precision=np.eye(1))
+    split = _result(1, [4.8, 0.1])
+    split.stats["diverging"][0, :3] = True  # the chain left out diverged, the other did not
+    split.step_size[:] = [0.1, 0.7]
+    results = [_result(0, [0.2, -0.3]), split, _result(2, [5.1, 4.9])]
+    kept, verdicts = select_shards(results, ConsensusConfig(min_success_rate=0.3), check)
+    found = Consensus(tuple(results), tuple(kept), tuple(verdicts), np.zeros((1, 50, 1)), {})
+    entered = found.entered
+    assert [r.chains for r in entered] == [(0,), (1,), (0, 1)]
+    row = shard_row(entered[1], verdicts[1])
+    assert row["chains"] == [1] and row["chains_left_out"] == [{"chain": 0, "basin": 2}]
+    assert row["divergences"] == 0 and row["step_size"] == [0.7]
+    assert shard_row(entered[2], verdicts[2])["chains"] == [0, 1]
+    labels = [shard_label(v) for v in verdicts]
+    assert labels == ["", " (1 chain(s) left out)", " (excluded)"]
+
+
 def test_chains_are_placed_by_their_own_spread_where_the_laplace_one_is_too_narrow() -> None:
     """Basins at (0, 0) and (0.35, -1) apart in the well-identified coordinate (Laplace sd
     0.1, chains 0.1) with a weakly identified one whose Laplace sd (0.01) is 50 times
@@ -345,10 +368,12 @@ def test_basins_come_most_mass_first() -> None:
     """A narrow peak 3 nats above a broad basin (curvature 1e6 against 1 in both of 2
     coordinates: 1e-6 of its volume) holds about 1e-6 e^3 of the mass: the broad basin
     comes first. A point whose Hessian was not positive definite (a saddle) comes after
-    every true minimum, whatever its nlp."""
+    every true minimum, whatever its nlp, and holds no share of the mass beside them."""
     peak = Basin(np.zeros(2), 0.0, 1e6 * np.eye(2), 1)
     broad = Basin(np.ones(2), 3.0, np.eye(2), 5)
     saddle = Basin(-np.ones(2), -10.0, 1e-10 * np.eye(2), 1, definite=False)
     assert mass_order([peak, saddle, broad]) == (broad, peak, saddle)
-    shares = SearchResult(mass_order([peak, broad]), 48, 100, 0).shares
+    shares = SearchResult(mass_order([peak, saddle, broad]), 48, 100, 0).shares
     assert shares[0] == pytest.approx(1.0 / (1.0 + 1e-6 * np.exp(3.0)))
+    assert shares[2] == 0.0  # its floored Hessian would claim nearly all the mass
+    assert SearchResult((saddle,), 48, 100, 0).shares.tolist() == [1.0]
