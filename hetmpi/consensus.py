@@ -108,21 +108,26 @@ def basin_verdict(result: ShardResult, check: BasinCheck | None) -> ShardVerdict
 def judge_shard(
     result: ShardResult, cfg: ConsensusConfig, basins: BasinCheck | None = None
 ) -> ShardVerdict:
-    """Explicit exclusion rules, in order: failed, non-finite draws, too many divergences,
-    no chain in the run's basin (``basins``); chains outside it are left out of an included
-    shard."""
+    """Explicit exclusion rules, in order: failed, non-finite draws, no chain in the run's
+    basin (``basins``), too many divergences in the chains there; chains outside it are
+    left out of an included shard (their divergences do not count)."""
     if result.status != "ok":
         return ShardVerdict(result.index, False, f"sampling failed: {result.error}")
     if not np.all(np.isfinite(result.draws)):
         return ShardVerdict(result.index, False, "non-finite draws")
-    if result.divergence_rate > cfg.max_divergence_rate:
+    verdict = basin_verdict(result, basins)
+    if not verdict.included:
+        return verdict
+    left_out = dict(verdict.left_out)
+    in_basin = only_chains(result, [chain for chain in result.chains if chain not in left_out])
+    if in_basin.divergence_rate > cfg.max_divergence_rate:
         return ShardVerdict(
             result.index,
             False,
-            f"divergence rate {result.divergence_rate:.3f} > "
+            f"divergence rate {in_basin.divergence_rate:.3f} > "
             f"consensus.max_divergence_rate {cfg.max_divergence_rate}",
         )
-    return basin_verdict(result, basins)
+    return verdict
 
 
 def select_shards(

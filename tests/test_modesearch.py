@@ -285,6 +285,13 @@ def test_the_shard_table_shows_the_chains_that_entered_the_consensus() -> None:
     assert shard_row(entered[2], verdicts[2])["chains"] == [0, 1]
     labels = [shard_label(v) for v in verdicts]
     assert labels == ["", " (1 chain(s) left out)", " (excluded)"]
+    # the chain left out diverging at every draw does not exclude the shard; the kept one does
+    split.stats["diverging"][0, :] = True
+    cfg = ConsensusConfig(min_success_rate=0.3, max_divergence_rate=0.3)
+    assert select_shards(results, cfg, check)[1][1].included
+    split.stats["diverging"][1, :20] = True
+    verdict = select_shards(results, cfg, check)[1][1]
+    assert not verdict.included and verdict.reason.startswith("divergence rate 0.400 > ")
 
 
 def test_chains_are_placed_by_their_own_spread_where_the_laplace_one_is_too_narrow() -> None:
